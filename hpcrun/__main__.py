@@ -1,0 +1,5 @@
+import sys
+
+from hpcrun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,357 @@
+"""The config schema: one dataclass per component, stored in Hydra's ConfigStore.
+
+Values live in YAML under ``conf/``; these classes give every key its type, its default and a one-line
+description (the comment above it, which ``hpcrun --help`` and docs/configuration.md show). Each class checks its
+own values in ``check()`` and raises :class:`~hpcrun.errors.ConfigError` naming the full key and the bad value.
+
+Submitting side: standard library, omegaconf and hydra only.
+"""
+
+from __future__ import annotations
+
+import re
+import signal as _signal
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hpcrun.durations import EXPECTED as DURATION_FORMS
+from hpcrun.durations import parse_duration
+from hpcrun.errors import ConfigError
+
+LAUNCHERS = ("local", "slurm")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+# sbatch options hpcrun writes itself; setting them through cluster.sbatch_extra would fight hpcrun.
+MANAGED_SBATCH = frozenset(
+    {"time", "requeue", "signal", "output", "error", "array", "job-name", "open-mode", "nodes", "partition"}
+)
+_MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+def _positive_int(key: str, value: int, upper: Optional[int] = None) -> None:
+    if not isinstance(value, int) or value < 1 or (upper is not None and value > upper):
+        bound = f"an integer from 1 to {upper}" if upper else "a positive integer"
+        raise ConfigError(key, value, bound)
+
+
+def _duration(key: str, value: Any) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ConfigError(key, value, DURATION_FORMS) from None
+
+
+@dataclass
+class ContainerConfig:
+    """Run the job inside a Singularity/Apptainer container (NYU Greene's software model)."""
+
+    # Wrap the job's python in `singularity exec`; false runs it on the host.
+    enabled: bool = False
+    # The container runtime command (singularity or apptainer).
+    runtime: str = "singularity"
+    # The .sif image to run.
+    image: Optional[str] = None
+    # An ext3 overlay holding the Python environment, mounted read-only (empty: none).
+    overlay: Optional[str] = None
+    # A script sourced inside the container before python starts (activates the overlay's environment).
+    env_script: Optional[str] = "/ext3/env.sh"
+    # The python inside the container.
+    python: str = "python"
+    # Pass --nv so the container sees the GPUs.
+    nv: bool = True
+    # Extra --bind mounts, e.g. ["/scratch", "/vast"].
+    binds: List[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.enabled and not self.image:
+            raise ConfigError("cluster.container.image", self.image, "a .sif image path when the container is enabled")
+        if self.runtime not in ("singularity", "apptainer"):
+            raise ConfigError("cluster.container.runtime", self.runtime, choices=("singularity", "apptainer"))
+
+
+@dataclass
+class ClusterConfig:
+    """Where and how the job runs; the Slurm keys map one to one onto sbatch options (through submitit)."""
+
+    # A label for this cluster, shown in messages.
+    name: str = "local"
+    # local: run in the foreground on this machine; slurm: submit with sbatch and return at once.
+    launcher: str = "local"
+    # Slurm partition (empty: the site's default).
+    partition: Optional[str] = None
+    # Slurm account to charge (empty: your default account).
+    account: Optional[str] = None
+    # Slurm quality of service (empty: the partition's default).
+    qos: Optional[str] = None
+    # Wall-clock limit, in Slurm's forms (48:00:00, 2-00:00:00) or with a unit (90m, 2d). Locally too.
+    time: str = "1:00:00"
+    # The longest time limit the site accepts; a longer cluster.time is refused before anything is submitted.
+    max_time: Optional[str] = None
+    # Number of nodes.
+    nodes: int = 1
+    # Processes per node (one per GPU for multi-GPU training).
+    tasks_per_node: int = 1
+    # GPUs per node (0: CPU only).
+    gpus_per_node: int = 0
+    # GPU type to ask for, e.g. a100 (empty: any).
+    gpu_type: Optional[str] = None
+    # The GPU types this site has; cluster.gpu_type must be one of them (empty list: not checked).
+    gpu_types: List[str] = field(default_factory=list)
+    # The most GPUs one node of this site has (a larger request can never start).
+    max_gpus_per_node: int = 8
+    # CPU cores per process.
+    cpus_per_task: int = 2
+    # Memory per node, e.g. 64G (empty: the site's default).
+    mem: Optional[str] = None
+    # Slurm node constraint, e.g. "a100|h100" (empty: none).
+    constraint: Optional[str] = None
+    # The signal Slurm sends before the time limit (sbatch --signal, to every job step).
+    signal: str = "USR2"
+    # How long before the time limit that signal comes, e.g. 120s.
+    signal_delay: str = "120s"
+    # Extra sbatch options, e.g. {mail-type: END, mail-user: me@nyu.edu}; a value of true writes a bare flag.
+    sbatch_extra: Dict[str, Any] = field(default_factory=dict)
+    # Extra arguments for srun.
+    srun_args: List[str] = field(default_factory=list)
+    # Shell lines run in the batch script before srun (module load ..., export ...).
+    setup: List[str] = field(default_factory=list)
+    # Run inside a container (see cluster.container.*).
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+    # Where run directories go unless run.dir is given (relative paths are taken from where hpcrun is started).
+    run_root: str = "runs"
+    # The python that runs the job on the compute nodes (empty: the one running hpcrun now).
+    python: Optional[str] = None
+
+    def time_seconds(self) -> int:
+        return _duration("cluster.time", self.time)
+
+    def signal_delay_seconds(self) -> int:
+        return _duration("cluster.signal_delay", self.signal_delay)
+
+    def check(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError("cluster.launcher", self.launcher, choices=LAUNCHERS)
+        limit = self.time_seconds()
+        if limit <= 0:
+            raise ConfigError("cluster.time", self.time, "a positive duration")
+        if self.max_time is not None and limit > _duration("cluster.max_time", self.max_time):
+            raise ConfigError("cluster.time", self.time, f"at most cluster.max_time={self.max_time} on {self.name}")
+        _positive_int("cluster.nodes", self.nodes, 1024)
+        _positive_int("cluster.tasks_per_node", self.tasks_per_node, 256)
+        _positive_int("cluster.cpus_per_task", self.cpus_per_task, 1024)
+        if not isinstance(self.gpus_per_node, int) or not 0 <= self.gpus_per_node <= self.max_gpus_per_node:
+            raise ConfigError(
+                "cluster.gpus_per_node",
+                self.gpus_per_node,
+                f"an integer from 0 to {self.max_gpus_per_node} (cluster.max_gpus_per_node on {self.name})",
+            )
+        if self.gpu_type is not None and self.gpu_types and self.gpu_type not in self.gpu_types:
+            raise ConfigError("cluster.gpu_type", self.gpu_type, choices=self.gpu_types)
+        if self.gpu_type is not None and self.gpus_per_node == 0:
+            raise ConfigError("cluster.gpu_type", self.gpu_type, "no GPU type when cluster.gpus_per_node=0")
+        if self.mem is not None and not _MEM.match(str(self.mem)):
+            raise ConfigError("cluster.mem", self.mem, "a Slurm memory size such as 64G or 500M")
+        if f"SIG{self.signal}" not in _signal.Signals.__members__:
+            raise ConfigError("cluster.signal", self.signal, "a signal name without SIG, such as USR2 or TERM")
+        delay = self.signal_delay_seconds()
+        if not 0 < delay < limit:
+            raise ConfigError("cluster.signal_delay", self.signal_delay, f"between 0 and cluster.time={self.time}")
+        for key in self.sbatch_extra:
+            if str(key).replace("_", "-") in MANAGED_SBATCH:
+                raise ConfigError(
+                    f"cluster.sbatch_extra.{key}",
+                    self.sbatch_extra[key],
+                    f"not one hpcrun sets itself ({', '.join(sorted(MANAGED_SBATCH))}): use the cluster.* key",
+                )
+        self.container.check()
+
+
+@dataclass
+class RunConfig:
+    """The run: its name and its directory, where everything it writes lands."""
+
+    # The run's name; experiments set it to their own name.
+    name: str = "default"
+    # The run directory (default: <cluster.run_root>/<run.name>); made absolute when the run is launched.
+    dir: str = "${cluster.run_root}/${run.name}"
+
+    def check(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError("run.name", self.name, "a non-empty name without '/' that does not start with '.'")
+        if not str(self.dir).strip():
+            raise ConfigError("run.dir", self.dir, "a directory path")
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-architecture causal LM, built from LlamaConfig (random init) or loaded from pretrained weights."""
+
+    # Hub id or local path: where the tokenizer (data.tokenizer=model) and pretrained weights come from.
+    name_or_path: Optional[str] = None
+    # Load pretrained weights from model.name_or_path (false: random init from the architecture below).
+    pretrained: bool = False
+    # Width of the hidden states.
+    hidden_size: int = 192
+    # Width of the MLP.
+    intermediate_size: int = 512
+    # Number of transformer layers.
+    num_hidden_layers: int = 4
+    # Number of attention heads.
+    num_attention_heads: int = 6
+    # Number of key/value heads (grouped-query attention; equal to the heads for plain multi-head).
+    num_key_value_heads: int = 6
+    # Longest sequence the position embedding covers.
+    max_position_embeddings: int = 512
+    # RMSNorm epsilon.
+    rms_norm_eps: float = 1e-5
+    # RoPE base frequency.
+    rope_theta: float = 10000.0
+    # Share the input embedding with the output projection.
+    tie_word_embeddings: bool = False
+    # Dropout on attention probabilities.
+    attention_dropout: float = 0.0
+    # Recompute activations in the backward pass to save memory.
+    gradient_checkpointing: bool = False
+
+    def check(self) -> None:
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "max_position_embeddings"):
+            _positive_int(f"model.{key}", getattr(self, key))
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                "model.hidden_size", self.hidden_size,
+                f"a multiple of model.num_attention_heads={self.num_attention_heads}",
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                "model.num_key_value_heads", self.num_key_value_heads,
+                f"a divisor of model.num_attention_heads={self.num_attention_heads}",
+            )
+        if self.pretrained and not self.name_or_path:
+            raise ConfigError("model.name_or_path", self.name_or_path, "a hub id or path when model.pretrained=true")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ConfigError("model.attention_dropout", self.attention_dropout, "a probability in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    """The training text and its tokenizer."""
+
+    # A built-in corpus name (shakespeare), or a path to a .txt/.txt.gz file or a folder of them.
+    corpus: str = "shakespeare"
+    # bpe: train a byte-level BPE tokenizer on the corpus (offline); model: the tokenizer of model.name_or_path;
+    # anything else: a tokenizer hub id or path.
+    tokenizer: str = "bpe"
+    # Vocabulary size of the trained BPE tokenizer.
+    vocab_size: int = 4096
+    # Tokens per training sequence.
+    seq_len: int = 128
+    # Share of the corpus held out for evaluation.
+    eval_fraction: float = 0.05
+
+    def check(self) -> None:
+        _positive_int("data.vocab_size", self.vocab_size)
+        if self.vocab_size < 300:
+            raise ConfigError("data.vocab_size", self.vocab_size, "at least 300 (256 bytes plus merges)")
+        _positive_int("data.seq_len", self.seq_len)
+        if not 0.0 < self.eval_fraction < 0.5:
+            raise ConfigError("data.eval_fraction", self.eval_fraction, "a fraction between 0 and 0.5")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: steps, batch, learning rate, precision."""
+
+    # Optimizer steps to train for.
+    max_steps: int = 300
+    # Sequences per device per micro-batch.
+    batch_size: int = 16
+    # Micro-batches accumulated into one optimizer step.
+    grad_accum: int = 1
+    # Peak learning rate (AdamW).
+    lr: float = 1e-3
+    # AdamW weight decay.
+    weight_decay: float = 0.1
+    # Linear warm-up steps.
+    warmup_steps: int = 30
+    # Learning-rate schedule after warm-up.
+    lr_scheduler: str = "cosine"
+    # Gradient clipping norm (0: off).
+    max_grad_norm: float = 1.0
+    # Numeric precision: fp32, bf16 (GPUs from A100 on) or fp16.
+    precision: str = "fp32"
+    # Seed for the model init, data order and dropout.
+    seed: int = 0
+    # Log loss and learning rate every this many steps.
+    log_every: int = 10
+    # Evaluate on the held-out text every this many steps (0: only at the end).
+    eval_every: int = 0
+    # Data-loading worker processes per rank.
+    num_workers: int = 0
+
+    def check(self) -> None:
+        _positive_int("train.max_steps", self.max_steps)
+        _positive_int("train.batch_size", self.batch_size)
+        _positive_int("train.grad_accum", self.grad_accum)
+        _positive_int("train.log_every", self.log_every)
+        if not self.lr > 0:
+            raise ConfigError("train.lr", self.lr, "a positive learning rate")
+        if self.warmup_steps < 0:
+            raise ConfigError("train.warmup_steps", self.warmup_steps, "zero or more steps")
+        if self.eval_every < 0:
+            raise ConfigError("train.eval_every", self.eval_every, "zero (off) or a number of steps")
+        if self.num_workers < 0:
+            raise ConfigError("train.num_workers", self.num_workers, "zero or more workers")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("train.precision", self.precision, choices=PRECISIONS)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError("train.lr_scheduler", self.lr_scheduler, choices=LR_SCHEDULERS)
+
+
+@dataclass
+class TaskConfig:
+    """What the job runs: any importable function taking (config, context)."""
+
+    # Dotted path of the task function.
+    _target_: str = "hpcrun.tasks.causal_lm.train"
+
+
+@dataclass
+class Config:
+    """The whole composed config of one run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+    def check(self) -> None:
+        """Checks every section; raises ConfigError naming the first bad key."""
+        for section in (self.run, self.cluster, self.model, self.data, self.train):
+            section.check()
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ConfigError(
+                "data.seq_len", self.data.seq_len,
+                f"at most model.max_position_embeddings={self.model.max_position_embeddings}",
+            )
+        if self.train.precision == "bf16" and self.cluster.launcher == "slurm" and self.cluster.gpus_per_node == 0:
+            raise ConfigError("train.precision", self.train.precision, "fp32 on a CPU-only job (cluster.gpus_per_node=0)")
+
+
+# The config groups users pick from (conf/<group>/<choice>.yaml); "experiment" is global (# @package _global_).
+GROUPS = ("cluster", "model", "data", "experiment")
+
+
+def register() -> None:
+    """Stores the schema in Hydra's ConfigStore (idempotent); conf/hpcrun.yaml extends it."""
+    from hydra.conf import HydraConf
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="hpcrun_schema", node=Config)
+    # hpcrun composes with Hydra's config loader but never runs Hydra's app machinery (launchers, sweepers, job
+    # logging, help). Hydra's own config would load those groups' YAML on every composition, about a third of
+    # `hpcrun render`'s time on a login node; its bare schema is all the loader needs.
+    cs.store(group="hydra", name="config", node=HydraConf(defaults=[]), provider="hpcrun")

@@ -1,0 +1,29 @@
+"""Which cluster config a run gets when the command line names none."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Mapping, Optional, Tuple
+
+ENV_VAR = "HPCRUN_CLUSTER"
+
+
+def default_cluster(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, str]:
+    """Picks the cluster config for a command line without ``cluster=``.
+
+    In order: ``$HPCRUN_CLUSTER`` (e.g. ``greene`` in a Greene user's ~/.bashrc); ``local`` inside a Slurm
+    allocation (an interactive ``srun --pty`` session runs the job right there); ``slurm`` where ``sbatch`` is on
+    the PATH; ``local`` otherwise.
+
+    Returns:
+        The choice and the reason, for the one line hpcrun prints about it.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(ENV_VAR):
+        return env[ENV_VAR], f"from ${ENV_VAR}"
+    if env.get("SLURM_JOB_ID"):
+        return "local", f"inside Slurm job {env['SLURM_JOB_ID']}: running in this allocation"
+    if shutil.which("sbatch", path=env.get("PATH")):
+        return "slurm", "sbatch is on the PATH"
+    return "local", "no sbatch on the PATH"

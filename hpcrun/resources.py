@@ -1,0 +1,41 @@
+"""Where the packaged files are: conf/, slurm_templates/ and the built-in corpus.
+
+In a source checkout (or an editable install) conf/ and slurm_templates/ sit at the repository root; a wheel
+carries them inside the package (pyproject's force-include). Both layouts are looked up here, and only here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _packaged(name: str) -> Path:
+    inside = PACKAGE_DIR / name  # installed wheel
+    if inside.is_dir():
+        return inside
+    beside = PACKAGE_DIR.parent / name  # source checkout
+    if beside.is_dir():
+        return beside
+    raise FileNotFoundError(f"hpcrun's {name}/ folder is missing from {PACKAGE_DIR}: reinstall hpcrun-slurm")
+
+
+def conf_dir() -> Path:
+    """The packaged config folder (groups cluster/, experiment/, model/, data/)."""
+    return _packaged("conf")
+
+
+def templates_dir() -> Path:
+    """The packaged sbatch templates folder."""
+    return _packaged("slurm_templates")
+
+
+def corpus_path(name: str) -> Path:
+    """A built-in text corpus shipped in hpcrun/data/ (e.g. ``shakespeare``)."""
+    return PACKAGE_DIR / "data" / f"{name}.txt.gz"
+
+
+def builtin_corpora() -> list[str]:
+    """Names of the corpora shipped with hpcrun."""
+    return sorted(p.name[: -len(".txt.gz")] for p in (PACKAGE_DIR / "data").glob("*.txt.gz"))

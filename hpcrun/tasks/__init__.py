@@ -1,0 +1,1 @@
+"""Built-in tasks: functions taking (config, JobContext). Job side."""

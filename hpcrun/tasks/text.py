@@ -1,0 +1,120 @@
+"""Training text and tokenizers, all offline: the built-in corpus or the user's files, and a BPE trained on them."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+from typing import Any, List
+
+from hpcrun.errors import ConfigError
+from hpcrun.resources import builtin_corpora, corpus_path
+
+log = logging.getLogger("hpcrun")
+EOS = "<|endoftext|>"
+
+
+def _read(path: Path) -> str:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    return path.read_text(encoding="utf-8")
+
+
+def corpus_files(corpus: str) -> List[Path]:
+    """The files of a corpus: a built-in name, a text file, or a folder of .txt/.txt.gz files (sorted)."""
+    if corpus in builtin_corpora():
+        return [corpus_path(corpus)]
+    path = Path(corpus).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.name.endswith((".txt", ".txt.gz")))
+        if files:
+            return files
+        raise ConfigError("data.corpus", corpus, "a folder holding .txt or .txt.gz files")
+    raise ConfigError("data.corpus", corpus, "an existing file or folder", choices=builtin_corpora())
+
+
+def load_corpus(corpus: str) -> List[str]:
+    """The corpus as a list of documents (one per file)."""
+    return [_read(p) for p in corpus_files(corpus)]
+
+
+def train_bpe(documents: List[str], vocab_size: int) -> Any:
+    """Trains a byte-level BPE tokenizer on the documents (deterministic; about a second for 1 MB).
+
+    Byte-level means any text encodes, with no unknown token. Returns a ``PreTrainedTokenizerFast``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator((line for doc in documents for line in doc.splitlines(keepends=True)), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+
+
+def tokenizer_for(cfg: Any, documents: List[str], run_dir: Path, is_main: bool) -> Any:
+    """The run's tokenizer. A trained BPE is saved in ``<run.dir>/tokenizer`` and reused by every restart."""
+    from transformers import AutoTokenizer
+
+    kind = cfg.data.tokenizer
+    if kind == "bpe":
+        saved = run_dir / "tokenizer"
+        if (saved / "tokenizer.json").exists():
+            return AutoTokenizer.from_pretrained(saved)
+        tok = train_bpe(documents, cfg.data.vocab_size)
+        if is_main:
+            tok.save_pretrained(saved)
+        log.info("trained a %d-token byte-level BPE tokenizer on the corpus", len(tok))
+        return tok
+    source = cfg.model.name_or_path if kind == "model" else kind
+    if not source:
+        raise ConfigError("data.tokenizer", kind, "a tokenizer path, or model.name_or_path set for data.tokenizer=model")
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class TokenBlocks:
+    """Fixed-length blocks of token ids; each item is a causal-LM example (labels = inputs)."""
+
+    def __init__(self, ids: Any, seq_len: int) -> None:
+        n = len(ids) // seq_len
+        self.blocks = ids[: n * seq_len].view(n, seq_len)
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.blocks[i]
+        return {"input_ids": x, "labels": x.clone()}
+
+
+def token_blocks(documents: List[str], tokenizer: Any, seq_len: int, eval_fraction: float) -> tuple:
+    """Tokenizes the documents (EOS between them), and splits the stream into train and eval blocks."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    ids: List[int] = []
+    for doc in documents:
+        lines = doc.splitlines(keepends=True)
+        for enc in tokenizer(lines, add_special_tokens=False)["input_ids"]:
+            ids.extend(enc)
+        ids.append(eos)
+    stream = torch.tensor(ids, dtype=torch.long)
+    split = int(len(stream) * (1 - eval_fraction))
+    train, evaluation = TokenBlocks(stream[:split], seq_len), TokenBlocks(stream[split:], seq_len)
+    if len(train) == 0 or len(evaluation) == 0:
+        raise ConfigError("data.seq_len", seq_len, f"shorter blocks: the corpus has only {len(stream)} tokens")
+    log.info("corpus: %d tokens, %d train and %d eval blocks of %d", len(stream), len(train), len(evaluation), seq_len)
+    return train, evaluation

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -104,8 +105,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.cluster.launcher == "slurm":
         from hpcrun.launch.slurm import SLURM_SUBDIR, submit
 
+        existed = Path(cfg.run.dir).exists()
         run_dir = prepare_run_dir(cfg)
-        job_id = submit(cfg)
+        try:
+            job_id = submit(cfg)
+        except UserError:
+            if not existed:  # sbatch refused a new run: leave no trace of it
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         logs = run_dir / SLURM_SUBDIR
         print(textwrap.dedent(f"""\
             submitted Slurm job {job_id} for run {cfg.run.name} on {cfg.cluster.name}

@@ -101,6 +101,11 @@ def _check_override(text: str, dirs: list[Path]) -> None:
 
 def _one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf errors span several lines; keep the first sentence and the key."""
+    from hydra.errors import OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        return (f"cannot parse the override {exc.override!r}: quote a value that has spaces or special "
+                "characters, e.g. 'run.name=\"my run\"'")
     cause = exc.__cause__ or exc.__context__
     if cause is not None and getattr(cause, "full_key", None):
         exc = cause  # Hydra's "Error merging override" hides OmegaConf's precise reason
@@ -182,6 +187,7 @@ def check(cfg: Any) -> Config:
 
 def load_saved(path: Path) -> Config:
     """Loads a run's saved config.yaml and checks it against the schema."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -189,6 +195,6 @@ def load_saved(path: Path) -> Config:
     try:
         saved = OmegaConf.load(path)
         cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
-    except (OSError, OmegaConfBaseException, ValueError) as exc:
+    except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
         raise UserError(f"{path}: not a readable hpcrun config ({_one_line(exc)})") from None
     return check(cfg)

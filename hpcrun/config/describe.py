@@ -56,3 +56,30 @@ def key_docs(cls: type = schema.Config, prefix: str = "") -> List[KeyDoc]:
         doc = comments.get(cls.__name__, {}).get(f.name, "")
         result.append(KeyDoc(key, str(f.type), default, doc))
     return result
+
+
+def markdown() -> str:
+    """docs/configuration.md: every key, its type, default and description (tests keep the file in sync)."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Every key hpcrun reads, generated from `hpcrun/config/schema.py` by",
+        "`python -m hpcrun.config.describe > docs/configuration.md` (a test fails when this file is stale).",
+        "Set any key on the command line as `KEY=VALUE`; pick group files with `cluster=NAME`, `model=NAME`,",
+        "`data=NAME` and `+experiment=NAME`. Defaults below are the schema's; the group files in `conf/` set their own.",
+        "",
+    ]
+    section = None
+    for d in key_docs():
+        head = d.key.split(".")[0]
+        if head != section:
+            section = head
+            out += ["", f"## {head}", "", "| key | type | default | description |", "|---|---|---|---|"]
+        default = "" if d.default in (None, [], {}) else f"`{d.default}`"
+        kind = d.type.replace("Optional[", "").replace("]", "").replace("[", " of ")
+        out.append(f"| `{d.key}` | {kind} | {default} | {d.doc.replace('|', '/')} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

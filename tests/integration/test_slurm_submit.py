@@ -1,0 +1,54 @@
+"""Submission to the real dev Slurm cluster (scripts/dev-cluster up)."""
+
+import subprocess
+import time
+
+import pytest
+
+from tests.slurm import job_id_from, wait_for_end
+
+pytestmark = pytest.mark.training
+
+
+def test_tiny_llama_submits_returns_at_once_and_completes_under_srun(hpcrun, tmp_path, slurm_cluster):
+    start = time.monotonic()
+    out = hpcrun("+experiment=tiny_llama", "cluster=slurm", "train.max_steps=10", "train.log_every=5")
+    returned_after = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    job_id = job_id_from(out.stdout)
+    run_dir = tmp_path / "runs" / "tiny_llama"
+    assert f"run dir: {run_dir}" in out.stdout
+    assert f"scancel {job_id}" in out.stdout
+    assert returned_after < 30  # submission does not wait for the job (which trains for longer than this)
+
+    assert wait_for_end(job_id) == "COMPLETED"
+    assert (run_dir / "final" / "model.safetensors").exists()
+    assert (run_dir / "config.yaml").exists()
+    log = (run_dir / "slurm" / f"{job_id}_0_log.err").read_text()
+    assert f"Slurm job {job_id}" in log and "final weights in" in log
+
+    # The job ran as a step under srun: sacct lists the step that ran python.
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,JobName,State"],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"{job_id}.0|python" in steps.replace("python3", "python")
+
+
+def test_the_rendered_script_is_exactly_what_was_submitted(hpcrun, tmp_path, slurm_cluster):
+    args = ["+experiment=tiny_llama", "cluster=slurm", "train.max_steps=1", "cluster.time=10", "run.name=rendered"]
+    rendered = hpcrun("render", *args)
+    assert rendered.returncode == 0, rendered.stderr
+    out = hpcrun(*args)
+    assert out.returncode == 0, out.stderr
+    job_id = job_id_from(out.stdout)
+    submitted = (tmp_path / "runs" / "rendered" / "slurm" / f"{job_id}_submission.sh").read_text()
+    assert rendered.stdout.rstrip("\n") == submitted.rstrip("\n")
+    wait_for_end(job_id)
+
+
+def test_sbatch_refusing_a_job_is_one_clear_line_and_leaves_no_run_directory(hpcrun, tmp_path, slurm_cluster):
+    out = hpcrun("+experiment=tiny_llama", "cluster=slurm", "cluster.partition=nosuchpartition")
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpcrun: error: sbatch refused the job") and "partition" in last.lower()
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs" / "tiny_llama").exists()

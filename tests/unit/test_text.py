@@ -1,0 +1,46 @@
+"""The built-in corpus and the offline tokenizer (job side)."""
+
+import gzip
+
+import pytest
+
+from hpcrun.errors import ConfigError
+from hpcrun.tasks.text import corpus_files, load_corpus, token_blocks, train_bpe
+
+
+def test_the_builtin_corpus_is_real_english_shipped_with_the_package():
+    text = load_corpus("shakespeare")[0]
+    assert len(text) > 1_000_000
+    assert "To be, or not to be" in text
+    words = text.lower().split()
+    assert sum(w in {"the", "and", "of", "to"} for w in words) / len(words) > 0.05
+
+
+def test_a_folder_corpus_reads_txt_and_gz_files_in_order(tmp_path):
+    (tmp_path / "b.txt").write_text("second")
+    with gzip.open(tmp_path / "a.txt.gz", "wt") as f:
+        f.write("first")
+    (tmp_path / "skip.md").write_text("not text")
+    assert load_corpus(str(tmp_path)) == ["first", "second"]
+
+
+def test_a_missing_corpus_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="data.corpus=.*nope.*expected an existing file or folder"):
+        corpus_files(str(tmp_path / "nope"))
+
+
+def test_bpe_training_is_deterministic_and_round_trips_text():
+    docs = [load_corpus("shakespeare")[0][:200_000]]
+    a, b = train_bpe(docs, 1000), train_bpe(docs, 1000)
+    assert a.get_vocab() == b.get_vocab()
+    sample = "Now is the winter of our discontent, café — 1603!"
+    assert a.decode(a(sample)["input_ids"]) == sample  # byte-level: nothing is unknown
+
+
+def test_token_blocks_split_the_stream_into_train_and_eval():
+    docs = [load_corpus("shakespeare")[0][:100_000]]
+    tok = train_bpe(docs, 600)
+    train, evaluation = token_blocks(docs, tok, seq_len=64, eval_fraction=0.1)
+    assert len(train) > 5 * len(evaluation) > 0
+    item = train[0]
+    assert item["input_ids"].shape == (64,) and (item["labels"] == item["input_ids"]).all()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from hpcrun import __version__
-from hpcrun.errors import UserError
+from hpcrun.errors import JobError, UserError
 
 PROG = "hpcrun"
 # The keys --help shows; docs/configuration.md lists every key.
@@ -102,32 +102,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpcrun.launch.rundir import prepare_run_dir
 
     cfg = compose(_with_cluster(args.overrides), args.config_dir)
+    prepared = prepare_run_dir(cfg)
+    _say(prepared.message)
+    if prepared.kind in ("complete", "active"):
+        return 0
+    run_dir = prepared.run_dir
     if cfg.cluster.launcher == "slurm":
+        from hpcrun.launch.rundir import record_submission
         from hpcrun.launch.slurm import SLURM_SUBDIR, submit
 
-        existed = Path(cfg.run.dir).exists()
-        run_dir = prepare_run_dir(cfg)
         try:
             job_id = submit(cfg)
         except UserError:
-            if not existed:  # sbatch refused a new run: leave no trace of it
+            if prepared.created:  # sbatch refused a new run: leave no trace of it
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
+        record_submission(run_dir, job_id)
         logs = run_dir / SLURM_SUBDIR
         print(textwrap.dedent(f"""\
             submitted Slurm job {job_id} for run {cfg.run.name} on {cfg.cluster.name}
               run dir: {run_dir}
-              logs:    tail -f {logs}/{job_id}_0_log.err {logs}/{job_id}_0_log.out
+              logs:    tail -f {run_dir}/logs/latest.log   (all output: {logs}/{job_id}_0_log.err)
               state:   squeue -j {job_id}   (after it ends: sacct -j {job_id})
               cancel:  scancel {job_id}"""), flush=True)
         return 0
 
     from hpcrun.launch.local import run_local
 
-    run_dir = prepare_run_dir(cfg)
-    _say(f"run {cfg.run.name} in {run_dir}, in the foreground on this machine")
-    final = run_local(run_dir)
-    _say(f"done: final weights in {final}")
+    from hpcrun.job.runstate import read_state
+
+    _say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
+    result = run_local(run_dir)
+    state = read_state(run_dir)
+    if state.get("status") == "stopped":
+        # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).
+        _say(f"stopped: {state.get('reason')}; the same command resumes it")
+        return 130 if "SIGINT" in str(state.get("reason")) else 75
+    _say(f"done: final weights in {result}")
     return 0
 
 
@@ -164,6 +175,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         _say(f"error: {exc}")
         return 2
+    except JobError as exc:  # the job itself failed (locally); its log has the details
+        _say(f"error: {exc}")
+        return 1
     except KeyboardInterrupt:
         _say("interrupted")
         return 130

@@ -19,6 +19,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from hpcrun.config.identity import run_id
 from hpcrun.config.schema import GROUPS, Config, register
 from hpcrun.errors import ConfigError, UserError
 from hpcrun.resources import conf_dir
@@ -163,6 +164,8 @@ def compose(
         cfg = loader.load_configuration(config_name=PRIMARY, overrides=list(overrides), run_mode=RunMode.RUN)
         with open_dict(cfg):
             del cfg["hydra"]
+        if not any(o.split("=", 1)[0].lstrip("+~") == "run.id" for o in overrides):
+            cfg.run.id = run_id(overrides)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_one_line(exc)) from None

@@ -168,18 +168,56 @@ class ClusterConfig:
 
 @dataclass
 class RunConfig:
-    """The run: its name and its directory, where everything it writes lands."""
+    """The run: its identity, its directory, and how often it may come back."""
 
     # The run's name; experiments set it to their own name.
     name: str = "default"
-    # The run directory (default: <cluster.run_root>/<run.name>); made absolute when the run is launched.
-    dir: str = "${cluster.run_root}/${run.name}"
+    # The run's identity under its name: its non-launcher overrides, e.g. train.lr=3e-4 (hpcrun sets it).
+    id: str = "default"
+    # The run directory (default: <cluster.run_root>/<run.name>/<run.id>); made absolute when the run is launched.
+    dir: str = "${cluster.run_root}/${run.name}/${run.id}"
+    # Start over: move an existing run directory aside (to <run.dir>.replaced-<time>) instead of resuming it.
+    fresh: bool = False
+    # How many times the job may requeue itself (after a deadline save or a preemption) before it stops.
+    max_requeues: int = 20
+    # How many restarts in a row may make no training progress before the run stops (the crash-loop breaker).
+    max_restarts_without_progress: int = 3
 
     def check(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError("run.name", self.name, "a non-empty name without '/' that does not start with '.'")
+        if not self.id or "/" in self.id or self.id.startswith("."):
+            raise ConfigError("run.id", self.id, "a non-empty name without '/' that does not start with '.'")
         if not str(self.dir).strip():
             raise ConfigError("run.dir", self.dir, "a directory path")
+        if self.max_requeues < 0:
+            raise ConfigError("run.max_requeues", self.max_requeues, "zero or more")
+        if self.max_restarts_without_progress < 0:
+            raise ConfigError("run.max_restarts_without_progress", self.max_restarts_without_progress, "zero or more")
+
+
+@dataclass
+class CheckpointConfig:
+    """When and how the run saves: by wall clock, and just before its time runs out."""
+
+    # Wall-clock interval between periodic saves (30m, 90s, 2h; 0: none, only the final and deadline saves).
+    save_every: str = "30m"
+    # How many complete checkpoints to keep (at least 2: the newest may be half-written).
+    keep_last: int = 2
+    # The final save must finish this long before the job's end (on top of the measured step and save times).
+    deadline_margin: str = "2m"
+    # How long a save is assumed to take until one has been measured.
+    save_time_guess: str = "60s"
+
+    def save_every_seconds(self) -> Optional[int]:
+        return _duration("checkpoint.save_every", self.save_every) or None
+
+    def check(self) -> None:
+        self.save_every_seconds()
+        if not isinstance(self.keep_last, int) or self.keep_last < 2:
+            raise ConfigError("checkpoint.keep_last", self.keep_last, "at least 2 (the newest may be half-written)")
+        _duration("checkpoint.deadline_margin", self.deadline_margin)
+        _duration("checkpoint.save_time_guess", self.save_time_guess)
 
 
 @dataclass
@@ -284,8 +322,12 @@ class TrainConfig:
     seed: int = 0
     # Log loss and learning rate every this many steps.
     log_every: int = 10
+    # Also log every this much wall clock (e.g. 1m; empty: by steps only).
+    log_every_time: Optional[str] = None
     # Evaluate on the held-out text every this many steps (0: only at the end).
     eval_every: int = 0
+    # Also evaluate every this much wall clock (e.g. 30m; empty: by steps only).
+    eval_every_time: Optional[str] = None
     # Data-loading worker processes per rank.
     num_workers: int = 0
 
@@ -306,6 +348,9 @@ class TrainConfig:
             raise ConfigError("train.precision", self.precision, choices=PRECISIONS)
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ConfigError("train.lr_scheduler", self.lr_scheduler, choices=LR_SCHEDULERS)
+        for key in ("log_every_time", "eval_every_time"):
+            if getattr(self, key) is not None:
+                _duration(f"train.{key}", getattr(self, key))
 
 
 @dataclass
@@ -325,11 +370,12 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
 
     def check(self) -> None:
         """Checks every section; raises ConfigError naming the first bad key."""
-        for section in (self.run, self.cluster, self.model, self.data, self.train):
+        for section in (self.run, self.cluster, self.model, self.data, self.train, self.checkpoint):
             section.check()
         if self.data.seq_len > self.model.max_position_embeddings:
             raise ConfigError(

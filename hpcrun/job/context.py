@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,10 @@ class JobContext:
         local_rank: rank on this node (``SLURM_LOCALID``; 0 locally).
         job_id: the Slurm job id (``<array>_<index>`` for array tasks), or None locally.
         restart: how many times Slurm restarted the job (``SLURM_RESTART_COUNT``; 0 for the first start).
+        checkpoints: the run's :class:`~hpcrun.job.checkpoint.CheckpointDir`.
+        resume_from: the newest complete checkpoint to resume from (None: start from scratch).
+        end_time: when the job ends, as a Unix time (None: unknown).
+        stop_flags: the :class:`~hpcrun.job.signals.StopFlags` set by stop signals.
     """
 
     run_dir: Path
@@ -27,6 +31,10 @@ class JobContext:
     local_rank: int = 0
     job_id: Optional[str] = None
     restart: int = 0
+    checkpoints: Any = None
+    resume_from: Any = None
+    end_time: Optional[float] = None
+    stop_flags: Any = None
 
     @property
     def on_slurm(self) -> bool:
@@ -50,3 +58,18 @@ class JobContext:
             job_id=job_id,
             restart=int(env.get("SLURM_RESTART_COUNT", 0)),
         )
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What a task returns when it saved and stopped early (signal or deadline) rather than finishing.
+
+    Attributes:
+        step: the global step of the checkpoint it saved.
+        reason: why it stopped, for the log and the run's state.
+        signal: the signal's name (``SIGTERM``, ``SIGUSR2``, ``SIGINT``) when a signal stopped it.
+    """
+
+    step: int
+    reason: str
+    signal: Optional[str] = None

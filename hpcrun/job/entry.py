@@ -1,22 +1,34 @@
-"""The job's entry point: the one callable both launchers run.
+"""The job's entry point: the one callable both launchers run, and the run's lifecycle around the task.
 
 On Slurm, submitit pickles a :class:`JobEntry` and runs it under ``srun`` on the compute node; locally hpcrun
 calls the same object in the foreground. It holds nothing but the run directory: every start (first, requeued,
-resumed) reads the saved config from disk, so no stale state travels inside the submission.
+resumed) reads the saved config, the run's state and its newest complete checkpoint from disk.
+
+A start: read the config; stop at once if the run is complete or crash-looping; find the newest complete
+checkpoint (logging the incomplete ones skipped); install the stop-signal handlers; learn the job's end time;
+run the task. Then, by how the task ended: completed (done marker), stopped by a signal or the deadline after a
+save (requeue itself on Slurm, print the resume command locally), or failed (a Python error is not requeued; a
+transient one is, within the budgets).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
+import shlex
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-from hpcrun.job.context import JobContext
+from hpcrun.errors import JobError
+from hpcrun.job.context import JobContext, Stopped
+from hpcrun.job.runstate import RunState
 
 log = logging.getLogger("hpcrun")
 FINAL_DIR = "final"
+LOG_DIR = "logs"
 
 
 def import_target(path: str) -> Callable[..., Any]:
@@ -27,21 +39,91 @@ def import_target(path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def setup_logging(ctx: JobContext) -> None:
-    """One log format for hpcrun and transformers; ranks other than 0 only warn."""
+def setup_logging(ctx: JobContext, start: Optional[int] = None) -> None:
+    """One log format for hpcrun and transformers; ranks other than 0 only warn.
+
+    With ``start`` set, the log also goes to ``<run.dir>/logs/start-N.log`` (``start-N.rank-R.log`` for other
+    ranks), one file per start of the job, and ``logs/latest.log`` points to rank 0's newest.
+    """
     level = logging.INFO if ctx.is_main else logging.WARNING
     prefix = f"[rank {ctx.rank}] " if ctx.world_size > 1 else ""
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-        force=True,
+    fmt = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list = [logging.StreamHandler(sys.stderr)]
+    if start is not None:
+        logs = ctx.run_dir / LOG_DIR
+        logs.mkdir(exist_ok=True)
+        name = f"start-{start}.log" if ctx.is_main else f"start-{start}.rank-{ctx.rank}.log"
+        handlers.append(logging.FileHandler(logs / name))
+        if ctx.is_main:
+            latest = logs / "latest.log"
+            latest.unlink(missing_ok=True)
+            latest.symlink_to(name)
+    for h in handlers:
+        h.setFormatter(fmt)
+    logging.basicConfig(level=level, handlers=handlers, force=True)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors a restart may cure (a flaky GPU, network or filesystem); any other Python error would repeat."""
+    import errno
+
+    text = str(exc)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE, errno.ETIMEDOUT):
+        return True
+    markers = ("NCCL", "CUDA error", "ECC error", "unspecified launch failure", "DistNetworkError",
+               "DistBackendError")
+    return type(exc).__name__ in ("DistNetworkError", "DistBackendError") or (
+        isinstance(exc, RuntimeError) and any(m in text for m in markers)
     )
 
 
+def slurm_job_state(job_id: str) -> str:
+    """The job's state as accounting records it (CANCELLED shows there at once on scancel; squeue only says
+    COMPLETING), falling back to squeue without accounting. '' when neither answers."""
+    import subprocess
+
+    for command in (["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"], ["squeue", "-h", "-j", job_id, "-o", "%T"]):
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = out.stdout.strip().splitlines()
+        if out.returncode == 0 and lines:
+            return lines[-1].split()[0].rstrip("+")
+    return ""
+
+
+def requeue(job_id: str, attempts: int = 4) -> bool:
+    """``scontrol requeue JOB``, with back-off; True once Slurm took it (or had already requeued it)."""
+    import subprocess
+
+    delay = 2.0
+    for attempt in range(attempts):
+        out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        if out.returncode == 0:
+            return True
+        err = out.stderr.strip()
+        if "already" in err.lower() or "pending" in err.lower():
+            return True
+        log.warning("scontrol requeue %s failed (%s)%s", job_id, err, "; retrying" if attempt + 1 < attempts else "")
+        time.sleep(delay)
+        delay *= 2
+    return False
+
+
+def _barrier() -> None:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 class JobEntry:
-    """Runs the task of the run in ``run_dir``.
+    """Runs (or resumes) the run in ``run_dir``.
 
     Args:
         run_dir: the run directory holding ``config.yaml``.
@@ -50,19 +132,115 @@ class JobEntry:
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = str(run_dir)
 
-    def __call__(self) -> str:
-        from hpcrun.config.compose import load_saved
-        from hpcrun.launch.rundir import CONFIG_FILE
-
-        run_dir = Path(self.run_dir)
-        ctx = JobContext.from_env(run_dir)
-        setup_logging(ctx)
-        cfg = load_saved(run_dir / CONFIG_FILE)
-        where = f"Slurm job {ctx.job_id} (restart {ctx.restart})" if ctx.on_slurm else "this machine (local)"
-        log.info("run %s in %s on %s, rank %d of %d", cfg.run.name, run_dir, where, ctx.rank, ctx.world_size)
-        task = import_target(cfg.task._target_)
-        result = task(cfg, ctx)
-        return str(result)
-
     def __repr__(self) -> str:
         return f"JobEntry({self.run_dir!r})"
+
+    def __call__(self) -> str:
+        from hpcrun.config.compose import load_saved
+        from hpcrun.job.checkpoint import CheckpointDir
+        from hpcrun.job.deadline import job_end_time
+        from hpcrun.job.signals import StopFlags, job_signals
+        from hpcrun.launch.rundir import CONFIG_FILE
+
+        started = time.time()
+        run_dir = Path(self.run_dir)
+        ctx = JobContext.from_env(run_dir)
+        if ctx.world_size > 1 and ctx.on_slurm:
+            from submitit.helpers import TorchDistributedEnvironment
+
+            # Rank, world size, master address and port from Slurm (the port is derived from the job id).
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        setup_logging(ctx)
+        cfg = load_saved(run_dir / CONFIG_FILE)
+        state = RunState(run_dir, writer=ctx.is_main)
+        if state.status == "completed":
+            log.info("run %s is complete (final weights in %s): nothing to train", cfg.run.name, run_dir / FINAL_DIR)
+            return str(run_dir / FINAL_DIR)
+
+        checkpoints = CheckpointDir(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+        if ctx.is_main:
+            for name in checkpoints.clear_staging():
+                log.warning("removed %s: a save that was interrupted before it completed", name)
+        _barrier()
+        latest, skipped = checkpoints.latest()
+        prev = state.previous_start
+        start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
+        setup_logging(ctx, start["n"])
+        where = f"Slurm job {ctx.job_id} (restart {ctx.restart})" if ctx.on_slurm else "this machine (local)"
+        log.info("===== start %d of run %s in %s, on %s, rank %d of %d =====",
+                 start["n"], cfg.run.name, run_dir, where, ctx.rank, ctx.world_size)
+        for ckpt, why in skipped:
+            log.warning("skipping %s: %s", ckpt.path.name, why)
+        if prev is not None and "ended_at" not in prev:
+            log.warning("start %d (job %s) ended without a clean stop (killed, node failure, or out of time "
+                        "before its save): %s", prev["n"], prev.get("job_id"),
+                        f"falling back to the last complete checkpoint, {latest.path.name}" if latest
+                        else "no complete checkpoint: training starts over")
+        if state.data["no_progress_restarts"] > cfg.run.max_restarts_without_progress:
+            reason = (f"{state.data['no_progress_restarts']} restarts in a row made no training progress (still at "
+                      f"step {latest.step if latest else 0}); stopping instead of requeueing. Fix the cause, then "
+                      "run the same hpcrun command again")
+            state.end("failed", reason, latest.step if latest else 0)
+            log.error(reason)
+            raise JobError(reason)
+
+        end_time, source = job_end_time(cfg.cluster.time_seconds(), ctx.on_slurm, started)
+        if end_time is not None:
+            log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
+                     time.localtime(end_time)), source, end_time - time.time())
+        flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
+        ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
+                                  stop_flags=flags)
+        try:
+            result = import_target(cfg.task._target_)(cfg, ctx)
+        except Exception as exc:
+            flags.uninstall()
+            return self._failed(cfg, ctx, state, exc)
+        flags.uninstall()
+        if isinstance(result, Stopped):
+            return self._stopped(cfg, ctx, state, result)
+        state.end("completed", f"trained to step {cfg.train.max_steps}", cfg.train.max_steps)
+        return str(result)
+
+    def _stopped(self, cfg: Any, ctx: JobContext, state: RunState, stop: Stopped) -> str:
+        """After the save on a signal or the deadline: requeue on Slurm, or tell the user how to resume."""
+        _barrier()
+        if not ctx.on_slurm:
+            command = shlex.join(["hpcrun", *sys.argv[1:]])
+            state.end("stopped", stop.reason, stop.step)
+            log.info("stopped after step %d (%s); resume with: %s", stop.step, stop.reason, command)
+            return f"stopped at step {stop.step}"
+        if not ctx.is_main:
+            return f"stopped at step {stop.step}"
+        # scancel sends SIGTERM too, and a cancelled job must stay cancelled (its checkpoint stays, to resume
+        # later). A preempted job reads RUNNING here, one at its time limit TIMEOUT: those requeue.
+        if stop.signal == "SIGTERM" and slurm_job_state(ctx.job_id or "") == "CANCELLED":
+            state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step)
+            log.info("job cancelled: saved step %d, not requeueing", stop.step)
+            return f"cancelled at step {stop.step}"
+        if state.data["requeues"] >= cfg.run.max_requeues:
+            reason = f"run.max_requeues={cfg.run.max_requeues} reached; saved step {stop.step}, not requeueing"
+            state.end("failed", reason, stop.step)
+            log.error(reason)
+            raise JobError(reason)
+        if requeue(ctx.job_id or ""):
+            state.end("requeued", stop.reason, stop.step)
+            log.info("saved step %d and requeued job %s (%s)", stop.step, ctx.job_id, stop.reason)
+            return f"requeued at step {stop.step}"
+        reason = f"saved step {stop.step} but `scontrol requeue {ctx.job_id}` failed; resubmit to resume"
+        state.end("failed", reason, stop.step)
+        raise JobError(reason)
+
+    def _failed(self, cfg: Any, ctx: JobContext, state: RunState, exc: Exception) -> str:
+        """A Python error repeats on restart: fail. A transient one may not: requeue, within the budgets."""
+        step = ctx.resume_from.step if ctx.resume_from else 0
+        if ctx.on_slurm and is_transient(exc) and state.data["requeues"] < cfg.run.max_requeues:
+            log.exception("transient error; requeueing (the crash-loop breaker stops repeated restarts "
+                          "without progress)")
+            if ctx.is_main and requeue(ctx.job_id or ""):
+                state.end("requeued", f"transient error: {type(exc).__name__}: {exc}", step)
+                return "requeued after a transient error"
+        reason = f"{type(exc).__name__}: {exc}"
+        state.end("failed", f"{reason} (a Python error is not requeued: it would repeat)", None)
+        log.error("run failed: %s", reason)
+        raise exc

@@ -1,11 +1,24 @@
-"""The run directory, written on the submitting side before anything runs."""
+"""The run directory on the submitting side: new, resumed, complete, or already queued.
+
+Running the same command again (same experiment and training overrides) finds the same ``run.dir`` (see
+:mod:`hpcrun.config.identity`) and resumes it; launcher keys (time, partition, account, save interval) may change
+between starts and are updated in its ``config.yaml``. A run whose training config differs is refused, not
+overwritten; ``run.fresh=true`` moves the old directory aside and starts over.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from hpcrun.config.identity import training_differences
+from hpcrun.errors import UserError
+from hpcrun.job.runstate import ACTIVE, read_state, write_state
 
 CONFIG_FILE = "config.yaml"
 
@@ -31,14 +44,82 @@ def config_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg), resolve=True)
 
 
-def prepare_run_dir(cfg: Any) -> Path:
-    """Creates the run directory and saves the composed config in it.
+@dataclass
+class Prepared:
+    """What :func:`prepare_run_dir` found and did."""
+
+    run_dir: Path
+    kind: str  # "new", "resume", "complete", "active"
+    message: str
+    created: bool = False
+
+
+def _queued_job(state: dict) -> Optional[str]:
+    """The run's Slurm job id when that job is still pending or running."""
+    job = state.get("job_id")
+    if not job or state.get("status") not in ACTIVE:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    alive = out.stdout.strip()
+    return f"{job} ({alive.lower()})" if out.returncode == 0 and alive else None
+
+
+def _newest_checkpoint(run_dir: Path) -> str:
+    from hpcrun.job.checkpoint import CheckpointDir
+
+    latest, _ = CheckpointDir(run_dir / "checkpoints").latest()
+    return f"from {latest.path.name}" if latest else "from the start (no complete checkpoint yet)"
+
+
+def prepare_run_dir(cfg: Any) -> Prepared:
+    """Creates or re-uses the run directory and saves the composed config in it.
 
     The job reads ``config.yaml`` at every start: nothing about the run is baked into the submission, so a
-    requeued job finds the same config (and, from the checkpoint issue on, its newest checkpoint) on disk.
-    The folder is private to the user (0700): saved configs and logs may hold paths and tokens.
+    requeued job finds the same config and its newest checkpoint on disk. A new folder is private to the user
+    (0700): configs and logs may hold paths and tokens.
+
+    Raises:
+        UserError: the directory holds a different run (its training config differs).
     """
+    from omegaconf import OmegaConf
+
     run_dir = Path(cfg.run.dir)
+    saved_path = run_dir / CONFIG_FILE
+    if saved_path.exists() and cfg.run.fresh:
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(run_dir, aside)
+        prepared = Prepared(run_dir, "new", f"new run (run.fresh=true: the previous one moved to {aside})")
+    elif saved_path.exists():
+        state = read_state(run_dir)
+        if state.get("status") == "completed":
+            return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
+                            f"weights in {run_dir / 'final'}. Nothing to do (run.fresh=true starts over)")
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+            raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
+        diffs = training_differences(saved, OmegaConf.to_container(OmegaConf.structured(cfg)))
+        if diffs:
+            more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+            raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
+                            "unchanged, start over with run.fresh=true, or choose another run.dir")
+        job = _queued_job(state)
+        if job:
+            return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "
+                            f"{job}: nothing submitted")
+        prepared = Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}")
+    else:
+        prepared = Prepared(run_dir, "new", f"new run {cfg.run.name}", created=not run_dir.exists())
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_text(run_dir / CONFIG_FILE, config_yaml(cfg))
-    return run_dir
+    atomic_write_text(saved_path, config_yaml(cfg))
+    return prepared
+
+
+def record_submission(run_dir: Path, job_id: str) -> None:
+    """Notes the submitted job in the run's state (the job overwrites it with "running" when it starts)."""
+    state = read_state(run_dir)
+    state.update(status="submitted", job_id=job_id, reason="")
+    write_state(run_dir, state)

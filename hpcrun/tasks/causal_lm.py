@@ -9,10 +9,10 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from hpcrun.config.schema import Config
-from hpcrun.job.context import JobContext
+from hpcrun.job.context import JobContext, Stopped
 from hpcrun.job.entry import FINAL_DIR
 from hpcrun.tasks.text import load_corpus, token_blocks, tokenizer_for
 
@@ -104,13 +104,28 @@ def metrics_callback(path: Path) -> Any:
     return MetricsToJsonl()
 
 
-def train(cfg: Config, ctx: JobContext) -> Path:
-    """Trains the configured model on the configured text and saves it to ``<run.dir>/final``.
+def time_triggers(cfg: Config, ctx: JobContext) -> Any:
+    """The wall-clock save/log/eval triggers and the deadline, from the config and the job."""
+    from hpcrun.job.callback import TimeTriggerCallback
+
+    c = cfg.checkpoint
+    return TimeTriggerCallback(
+        save_every=c.save_every_seconds(), log_every=cfg.train.log_every_time, eval_every=cfg.train.eval_every_time,
+        end_time=ctx.end_time, margin=c.deadline_margin, save_guess=c.save_time_guess, stop_flags=ctx.stop_flags,
+    )
+
+
+def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
+    """Trains the configured model on the configured text, resuming from ``ctx.resume_from`` if set.
 
     Returns:
-        The folder of the final weights (``save_pretrained`` format, safetensors).
+        The folder of the final weights (``save_pretrained`` format, safetensors), or :class:`Stopped` when a
+        signal or the deadline stopped training after a save.
     """
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
+
+    from hpcrun.job.checkpoint import CheckpointDir
+    from hpcrun.job.trainer import HpcrunTrainer
 
     set_seed(cfg.train.seed)  # before the model is built: the random init depends on it
     documents = load_corpus(cfg.data.corpus)
@@ -118,20 +133,29 @@ def train(cfg: Config, ctx: JobContext) -> Path:
     train_set, eval_set = token_blocks(documents, tokenizer, cfg.data.seq_len, cfg.data.eval_fraction)
     model = build_model(cfg, tokenizer)
 
-    trainer = Trainer(
+    triggers = time_triggers(cfg, ctx)
+    resume = ctx.resume_from
+    if resume is not None:
+        triggers.triggers.restore(CheckpointDir.read_state(resume))
+        log.info("resuming from %s", resume.path)
+    trainer = HpcrunTrainer(
         model=model,
         args=training_arguments(cfg, ctx),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        callbacks=[metrics_callback(ctx.run_dir / METRICS_FILE)],
+        callbacks=[metrics_callback(ctx.run_dir / METRICS_FILE), triggers],
+        checkpoints=ctx.checkpoints or CheckpointDir(ctx.run_dir / "checkpoints", cfg.checkpoint.keep_last),
+        triggers=triggers,
     )
     start = time.monotonic()
-    result = trainer.train()
-    log.info("trained %d steps in %.1f s, final train loss %.4f", result.global_step,
-             time.monotonic() - start, result.training_loss)
+    result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    log.info("trained to step %d in %.1f s this start", result.global_step, time.monotonic() - start)
+    if triggers.stop_reason is not None and result.global_step < cfg.train.max_steps:
+        signal = ctx.stop_flags.signal if ctx.stop_flags else None
+        return Stopped(step=result.global_step, reason=triggers.stop_reason, signal=signal)
+
     metrics = trainer.evaluate()
     log.info("eval loss %.4f", metrics["eval_loss"])
-
     final = ctx.run_dir / FINAL_DIR
     trainer.save_model(str(final))  # safetensors; only the main process writes
     if ctx.is_main:

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.training
 def test_tiny_llama_trains_locally_and_leaves_final_weights_and_its_config(hpcrun, tmp_path):
     out = hpcrun("+experiment=tiny_llama", "cluster=local", "train.max_steps=12", "train.log_every=4")
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "tiny_llama"
+    run_dir = tmp_path / "runs" / "tiny_llama" / "train.log_every=4,train.max_steps=12"
     assert f"done: final weights in {run_dir / 'final'}" in out.stderr
 
     from omegaconf import OmegaConf
@@ -36,4 +36,5 @@ def test_tiny_llama_trains_locally_and_leaves_final_weights_and_its_config(hpcru
 def test_the_run_directory_is_private_to_the_user(hpcrun, tmp_path):
     out = hpcrun("+experiment=tiny_llama", "cluster=local", "train.max_steps=1", "data.vocab_size=300")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "runs" / "tiny_llama").stat().st_mode & 0o077 == 0
+    (run_dir,) = (tmp_path / "runs" / "tiny_llama").iterdir()
+    assert run_dir.stat().st_mode & 0o077 == 0

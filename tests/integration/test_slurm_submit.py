@@ -16,7 +16,7 @@ def test_tiny_llama_submits_returns_at_once_and_completes_under_srun(hpcrun, tmp
     returned_after = time.monotonic() - start
     assert out.returncode == 0, out.stderr
     job_id = job_id_from(out.stdout)
-    run_dir = tmp_path / "runs" / "tiny_llama"
+    run_dir = tmp_path / "runs" / "tiny_llama" / "train.log_every=5,train.max_steps=10"
     assert f"run dir: {run_dir}" in out.stdout
     assert f"scancel {job_id}" in out.stdout
     assert returned_after < 30  # submission does not wait for the job (which trains for longer than this)
@@ -26,6 +26,7 @@ def test_tiny_llama_submits_returns_at_once_and_completes_under_srun(hpcrun, tmp
     assert (run_dir / "config.yaml").exists()
     log = (run_dir / "slurm" / f"{job_id}_0_log.err").read_text()
     assert f"Slurm job {job_id}" in log and "final weights in" in log
+    assert "===== start 1 of run tiny_llama" in (run_dir / "logs" / "latest.log").read_text()
 
     # The job ran as a step under srun: sacct lists the step that ran python.
     steps = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,JobName,State"],
@@ -40,7 +41,7 @@ def test_the_rendered_script_is_exactly_what_was_submitted(hpcrun, tmp_path, slu
     out = hpcrun(*args)
     assert out.returncode == 0, out.stderr
     job_id = job_id_from(out.stdout)
-    submitted = (tmp_path / "runs" / "rendered" / "slurm" / f"{job_id}_submission.sh").read_text()
+    submitted = (tmp_path / "runs" / "rendered" / "train.max_steps=1" / "slurm" / f"{job_id}_submission.sh").read_text()
     assert rendered.stdout.rstrip("\n") == submitted.rstrip("\n")
     wait_for_end(job_id)
 

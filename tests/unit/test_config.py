@@ -30,15 +30,15 @@ def test_every_experiment_composes_on_every_cluster(experiment, cluster, tmp_pat
     assert cfg.cluster.time_seconds() > 0
 
 
-def test_run_dir_defaults_to_the_run_root_and_the_experiment_name(tmp_path):
+def test_run_dir_defaults_to_the_run_root_the_experiment_name_and_default(tmp_path):
     cfg = compose(["+experiment=tiny_llama", "cluster=local"], cwd=tmp_path)
-    assert cfg.run.dir == str(tmp_path / "runs" / "tiny_llama")
+    assert cfg.run.dir == str(tmp_path / "runs" / "tiny_llama" / "default")
 
 
 def test_greene_puts_runs_on_scratch_and_llama7b_asks_for_four_a100s_for_48_hours(tmp_path, monkeypatch):
     monkeypatch.setenv("USER", "alice")
     cfg = compose(["+experiment=llama7b", "cluster=greene"], cwd=tmp_path)
-    assert cfg.run.dir == "/scratch/alice/hpcrun/runs/llama7b"
+    assert cfg.run.dir == "/scratch/alice/hpcrun/runs/llama7b/default"
     assert (cfg.cluster.gpus_per_node, cfg.cluster.gpu_type, cfg.cluster.time) == (4, "a100", "48:00:00")
     assert cfg.model.name_or_path == "meta-llama/Llama-2-7b-hf"
     assert (cfg.model.hidden_size, cfg.model.num_hidden_layers, cfg.model.intermediate_size) == (4096, 32, 11008)

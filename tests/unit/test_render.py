@@ -59,7 +59,7 @@ def test_cluster_keys_map_onto_sbatch_options(tmp_path, monkeypatch):
 
 def test_logs_land_in_the_run_directory(tmp_path, monkeypatch):
     script = _render(["+experiment=tiny_llama", "cluster=slurm"], tmp_path, monkeypatch)
-    run_dir = tmp_path / "runs" / "tiny_llama"
+    run_dir = tmp_path / "runs" / "tiny_llama" / "default"
     assert f"#SBATCH --output={run_dir}/slurm/%j_0_log.out" in script
     assert f"#SBATCH --error={run_dir}/slurm/%j_0_log.err" in script
 

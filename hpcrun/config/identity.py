@@ -1,0 +1,64 @@
+"""Run identity: the same experiment with the same overrides is the same run, wherever and however long it runs.
+
+``run.id`` is made from the overrides that change what is trained; launcher keys (where and how long it runs,
+how often it saves) are left out, so ``hpcrun +experiment=x train.lr=3e-4 cluster.time=2:00:00`` and the same
+command with ``cluster.time=48:00:00`` or on another cluster find the same run directory and resume it. Nothing
+depends on a clock: a requeued job, or the same command a week later, lands in the same place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Dict, Iterable, List
+
+# Keys (and key prefixes, ending in ".") that do not change what is trained.
+LAUNCH_KEYS = ("cluster", "cluster.", "checkpoint.", "run.")
+IDENTITY_MAX = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
+
+
+def is_launch_key(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in LAUNCH_KEYS)
+
+
+def run_id(overrides: Iterable[str]) -> str:
+    """``default`` without training overrides; else the sorted ``key=value`` list, made safe as a folder name.
+
+    ``+experiment=NAME`` is part of the run's name, not its id. Long ids keep a readable head and a hash.
+    """
+    parts = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key == "experiment" or is_launch_key(key):
+            continue
+        parts.append(f"{key}={value}")
+    if not parts:
+        return "default"
+    text = _UNSAFE.sub("_", ",".join(sorted(parts)))
+    if len(text) > IDENTITY_MAX:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+        text = f"{text[: IDENTITY_MAX - 11]}-{digest}"
+    return text
+
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def training_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """The keys (outside the launcher keys) whose values differ, as ``key: old -> new``."""
+    a, b = _flatten(saved), _flatten(new)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if is_launch_key(key):
+            continue
+        if a.get(key) != b.get(key):
+            diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs

@@ -1,0 +1,129 @@
+"""Time-based saving, logging and evaluation, and the deadline, for any transformers Trainer.
+
+Works on its own with a stock ``Trainer`` (saves then go through the Trainer's usual checkpointing):
+
+    from hpcrun.job.callback import TimeTriggerCallback
+
+    trainer = Trainer(model, args, train_dataset=ds,
+                      callbacks=[TimeTriggerCallback(save_every="30m", log_every="1m", end_time="slurm")])
+
+hpcrun's own task pairs it with :class:`hpcrun.job.trainer.HpcrunTrainer`, which makes each save atomic.
+
+Every rank runs the callback; the time decisions are taken on rank 0 and a stop signal seen by any rank counts.
+One small all-reduce per optimizer step shares both, so all ranks save at the same step and stop together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional, Union
+
+from transformers import TrainerCallback
+
+from hpcrun.durations import parse_duration
+from hpcrun.job.signals import StopFlags
+from hpcrun.job.triggers import Clock, TimeTriggers
+
+log = logging.getLogger("hpcrun")
+Seconds = Union[None, int, float, str]
+
+
+def _seconds(value: Seconds) -> Optional[float]:
+    if value in (None, "", 0, "0"):
+        return None
+    return float(value) if isinstance(value, (int, float)) else float(parse_duration(value))
+
+
+def _share(flags: list) -> list:
+    """Element-wise max of the flags over all ranks (identity when not distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flags
+    t = torch.tensor(flags, dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(x) for x in t.cpu().tolist()]
+
+
+class TimeTriggerCallback(TrainerCallback):
+    """Sets the Trainer's save/log/evaluate/stop controls from the wall clock and from stop signals.
+
+    Args:
+        save_every: periodic save interval (``"30m"``, ``90``, ...; None: off).
+        log_every: logging interval (None: only the Trainer's step-based logging).
+        eval_every: evaluation interval (None: only the Trainer's own strategy).
+        end_time: the job's end as a Unix time, ``"slurm"`` to ask Slurm, or None for no deadline.
+        margin: seconds the final save must finish before ``end_time``.
+        save_guess: seconds a save is assumed to take until one has been measured.
+        stop_flags: a :class:`StopFlags` whose signals stop training after a save (None: signals are not handled).
+        clock, wall: monotonic and Unix clocks (tests pass fakes).
+    """
+
+    def __init__(
+        self,
+        save_every: Seconds = None,
+        log_every: Seconds = None,
+        eval_every: Seconds = None,
+        end_time: Union[None, float, str] = None,
+        margin: Seconds = 120,
+        save_guess: Seconds = 30,
+        stop_flags: Optional[StopFlags] = None,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+    ) -> None:
+        if end_time == "slurm":
+            from hpcrun.job.deadline import slurm_end_time
+
+            end_time, _ = slurm_end_time(os.environ)
+        self.triggers = TimeTriggers(
+            save_every=_seconds(save_every), log_every=_seconds(log_every), eval_every=_seconds(eval_every),
+            end_time=end_time if end_time is None else float(end_time), margin=_seconds(margin) or 0.0,
+            save_guess=_seconds(save_guess) or 0.0, clock=clock, wall=wall,
+        )
+        self.stop_flags = stop_flags
+        self.stop_reason: Optional[str] = None
+        self.stop_step: Optional[int] = None
+        self._save_started: Optional[float] = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.triggers.step_started()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        d = self.triggers.step_ended()
+        main = state.is_world_process_zero
+        signalled = self.stop_flags.pending() if self.stop_flags else None
+        save, log_, evaluate, deadline, sig = _share([
+            int(main and d.save), int(main and d.log), int(main and d.evaluate), int(main and d.stop),
+            int(signalled is not None),
+        ])
+        if log_:
+            control.should_log = True
+        if evaluate:
+            control.should_evaluate = True
+        if sig or deadline:
+            if sig:
+                name = signalled[0] if signalled else "a stop signal (on another rank)"
+                self.stop_reason = f"signal {name}" if signalled else name
+            else:
+                self.stop_reason = d.reason if main else "deadline (decided on rank 0)"
+            self.stop_step = state.global_step
+            control.should_training_stop = True
+            save = True
+            log.info("stopping after step %d: %s; saving now", state.global_step, self.stop_reason)
+        elif save and main:
+            log.info("step %d: %s", state.global_step, d.reason)
+        if save:
+            control.should_save = True
+            self._save_started = self.triggers.clock()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._save_started is not None:
+            self.triggers.saved(self.triggers.clock() - self._save_started)
+            self._save_started = None
+        else:  # a save the Trainer decided itself (its own step strategy): the interval restarts all the same
+            self.triggers.save_interval.reset()

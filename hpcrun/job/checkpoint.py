@@ -1,0 +1,178 @@
+"""Atomic checkpoints: ``<run.dir>/checkpoints/step-N/``, complete only with their marker.
+
+A save writes every file into ``checkpoints/.staging/checkpoint-N/`` (Trainer's own layout), then a marker
+``hpcrun-complete.json`` listing every file and its size, written last, then renames the folder to ``step-N``.
+A kill at any instant leaves either the previous checkpoints untouched plus a staging folder (removed at the next
+start), or a complete ``step-N``. Resume takes the newest ``step-N`` whose marker exists and whose files all
+exist at their recorded sizes, and logs every newer folder it skipped and why. (transformers'
+``get_last_checkpoint`` takes the highest number without checking completeness; hpcrun does not use it.)
+
+No torch here: the submitting side (status) reads checkpoints too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+log = logging.getLogger("hpcrun")
+
+MARKER = "hpcrun-complete.json"
+STATE_FILE = "hpcrun-state.json"  # hpcrun's own state inside a checkpoint (time triggers, save times)
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_synced(path: Path, data: Dict[str, Any]) -> None:
+    with path.open("w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+class CheckpointDir:
+    """The checkpoints of one run.
+
+    Args:
+        root: ``<run.dir>/checkpoints``.
+        keep_last: how many complete checkpoints to keep (at least 2: the newest may be in progress elsewhere,
+            e.g. a save interrupted mid-way, and the one before it is the fallback).
+    """
+
+    def __init__(self, root: Path, keep_last: int = 2) -> None:
+        self.root = Path(root)
+        self.keep_last = max(2, keep_last)
+
+    @property
+    def staging_root(self) -> Path:
+        return self.root / ".staging"
+
+    def staging(self, step: int) -> Path:
+        """Where a save of ``step`` is written before it is complete (Trainer's ``checkpoint-N`` naming)."""
+        return self.staging_root / f"checkpoint-{step}"
+
+    def clear_staging(self) -> List[str]:
+        """Removes what interrupted saves left; returns their names (for the log)."""
+        if not self.staging_root.exists():
+            return []
+        names = sorted(p.name for p in self.staging_root.iterdir())
+        shutil.rmtree(self.staging_root, ignore_errors=True)
+        return names
+
+    def folders(self) -> List[Checkpoint]:
+        """Every ``step-N`` folder, newest first (complete or not)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            m = _STEP.match(p.name)
+            if m and p.is_dir():
+                found.append(Checkpoint(int(m.group(1)), p))
+        return sorted(found, key=lambda c: c.step, reverse=True)
+
+    @staticmethod
+    def problem(path: Path) -> Optional[str]:
+        """Why ``path`` is not a complete checkpoint, or None if it is."""
+        marker = path / MARKER
+        if not marker.exists():
+            return "no completion marker (the save was interrupted)"
+        try:
+            manifest = json.loads(marker.read_text())
+            files = manifest["files"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"unreadable completion marker ({exc})"
+        for name, size in files.items():
+            f = path / name
+            if not f.exists():
+                return f"missing file {name}"
+            if f.stat().st_size != size:
+                return f"{name} has {f.stat().st_size} bytes, the marker says {size} (truncated?)"
+        return None
+
+    def latest(self) -> Tuple[Optional[Checkpoint], List[Tuple[Checkpoint, str]]]:
+        """The newest complete checkpoint, and the newer ones skipped with the reason for each."""
+        skipped = []
+        for ckpt in self.folders():
+            why = self.problem(ckpt.path)
+            if why is None:
+                return ckpt, skipped
+            skipped.append((ckpt, why))
+        return None, skipped
+
+    def commit(self, step: int, extra_state: Optional[Dict[str, Any]] = None) -> Path:
+        """Makes the staged save of ``step`` a complete checkpoint: state file, marker last, then the rename.
+
+        Call on one process (global rank 0), after every rank finished writing its part.
+        """
+        staging = self.staging(step)
+        if extra_state is not None:
+            _write_json_synced(staging / STATE_FILE, extra_state)
+        files = {}
+        for f in sorted(staging.rglob("*")):
+            if f.is_file():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+                files[str(f.relative_to(staging))] = f.stat().st_size
+        _write_json_synced(staging / MARKER, {"step": step, "time": time.time(), "files": files})
+        _fsync_dir(staging)
+        final = self.root / f"step-{step}"
+        if final.exists():  # e.g. the same step saved again after a resume: keep the newer write
+            trash = self.staging_root / f"replaced-step-{step}"
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(staging, final)
+        _fsync_dir(self.root)
+        try:
+            self.staging_root.rmdir()  # only when empty: another save may be staging
+        except OSError:
+            pass
+        return final
+
+    def prune(self) -> List[int]:
+        """Deletes complete checkpoints beyond ``keep_last`` (oldest first); incomplete ones older than the
+        newest complete one go too. Returns the steps deleted."""
+        deleted = []
+        complete = 0
+        for ckpt in self.folders():
+            if self.problem(ckpt.path) is None:
+                complete += 1
+                if complete <= self.keep_last:
+                    continue
+            elif complete == 0:
+                continue  # newer than every complete one: leave it for the logs of the next start
+            shutil.rmtree(ckpt.path, ignore_errors=True)
+            deleted.append(ckpt.step)
+        return deleted
+
+    @staticmethod
+    def read_state(ckpt: Checkpoint) -> Dict[str, Any]:
+        path = ckpt.path / STATE_FILE
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}

@@ -1,0 +1,97 @@
+"""``<run.dir>/state.json``: what happened to a run across all its starts, for the job and for the user.
+
+Written by global rank 0 only, atomically. Read by the next start (crash-loop breaker, requeue budget), by the
+submitting side (is the run complete? is it queued?), and by people.
+
+    {"status": "running" | "requeued" | "stopped" | "completed" | "failed",
+     "reason": "...", "job_id": "123", "requeues": 2, "no_progress_restarts": 0,
+     "starts": [{"n": 1, "job_id": "123", "restart": 0, "host": "...", "started_at": ..., "resumed_from": 0,
+                 "ended_at": ..., "end": "requeued: deadline ...", "step": 150}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+STATE_FILE = "state.json"
+ACTIVE = ("running", "submitted", "requeued")
+
+
+def read_state(run_dir: Path) -> Dict[str, Any]:
+    """The run's state, or {} for a run that never started (or whose state file is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(run_dir: Path, state: Dict[str, Any]) -> None:
+    path = Path(run_dir) / STATE_FILE
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
+    with tmp.open("w") as f:
+        json.dump(state, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunState:
+    """The state of one run, as seen by the current start of its job (rank 0 writes; other ranks only read)."""
+
+    def __init__(self, run_dir: Path, writer: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.writer = writer
+        self.data: Dict[str, Any] = read_state(run_dir)
+        self.data.setdefault("starts", [])
+        self.data.setdefault("requeues", 0)
+        self.data.setdefault("no_progress_restarts", 0)
+
+    def save(self) -> None:
+        if self.writer:
+            write_state(self.run_dir, self.data)
+
+    @property
+    def status(self) -> Optional[str]:
+        return self.data.get("status")
+
+    @property
+    def previous_start(self) -> Optional[Dict[str, Any]]:
+        return self.data["starts"][-1] if self.data["starts"] else None
+
+    def begin(self, job_id: Optional[str], restart: int, resumed_from: int) -> Dict[str, Any]:
+        """Records a new start; counts it against the crash-loop budget when the previous start made no progress.
+
+        Progress means the checkpoint this start resumes from is newer than the one the previous start resumed
+        from. A first start, or one after progress, resets the count.
+        """
+        prev = self.previous_start
+        if prev is not None and resumed_from <= prev.get("resumed_from", 0):
+            self.data["no_progress_restarts"] += 1
+        else:
+            self.data["no_progress_restarts"] = 0
+        start = {
+            "n": len(self.data["starts"]) + 1,
+            "job_id": job_id,
+            "restart": restart,
+            "host": socket.gethostname(),
+            "started_at": time.time(),
+            "resumed_from": resumed_from,
+        }
+        self.data["starts"].append(start)
+        self.data.update(status="running", reason="", job_id=job_id)
+        self.save()
+        return start
+
+    def end(self, status: str, reason: str, step: Optional[int] = None) -> None:
+        """Records how this start ended, and the run's status."""
+        if self.data["starts"]:
+            self.data["starts"][-1].update(ended_at=time.time(), end=f"{status}: {reason}", step=step)
+        self.data.update(status=status, reason=reason)
+        if status == "requeued":
+            self.data["requeues"] += 1
+        self.save()

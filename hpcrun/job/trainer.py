@@ -1,0 +1,56 @@
+"""A transformers Trainer whose checkpoints are atomic ``step-N`` folders (see :mod:`hpcrun.job.checkpoint`).
+
+Everything a checkpoint holds is the Trainer's own (model in safetensors, optimizer, scheduler, grad scaler, one
+RNG file per rank, trainer state with the global step, from which the Trainer restores the data position), plus
+hpcrun's time-trigger state. Only where it goes changes: into a staging folder, then renamed into place once every
+rank has written its part and the completion marker is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from transformers import Trainer
+
+from hpcrun.job.callback import TimeTriggerCallback
+from hpcrun.job.checkpoint import CheckpointDir
+
+log = logging.getLogger("hpcrun")
+
+
+class HpcrunTrainer(Trainer):
+    """``Trainer`` with atomic checkpoints in ``checkpoints`` and the time triggers of ``triggers``."""
+
+    def __init__(self, *args: Any, checkpoints: CheckpointDir, triggers: Optional[TimeTriggerCallback] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoints = checkpoints
+        self.triggers = triggers
+        self._staging = False
+
+    def _get_output_dir(self, trial: Any) -> str:
+        if self._staging:
+            return str(self.checkpoints.staging_root)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        step = self.state.global_step
+        main = self.is_world_process_zero()
+        if main:
+            self.checkpoints.clear_staging()
+            self.checkpoints.staging(step).mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every rank's shard and RNG file is written
+        if main:
+            extra = self.triggers.triggers.state() if self.triggers else {}
+            path = self.checkpoints.commit(step, extra_state=extra)
+            deleted = self.checkpoints.prune()
+            log.info("checkpoint %s complete%s", path.name,
+                     f"; deleted step {', '.join(map(str, deleted))}" if deleted else "")
+        self.accelerator.wait_for_everyone()  # nobody exits before the checkpoint is in place

@@ -1,0 +1,182 @@
+"""Wall-clock triggers: periodic intervals and the deadline. Pure logic with an injectable clock.
+
+Used by the Trainer callback (:mod:`hpcrun.job.callback`) and by custom training loops (:class:`TimeTriggers`):
+
+    triggers = TimeTriggers(save_every=1800, end_time=deadline.end_time)
+    for batch in loader:
+        triggers.step_started()
+        ...                                   # forward, backward, optimizer step
+        decision = triggers.step_ended()
+        if decision.save or decision.stop:
+            t0 = time.monotonic(); save(); triggers.saved(time.monotonic() - t0)
+        if decision.stop:
+            break
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Optional
+
+Clock = Callable[[], float]
+
+
+class Interval:
+    """Fires once every ``seconds`` of wall clock (never when ``seconds`` is None or 0)."""
+
+    def __init__(self, seconds: Optional[float], clock: Clock = time.monotonic) -> None:
+        self.seconds = seconds or None
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        return self.seconds is not None and self.clock() - self.last >= self.seconds
+
+    def reset(self) -> None:
+        self.last = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.last
+
+    def restore(self, elapsed: float) -> None:
+        """Continue as if ``elapsed`` seconds had already passed since the last firing."""
+        self.last = self.clock() - elapsed
+
+
+@dataclass
+class Estimates:
+    """Measured step and save times, kept conservative: the longest of the recent ones."""
+
+    save_guess: float = 30.0
+    window: int = 20
+    steps: Deque[float] = field(default_factory=deque)
+    saves: Deque[float] = field(default_factory=deque)
+
+    def add_step(self, seconds: float) -> None:
+        self.steps.append(seconds)
+        while len(self.steps) > self.window:
+            self.steps.popleft()
+
+    def add_save(self, seconds: float) -> None:
+        self.saves.append(seconds)
+        while len(self.saves) > 5:
+            self.saves.popleft()
+
+    @property
+    def step(self) -> float:
+        return max(self.steps) if self.steps else 0.0
+
+    @property
+    def save(self) -> float:
+        return max(self.saves) if self.saves else self.save_guess
+
+
+def seconds_needed_to_stop(estimates: Estimates, margin: float) -> float:
+    """How long before the end a step must *end* for the job to still fit one more step and a save.
+
+    Deadline arithmetic: after a step ends at time t, going on costs one more step, then the final save, and the
+    save must finish ``margin`` seconds before the end. So stop at the end of the current step when
+    ``end - t < step + save + margin``.
+    """
+    return estimates.step + estimates.save + margin
+
+
+@dataclass
+class Decision:
+    """What to do at this step boundary."""
+
+    save: bool = False
+    log: bool = False
+    evaluate: bool = False
+    stop: bool = False
+    reason: str = ""
+
+
+class TimeTriggers:
+    """Time-based save/log/eval intervals plus the deadline, for any training loop.
+
+    Args:
+        save_every: seconds between periodic saves (None: no periodic saves).
+        log_every: seconds between log records (None: off).
+        eval_every: seconds between evaluations (None: off).
+        end_time: the job's end, as a Unix time (None: no deadline).
+        margin: seconds the final save must finish before ``end_time``.
+        save_guess: the save time assumed until one has been measured.
+        clock: monotonic clock for intervals (tests pass a fake).
+        wall: Unix-time clock for the deadline (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        save_every: Optional[float] = None,
+        log_every: Optional[float] = None,
+        eval_every: Optional[float] = None,
+        end_time: Optional[float] = None,
+        margin: float = 120.0,
+        save_guess: float = 30.0,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+    ) -> None:
+        self.clock, self.wall = clock, wall
+        self.save_interval = Interval(save_every, clock)
+        self.log_interval = Interval(log_every, clock)
+        self.eval_interval = Interval(eval_every, clock)
+        self.end_time = end_time
+        self.margin = margin
+        self.estimates = Estimates(save_guess=save_guess)
+        self._step_start: Optional[float] = None
+
+    def step_started(self) -> None:
+        self._step_start = self.clock()
+
+    def time_left(self) -> Optional[float]:
+        return None if self.end_time is None else self.end_time - self.wall()
+
+    def step_ended(self) -> Decision:
+        """Records the step's duration and decides; call once per optimizer step, on every rank."""
+        if self._step_start is not None:
+            self.estimates.add_step(self.clock() - self._step_start)
+            self._step_start = None
+        d = Decision(
+            save=self.save_interval.due(), log=self.log_interval.due(), evaluate=self.eval_interval.due()
+        )
+        if d.save:
+            d.reason = f"periodic save (every {self.save_interval.seconds:.0f}s)"
+        left = self.time_left()
+        if left is not None:
+            needed = seconds_needed_to_stop(self.estimates, self.margin)
+            if left < needed:
+                d.stop = d.save = True
+                d.reason = (
+                    f"deadline: {left:.0f}s left < step {self.estimates.step:.1f}s + save "
+                    f"{self.estimates.save:.1f}s + margin {self.margin:.0f}s"
+                )
+        if d.log:
+            self.log_interval.reset()
+        if d.evaluate:
+            self.eval_interval.reset()
+        return d
+
+    def saved(self, seconds: float) -> None:
+        """Records a finished save (periodic or final) and restarts the save interval."""
+        self.estimates.add_save(seconds)
+        self.save_interval.reset()
+
+    def state(self) -> Dict[str, Any]:
+        """What a checkpoint keeps so a resumed run continues the same intervals and knows its save time."""
+        return {
+            "since_log": self.log_interval.elapsed(),
+            "since_eval": self.eval_interval.elapsed(),
+            "step_seconds": list(self.estimates.steps),
+            "save_seconds": list(self.estimates.saves),
+        }
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        # The save interval restarts at resume: the checkpoint we resume from is a save that just happened.
+        self.log_interval.restore(float(state.get("since_log", 0.0)))
+        self.eval_interval.restore(float(state.get("since_eval", 0.0)))
+        for s in state.get("save_seconds", []):
+            self.estimates.add_save(float(s))
+        # Step times are not restored: the new allocation may be a different node or GPU; one step re-measures.

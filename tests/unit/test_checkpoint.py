@@ -1,0 +1,69 @@
+"""Atomic checkpoints: only complete step-N folders count, newest first, at least two kept."""
+
+import json
+
+from hpcrun.job.checkpoint import MARKER, CheckpointDir
+
+
+def _save(ckpts: CheckpointDir, step: int, payload: bytes = b"weights") -> None:
+    staging = ckpts.staging(step)
+    staging.mkdir(parents=True)
+    (staging / "model.safetensors").write_bytes(payload)
+    (staging / "rng_state.pth").write_bytes(b"rng")
+    ckpts.commit(step, extra_state={"since_log": 1.0})
+
+
+def test_a_committed_save_is_a_complete_step_folder_and_the_staging_is_gone(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints")
+    _save(ckpts, 10)
+    latest, skipped = ckpts.latest()
+    assert latest.step == 10 and skipped == []
+    assert not ckpts.staging_root.exists()
+    manifest = json.loads((latest.path / MARKER).read_text())
+    assert manifest["files"]["model.safetensors"] == len(b"weights")
+    assert CheckpointDir.read_state(latest) == {"since_log": 1.0}
+
+
+def test_resume_skips_newer_incomplete_or_damaged_checkpoints_and_says_why(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=5)
+    for step in (10, 20, 30, 40):
+        _save(ckpts, step)
+    (ckpts.root / "step-40" / MARKER).unlink()  # interrupted before its marker
+    (ckpts.root / "step-30" / "model.safetensors").write_bytes(b"wei")  # truncated
+    (ckpts.root / "step-20" / "rng_state.pth").unlink()  # a missing shard
+    (ckpts.root / "step-50").mkdir()  # a half-made folder
+    latest, skipped = ckpts.latest()
+    assert latest.step == 10
+    reasons = {c.step: why for c, why in skipped}
+    assert set(reasons) == {50, 40, 30, 20}
+    assert "no completion marker" in reasons[40]
+    assert "truncated" in reasons[30]
+    assert "missing file rng_state.pth" in reasons[20]
+
+
+def test_a_kill_during_a_save_leaves_only_staging_which_the_next_start_clears(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints")
+    _save(ckpts, 10)
+    ckpts.staging(20).mkdir(parents=True)
+    (ckpts.staging(20) / "model.safetensors").write_bytes(b"half")
+    assert ckpts.latest()[0].step == 10
+    assert ckpts.clear_staging() == ["checkpoint-20"]
+    assert not ckpts.staging_root.exists()
+
+
+def test_pruning_keeps_the_newest_complete_ones_and_never_fewer_than_two(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=1)
+    assert ckpts.keep_last == 2
+    for step in (10, 20, 30, 40):
+        _save(ckpts, step)
+    (ckpts.root / "step-50").mkdir()  # newer but incomplete: kept for the next start's log, never counted
+    assert sorted(ckpts.prune()) == [10, 20]
+    assert [c.step for c in ckpts.folders()] == [50, 40, 30]
+
+
+def test_saving_the_same_step_again_replaces_it(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints")
+    _save(ckpts, 10, b"old")
+    _save(ckpts, 10, b"newer")
+    latest, _ = ckpts.latest()
+    assert (latest.path / "model.safetensors").read_bytes() == b"newer"

@@ -1,0 +1,33 @@
+"""The run's state across starts: the crash-loop count and the requeue count."""
+
+from hpcrun.job.runstate import RunState, read_state
+
+
+def test_restarts_without_progress_are_counted_and_progress_resets_the_count(tmp_path):
+    s = RunState(tmp_path)
+    s.begin("1", 0, resumed_from=0)
+    s.end("requeued", "deadline", 100)
+    s = RunState(tmp_path)
+    s.begin("1", 1, resumed_from=100)  # progress: resumes from a newer checkpoint
+    assert s.data["no_progress_restarts"] == 0
+    for restart in (2, 3):
+        s = RunState(tmp_path)
+        s.begin("1", restart, resumed_from=100)  # killed before it saved anything new
+    assert s.data["no_progress_restarts"] == 2
+    s = RunState(tmp_path)
+    s.begin("1", 4, resumed_from=150)
+    assert s.data["no_progress_restarts"] == 0
+
+
+def test_each_start_and_how_it_ended_are_recorded_for_people(tmp_path):
+    s = RunState(tmp_path)
+    s.begin("7", 0, resumed_from=0)
+    s.end("requeued", "signal SIGUSR2", 40)
+    data = read_state(tmp_path)
+    assert data["status"] == "requeued" and data["requeues"] == 1
+    assert data["starts"][0]["end"] == "requeued: signal SIGUSR2" and data["starts"][0]["step"] == 40
+
+
+def test_only_the_writer_writes(tmp_path):
+    RunState(tmp_path, writer=False).begin("1", 0, 0)
+    assert read_state(tmp_path) == {}

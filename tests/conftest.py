@@ -66,3 +66,15 @@ def pytest_collection_modifyitems(items):  # noqa: D103 - pytest hook
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> Path:
+    """The tiny run (tests/training.py TINY) trained straight through, locally: the weights every interrupted
+    and resumed run must reproduce bit for bit."""
+    from tests.training import TINY
+
+    work = tmp_path_factory.mktemp("reference")
+    out = run_hpcrun(*TINY, "cluster=local", "run.dir=straight", cwd=work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return work / "straight"

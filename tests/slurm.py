@@ -35,3 +35,44 @@ def wait_for_end(job_id: str, timeout: float = 420) -> str:
         time.sleep(2)
     subprocess.run(["scancel", job_id])
     raise AssertionError(f"job {job_id} still {state or 'unknown'} after {timeout} s")
+
+
+def squeue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def sacct_runs(job_id: str) -> list:
+    """The state of every run of the job (-D: each requeue is a row), oldest first."""
+    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
+                         capture_output=True, text=True, timeout=30)
+    return [ln.split()[0].rstrip("+") for ln in out.stdout.splitlines() if ln.strip()]
+
+
+def release_when_requeued(job_id: str, timeout: float = 180) -> None:
+    """Waits for the requeued job to be pending again, then skips Slurm's ~120 s requeue hold."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if squeue_state(job_id) == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+            return
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} was not requeued within {timeout} s (squeue: {squeue_state(job_id)!r})")
+
+
+def task_pids(job_id: str, rank: int) -> list:
+    """PIDs of the job's python processes of one rank (found by their SLURM_* environment)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
+            cmd = (proc / "cmdline").read_text()
+        except (OSError, ValueError):
+            continue
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(rank) and "submitit" in cmd:
+            pids.append(int(proc.name))
+    return pids

@@ -154,7 +154,7 @@ class ClusterConfig:
         if f"SIG{self.signal}" not in _signal.Signals.__members__:
             raise ConfigError("cluster.signal", self.signal, "a signal name without SIG, such as USR2 or TERM")
         delay = self.signal_delay_seconds()
-        if not 0 < delay < limit:
+        if self.launcher == "slurm" and not 0 < delay < limit:
             raise ConfigError("cluster.signal_delay", self.signal_delay, f"between 0 and cluster.time={self.time}")
         for key in self.sbatch_extra:
             if str(key).replace("_", "-") in MANAGED_SBATCH:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hpcrun.errors import JobError
+from hpcrun.job import faults
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.job.runstate import RunState
 
@@ -122,6 +123,19 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def wait_for_start(run_dir: Path, job_id: Optional[str], restart: int, timeout: float = 600) -> dict:
+    """Waits until rank 0 has recorded this start of the job in state.json; returns that record."""
+    from hpcrun.job.runstate import read_state
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        starts = read_state(run_dir).get("starts", [])
+        if starts and starts[-1].get("job_id") == job_id and starts[-1].get("restart") == restart:
+            return starts[-1]
+        time.sleep(0.2)
+    raise JobError(f"rank 0 did not record start {restart} of job {job_id} in {run_dir}/state.json within {timeout}s")
+
+
 class JobEntry:
     """Runs (or resumes) the run in ``run_dir``.
 
@@ -159,30 +173,14 @@ class JobEntry:
 
         checkpoints = CheckpointDir(run_dir / "checkpoints", cfg.checkpoint.keep_last)
         if ctx.is_main:
-            for name in checkpoints.clear_staging():
-                log.warning("removed %s: a save that was interrupted before it completed", name)
-        _barrier()
-        latest, skipped = checkpoints.latest()
-        prev = state.previous_start
-        start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
-        setup_logging(ctx, start["n"])
-        where = f"Slurm job {ctx.job_id} (restart {ctx.restart})" if ctx.on_slurm else "this machine (local)"
-        log.info("===== start %d of run %s in %s, on %s, rank %d of %d =====",
-                 start["n"], cfg.run.name, run_dir, where, ctx.rank, ctx.world_size)
-        for ckpt, why in skipped:
-            log.warning("skipping %s: %s", ckpt.path.name, why)
-        if prev is not None and "ended_at" not in prev:
-            log.warning("start %d (job %s) ended without a clean stop (killed, node failure, or out of time "
-                        "before its save): %s", prev["n"], prev.get("job_id"),
-                        f"falling back to the last complete checkpoint, {latest.path.name}" if latest
-                        else "no complete checkpoint: training starts over")
-        if state.data["no_progress_restarts"] > cfg.run.max_restarts_without_progress:
-            reason = (f"{state.data['no_progress_restarts']} restarts in a row made no training progress (still at "
-                      f"step {latest.step if latest else 0}); stopping instead of requeueing. Fix the cause, then "
-                      "run the same hpcrun command again")
-            state.end("failed", reason, latest.step if latest else 0)
-            log.error(reason)
-            raise JobError(reason)
+            latest, start = self._begin_main(cfg, ctx, state, checkpoints)
+        else:  # rank 0 decides; the others follow its start record, so every rank resumes from the same step
+            start = wait_for_start(run_dir, ctx.job_id, ctx.restart)
+            state = RunState(run_dir, writer=False)
+            latest = next((c for c in checkpoints.folders() if c.step == start["resumed_from"]), None)
+            setup_logging(ctx, start["n"])
+        if state.status == "failed":
+            raise JobError(state.data.get("reason", "run failed"))
 
         end_time, source = job_end_time(cfg.cluster.time_seconds(), ctx.on_slurm, started)
         if end_time is not None:
@@ -192,6 +190,7 @@ class JobEntry:
         ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
                                   stop_flags=flags)
         try:
+            faults.maybe_transient_error()
             result = import_target(cfg.task._target_)(cfg, ctx)
         except Exception as exc:
             flags.uninstall()
@@ -201,6 +200,34 @@ class JobEntry:
             return self._stopped(cfg, ctx, state, result)
         state.end("completed", f"trained to step {cfg.train.max_steps}", cfg.train.max_steps)
         return str(result)
+
+    @staticmethod
+    def _begin_main(cfg: Any, ctx: JobContext, state: RunState, checkpoints: Any) -> tuple:
+        """Rank 0: clear interrupted saves, pick the checkpoint, record the start, apply the crash-loop breaker."""
+        for name in checkpoints.clear_staging():
+            log.warning("removed %s: a save that was interrupted before it completed", name)
+        latest, skipped = checkpoints.latest()
+        prev = state.previous_start
+        start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
+        setup_logging(ctx, start["n"])
+        where = f"Slurm job {ctx.job_id} (restart {ctx.restart})" if ctx.on_slurm else "this machine (local)"
+        log.info("===== start %d of run %s in %s, on %s, %d process(es) =====",
+                 start["n"], cfg.run.name, ctx.run_dir, where, ctx.world_size)
+        for ckpt, why in skipped:
+            log.warning("skipping %s: %s", ckpt.path.name, why)
+        if prev is not None and "ended_at" not in prev:
+            log.warning("start %d (job %s) ended without a clean stop (killed, node failure, or out of time "
+                        "before its save): %s", prev["n"], prev.get("job_id"),
+                        f"falling back to the last complete checkpoint, {latest.path.name}" if latest
+                        else "no complete checkpoint: training starts over")
+        if state.data["no_progress_restarts"] > cfg.run.max_restarts_without_progress:
+            reason = (f"{state.data['no_progress_restarts']} restarts in a row made no training progress (still at "
+                      f"step {latest.step if latest else 0}; run.max_restarts_without_progress="
+                      f"{cfg.run.max_restarts_without_progress}): stopped instead of requeueing. Fix the cause, "
+                      "then run the same hpcrun command again")
+            state.end("failed", reason, latest.step if latest else 0)
+            log.error(reason)
+        return latest, start
 
     def _stopped(self, cfg: Any, ctx: JobContext, state: RunState, stop: Stopped) -> str:
         """After the save on a signal or the deadline: requeue on Slurm, or tell the user how to resume."""

@@ -9,12 +9,14 @@ rank has written its part and the completion marker is on disk.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional
 
 from transformers import Trainer
 
 from hpcrun.job.callback import TimeTriggerCallback
 from hpcrun.job.checkpoint import CheckpointDir
+from hpcrun.job.faults import save_pause
 
 log = logging.getLogger("hpcrun")
 
@@ -47,6 +49,10 @@ class HpcrunTrainer(Trainer):
         finally:
             self._staging = False
         self.accelerator.wait_for_everyone()  # every rank's shard and RNG file is written
+        pause = save_pause()
+        if pause:
+            log.warning("%s: pausing %.0f s before completing step-%d", "HPCRUN_FAULTS", pause, step)
+            time.sleep(pause)
         if main:
             extra = self.triggers.triggers.state() if self.triggers else {}
             path = self.checkpoints.commit(step, extra_state=extra)

@@ -93,10 +93,6 @@ def prepare_run_dir(cfg: Any) -> Prepared:
         os.replace(run_dir, aside)
         prepared = Prepared(run_dir, "new", f"new run (run.fresh=true: the previous one moved to {aside})")
     elif saved_path.exists():
-        state = read_state(run_dir)
-        if state.get("status") == "completed":
-            return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
-                            f"weights in {run_dir / 'final'}. Nothing to do (run.fresh=true starts over)")
         try:
             saved = OmegaConf.to_container(OmegaConf.load(saved_path))
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
@@ -106,6 +102,10 @@ def prepare_run_dir(cfg: Any) -> Prepared:
             more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
             raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
                             "unchanged, start over with run.fresh=true, or choose another run.dir")
+        state = read_state(run_dir)
+        if state.get("status") == "completed":
+            return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
+                            f"weights in {run_dir / 'final'}. Nothing to do (run.fresh=true starts over)")
         job = _queued_job(state)
         if job:
             return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, List
 
@@ -71,9 +73,12 @@ def tokenizer_for(cfg: Any, documents: List[str], run_dir: Path, is_main: bool) 
         saved = run_dir / "tokenizer"
         if (saved / "tokenizer.json").exists():
             return AutoTokenizer.from_pretrained(saved)
-        tok = train_bpe(documents, cfg.data.vocab_size)
-        if is_main:
-            tok.save_pretrained(saved)
+        tok = train_bpe(documents, cfg.data.vocab_size)  # every rank trains the same one (deterministic)
+        if is_main:  # written aside, then renamed: another rank or a later start never reads half of it
+            staging = run_dir / ".tokenizer.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            tok.save_pretrained(staging)
+            os.replace(staging, saved)
         log.info("trained a %d-token byte-level BPE tokenizer on the corpus", len(tok))
         return tok
     source = cfg.model.name_or_path if kind == "model" else kind

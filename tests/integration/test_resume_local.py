@@ -1,0 +1,95 @@
+"""Interrupt a local run in every way a laptop or an interactive allocation does, and resume it exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import run_hpcrun
+from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step, wait_until
+
+pytestmark = pytest.mark.training
+
+
+def _start(args, cwd, env=None):
+    return subprocess.Popen([sys.executable, "-m", "hpcrun", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def test_ctrl_c_twice_then_resume_gives_the_straight_runs_weights_and_computes_no_step_twice(tmp_path, reference_run):
+    args = [*TINY, "cluster=local", "run.dir=run"]
+    run_dir = tmp_path / "run"
+    for stop_at in (8, 18):
+        proc = _start(args, tmp_path)
+        wait_for_step(run_dir, stop_at)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-2000:]
+        assert "the same command resumes it" in err
+        assert "resume with: hpcrun" in err
+        assert state(run_dir)["status"] == "stopped"
+    out = run_hpcrun(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    assert_same_weights(run_dir / "final", reference_run / "final")
+    assert logged_steps(run_dir) == list(range(1, 31))  # each step trained (and logged) exactly once
+    starts = state(run_dir)["starts"]
+    assert [s["resumed_from"] for s in starts][0] == 0 and len(starts) == 3
+    assert starts[1]["resumed_from"] >= 8 and starts[2]["resumed_from"] >= 18
+
+    again = run_hpcrun(*args, cwd=tmp_path)  # a finished run never trains again
+    assert again.returncode == 0 and "already complete" in again.stderr
+    assert len(state(run_dir)["starts"]) == 3
+
+
+def test_kill_9_during_a_save_resumes_from_the_previous_complete_checkpoint(tmp_path, reference_run):
+    args = [*TINY, "cluster=local", "run.dir=run", "checkpoint.save_every=2s"]
+    run_dir = tmp_path / "run"
+    proc = _start(args, tmp_path, env={"HPCRUN_FAULTS": "save_pause=8"})
+    # Wait until one checkpoint is complete and the next save is half-way (files written, no marker yet).
+    wait_until(lambda: any((run_dir / "checkpoints").glob("step-*/hpcrun-complete.json"))
+               and any((run_dir / "checkpoints" / ".staging").glob("checkpoint-*/model.safetensors")),
+               what="a complete checkpoint and a save in progress")
+    proc.kill()
+    proc.communicate()
+    complete = sorted(p.parent.name for p in (run_dir / "checkpoints").glob("step-*/hpcrun-complete.json"))
+    (staged,) = [p.name for p in (run_dir / "checkpoints" / ".staging").iterdir()]
+
+    out = run_hpcrun(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"removed {staged}: a save that was interrupted" in out.stderr
+    assert f"falling back to the last complete checkpoint, {complete[-1]}" in out.stderr
+    assert_same_weights(run_dir / "final", reference_run / "final")
+
+
+def test_a_local_run_stops_cleanly_at_its_time_limit_and_resumes_with_a_longer_one(tmp_path, reference_run):
+    run_dir = tmp_path / "run"
+    short = run_hpcrun(*TINY, "cluster=local", "run.dir=run", "cluster.time=25s", "checkpoint.deadline_margin=3s",
+                       cwd=tmp_path)
+    assert short.returncode == 75, short.stderr[-3000:]
+    st = state(run_dir)
+    assert st["status"] == "stopped" and st["reason"].startswith("deadline")
+    stopped_at = st["starts"][-1]["step"]
+    assert 0 < stopped_at < 30
+    assert (run_dir / "checkpoints" / f"step-{stopped_at}" / "hpcrun-complete.json").exists()
+    # cluster.time is a launcher key: the same run resumes with another limit.
+    longer = run_hpcrun(*TINY, "cluster=local", "run.dir=run", "cluster.time=1h", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert f"resuming run tiny_llama from step-{stopped_at}" in longer.stderr
+    assert_same_weights(run_dir / "final", reference_run / "final")
+
+
+def test_a_run_directory_holding_another_training_config_is_refused_and_run_fresh_starts_over(tmp_path):
+    base = ["+experiment=tiny_llama", "cluster=local", "run.dir=run", "train.max_steps=1", "data.vocab_size=300"]
+    assert run_hpcrun(*base, cwd=tmp_path).returncode == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    out = run_hpcrun(*base, "train.lr=0.5", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "holds a run with another training config: train.lr: 0.001 -> 0.5" in out.stderr.splitlines()[-1]
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
+    fresh = run_hpcrun(*base, "train.lr=0.5", "run.fresh=true", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert "the previous one moved to" in fresh.stderr
+    assert len(list(tmp_path.glob("run.replaced-*"))) == 1

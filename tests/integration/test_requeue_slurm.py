@@ -88,7 +88,8 @@ def test_the_real_time_limit_the_deadline_save_comes_before_slurms_signal_and_ki
         step = st["starts"][0]["step"]
         assert (run_dir / "checkpoints" / f"step-{step}" / "hpcrun-complete.json").exists()
         log = (run_dir / "logs" / "start-1.log").read_text()
-        assert "SIGUSR2" not in log and "SIGTERM" not in log
+        assert f"stopping after step {step}: deadline" in log
+        assert "signal SIGUSR2" not in log and "signal SIGTERM" not in log  # neither Slurm signal came first
     finally:
         subprocess.run(["scancel", job])
 

@@ -68,7 +68,7 @@ def test_command_line_overrides_win_over_the_experiment(tmp_path):
         (["cluster.gpu_type=a100"], "cluster.gpu_type='a100' is invalid: expected no GPU type"),
         (["cluster.mem=lots"], "cluster.mem='lots' is invalid"),
         (["cluster.signal=USR3"], "cluster.signal='USR3' is invalid"),
-        (["cluster.signal_delay=2h", "cluster.time=1:00:00"], "cluster.signal_delay='2h' is invalid"),
+        (["cluster=slurm", "cluster.signal_delay=2h", "cluster.time=1:00:00"], "cluster.signal_delay='2h' is invalid"),
         (["cluster.launcher=kubernetes"], "valid choices: local, slurm"),
         (["cluster.sbatch_extra.time=5"], "cluster.sbatch_extra.time=5 is invalid"),
         (["cluster.container.enabled=true"], "cluster.container.image=None is invalid"),

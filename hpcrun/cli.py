@@ -1,16 +1,20 @@
 """The ``hpcrun`` command. Submitting side: it must not import torch, transformers or accelerate.
 
-    hpcrun [--config-dir DIR] [OVERRIDES...]          run locally in the foreground, or submit to Slurm
-    hpcrun render [--config-dir DIR] [OVERRIDES...]   print the sbatch script that would be submitted
+    hpcrun [-m] [--wait] [--config-dir DIR] [OVERRIDES...]   run here, or submit to Slurm (-m: a sweep, as arrays)
+    hpcrun render [OVERRIDES...]                              print the sbatch script that would be submitted
+    hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
+    hpcrun logs RUN [-f] [--restart N]                        a run's log
+    hpcrun cancel RUN_OR_SWEEP                                scancel its jobs
+    hpcrun resume RUN [OVERRIDES...]                          resubmit a stopped or failed run
+    hpcrun wait RUN_OR_SWEEP                                  block until its runs end
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import shlex
 import sys
 import textwrap
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from hpcrun import __version__
@@ -19,10 +23,18 @@ from hpcrun.errors import JobError, UserError
 PROG = "hpcrun"
 # The keys --help shows; docs/configuration.md lists every key.
 MAIN_KEYS = (
-    "run.name", "run.dir", "train.max_steps", "train.lr", "train.batch_size", "train.precision",
-    "model.name_or_path", "data.corpus", "cluster.time", "cluster.partition", "cluster.account",
-    "cluster.gpus_per_node", "cluster.gpu_type", "cluster.mem",
+    "run.name", "run.dir", "run.fresh", "train.max_steps", "train.lr", "train.batch_size", "train.precision",
+    "checkpoint.save_every", "model.name_or_path", "data.corpus", "cluster.time", "cluster.partition",
+    "cluster.account", "cluster.gpus_per_node", "cluster.gpu_type", "cluster.array_throttle",
 )
+COMMAND_HELP = {
+    "render": "print the exact sbatch script that would be submitted; submit nothing",
+    "status": "one line per run (a run or sweep directory, or your recent runs): state, restarts, step, ...",
+    "logs": "print a run's log (-f to follow; --restart N for an earlier start)",
+    "cancel": "cancel the Slurm jobs of a run or a sweep (each saves before it stops)",
+    "resume": "resubmit a stopped or failed run from its saved config (launcher keys may change)",
+    "wait": "block until every run of a run or sweep has ended; non-zero if any failed",
+}
 
 
 def _say(message: str) -> None:
@@ -40,11 +52,12 @@ def _epilog(config_dirs: Sequence[str]) -> str:
     docs = {d.key: d for d in key_docs()}
     width = max(len(k) for k in MAIN_KEYS) + 2
     keys = "\n".join(f"  {k:<{width}}{textwrap.shorten(docs[k].doc, 76)}" for k in MAIN_KEYS)
+    commands = "\n".join(f"  {name:<9}{text}" for name, text in COMMAND_HELP.items())
     return f"""\
-commands:
-  (none)           compose the config and run it: in the foreground here (cluster=local) or through
-                   sbatch (a Slurm cluster), returning at once with the job id and run directory
-  render           print the exact sbatch script that would be submitted; submit nothing
+commands (hpcrun COMMAND --help for each):
+  (none)   compose the config and run it: in the foreground here (cluster=local) or through sbatch, returning
+           at once with the job id and run directory; -m runs a sweep (one job array per sbatch call)
+{commands}
 
 experiments (+experiment=NAME):  {", ".join(available("experiment", dirs))}
 clusters    (cluster=NAME):      {", ".join(available("cluster", dirs))}
@@ -55,34 +68,60 @@ main keys (KEY=VALUE; every key: docs/configuration.md):
 {keys}
 
 Without cluster=, hpcrun uses $HPCRUN_CLUSTER if set, cluster=local inside a Slurm allocation, cluster=slurm where
-sbatch is on the PATH, and cluster=local otherwise.
-Configs are looked up in each --config-dir, then ./conf, then hpcrun's own conf/: a conf/experiment/mine.yaml in
-your project folder is +experiment=mine.
+sbatch is on the PATH, and cluster=local otherwise. Configs are looked up in each --config-dir, then ./conf, then
+hpcrun's own conf/: a conf/experiment/mine.yaml in your project folder is +experiment=mine.
 
 examples:
   hpcrun +experiment=tiny_llama cluster=local train.max_steps=100
   hpcrun +experiment=tiny_llama cluster=slurm cluster.partition=preemptible
+  hpcrun -m +experiment=tiny_llama train.lr=1e-4,3e-4,1e-3 train.seed=0,1
   hpcrun render +experiment=llama7b cluster=greene cluster.account=pr_123_general
+  hpcrun status runs/sweeps/<sweep> --json
 """
 
 
-def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.ArgumentParser:
-    usage = f"{PROG} [render] [--config-dir DIR] [OVERRIDES ...]"
-    if command == "render":
-        description = "Print the exact sbatch script `hpcrun OVERRIDES` would submit, and submit nothing."
-        prog = f"{PROG} render"
-    else:
-        description = "Train Hugging Face models on Slurm GPU clusters without losing wall-clock time."
-        prog = PROG
-    parser = argparse.ArgumentParser(
-        prog=prog, usage=usage, description=description, epilog=_epilog(config_dirs),
-        formatter_class=argparse.RawDescriptionHelpFormatter, add_help=True,
-    )
+def _base_parser(prog: str, description: str, epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDES",
                         help="Hydra overrides: +experiment=NAME, GROUP=CHOICE, KEY=VALUE")
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="an extra folder of configs, searched before ./conf and hpcrun's own (repeatable)")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+
+
+def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.ArgumentParser:
+    if command is None:
+        parser = _base_parser(PROG, "Train Hugging Face models on Slurm GPU clusters without losing wall-clock time.",
+                              _epilog(config_dirs))
+        parser.usage = f"{PROG} [COMMAND] [-m] [--wait] [--config-dir DIR] [OVERRIDES ...]"
+        _add_overrides(parser)
+        parser.add_argument("-m", "--multirun", action="store_true",
+                            help="a sweep: every combination of the comma lists, one job array per sbatch call")
+        parser.add_argument("--wait", action="store_true", help="after submitting, wait until every run has ended")
+        parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+        return parser
+    parser = _base_parser(f"{PROG} {command}", COMMAND_HELP[command][0].upper() + COMMAND_HELP[command][1:] + ".")
+    if command == "render":
+        _add_overrides(parser)
+    elif command == "status":
+        parser.add_argument("target", nargs="?", metavar="RUN_OR_SWEEP", help="default: your recent runs")
+        parser.add_argument("--json", action="store_true", help="a JSON list, one object per run (docs/commands.md)")
+    elif command == "logs":
+        parser.add_argument("target", metavar="RUN")
+        parser.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
+        parser.add_argument("--restart", type=int, metavar="N", help="the log of start N+1 (0: the first start)")
+    elif command == "cancel":
+        parser.add_argument("target", metavar="RUN_OR_SWEEP")
+    elif command == "resume":
+        parser.add_argument("target", metavar="RUN")
+        parser.add_argument("overrides", nargs="*", metavar="OVERRIDES",
+                            help="launcher keys only: cluster.*, checkpoint.*, run.max_requeues, ...")
+    elif command == "wait":
+        parser.add_argument("target", metavar="RUN_OR_SWEEP")
+        parser.add_argument("--poll", type=float, default=15.0, help="seconds between checks (default 15)")
     return parser
 
 
@@ -98,48 +137,13 @@ def _with_cluster(overrides: List[str]) -> List[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hpcrun.config.compose import compose
-    from hpcrun.launch.rundir import prepare_run_dir
+    from hpcrun.launch.runner import launch, launch_sweep
 
-    cfg = compose(_with_cluster(args.overrides), args.config_dir)
-    prepared = prepare_run_dir(cfg)
-    _say(prepared.message)
-    if prepared.kind in ("complete", "active"):
-        return 0
-    run_dir = prepared.run_dir
-    if cfg.cluster.launcher == "slurm":
-        from hpcrun.launch.rundir import record_submission
-        from hpcrun.launch.slurm import SLURM_SUBDIR, submit
-
-        try:
-            job_id = submit(cfg)
-        except UserError:
-            if prepared.created:  # sbatch refused a new run: leave no trace of it
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        record_submission(run_dir, job_id)
-        logs = run_dir / SLURM_SUBDIR
-        print(textwrap.dedent(f"""\
-            submitted Slurm job {job_id} for run {cfg.run.name} on {cfg.cluster.name}
-              run dir: {run_dir}
-              logs:    tail -f {run_dir}/logs/latest.log   (all output: {logs}/{job_id}_0_log.err)
-              state:   squeue -j {job_id}   (after it ends: sacct -j {job_id})
-              cancel:  scancel {job_id}"""), flush=True)
-        return 0
-
-    from hpcrun.launch.local import run_local
-
-    from hpcrun.job.runstate import read_state
-
-    _say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
-    result = run_local(run_dir)
-    state = read_state(run_dir)
-    if state.get("status") == "stopped":
-        # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).
-        _say(f"stopped: {state.get('reason')}; the same command resumes it")
-        return 130 if "SIGINT" in str(state.get("reason")) else 75
-    _say(f"done: final weights in {result}")
-    return 0
+    overrides = _with_cluster(args.overrides)
+    command = shlex.join([PROG, *sys.argv[1:]])
+    if args.multirun:
+        return launch_sweep(overrides, args.config_dir, command, wait=args.wait)
+    return launch(overrides, args.config_dir, wait=args.wait)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -158,7 +162,47 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {None: cmd_run, "render": cmd_render}
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpcrun.status import as_json, collect, resolve_targets, table
+
+    rows = collect(resolve_targets(args.target))
+    if args.json:
+        print(as_json(rows))
+    elif not rows:
+        _say("no runs yet (hpcrun status RUN_OR_SWEEP_DIR shows one)")
+    else:
+        print(table(rows))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from hpcrun.launch.manage import logs
+
+    return logs(args.target, args.follow, args.restart)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from hpcrun.launch.manage import cancel
+
+    return cancel(args.target)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from hpcrun.launch.manage import resume
+
+    return resume(args.target, args.overrides)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from hpcrun.launch.manage import wait
+
+    return wait(args.target, args.poll)
+
+
+COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
+    None: cmd_run, "render": cmd_render, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel,
+    "resume": cmd_resume, "wait": cmd_wait,
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

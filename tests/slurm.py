@@ -76,3 +76,26 @@ def task_pids(job_id: str, rank: int) -> list:
         if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(rank) and "submitit" in cmd:
             pids.append(int(proc.name))
     return pids
+
+
+def counting_shims(tmp_path, *commands: str) -> dict:
+    """PATH shims that log each call of the given Slurm commands, then run the real ones.
+
+    Returns the environment to pass to hpcrun; ``calls(tmp_path, "sbatch")`` counts them afterwards.
+    """
+    import os
+    import shutil
+
+    shim_dir = tmp_path / "shims"
+    shim_dir.mkdir(exist_ok=True)
+    for name in commands:
+        real = shutil.which(name)
+        shim = shim_dir / name
+        shim.write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path}/{name}.calls"\nexec "{real}" "$@"\n')
+        shim.chmod(0o755)
+    return {"PATH": f"{shim_dir}:{os.environ['PATH']}"}
+
+
+def calls(tmp_path, name: str) -> list:
+    path = tmp_path / f"{name}.calls"
+    return path.read_text().splitlines() if path.exists() else []

@@ -109,6 +109,8 @@ class ClusterConfig:
     signal: str = "USR2"
     # How long before the time limit that signal comes, e.g. 120s.
     signal_delay: str = "120s"
+    # Job arrays (sweeps) run at most this many tasks at once (sbatch --array=...%K; 0: no limit).
+    array_throttle: int = 16
     # Extra sbatch options, e.g. {mail-type: END, mail-user: me@nyu.edu}; a value of true writes a bare flag.
     sbatch_extra: Dict[str, Any] = field(default_factory=dict)
     # Extra arguments for srun.
@@ -139,6 +141,8 @@ class ClusterConfig:
         _positive_int("cluster.nodes", self.nodes, 1024)
         _positive_int("cluster.tasks_per_node", self.tasks_per_node, 256)
         _positive_int("cluster.cpus_per_task", self.cpus_per_task, 1024)
+        if not isinstance(self.array_throttle, int) or self.array_throttle < 0:
+            raise ConfigError("cluster.array_throttle", self.array_throttle, "0 (no limit) or a positive integer")
         if not isinstance(self.gpus_per_node, int) or not 0 <= self.gpus_per_node <= self.max_gpus_per_node:
             raise ConfigError(
                 "cluster.gpus_per_node",

@@ -183,6 +183,7 @@ class JobEntry:
             raise JobError(state.data.get("reason", "run failed"))
 
         end_time, source = job_end_time(cfg.cluster.time_seconds(), ctx.on_slurm, started)
+        state.note(end_time=end_time)
         if end_time is not None:
             log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
                      time.localtime(end_time)), source, end_time - time.time())

@@ -87,6 +87,12 @@ class RunState:
         self.save()
         return start
 
+    def note(self, **fields: Any) -> None:
+        """Adds facts to the current start's record (e.g. its end time)."""
+        if self.data["starts"]:
+            self.data["starts"][-1].update(fields)
+            self.save()
+
     def end(self, status: str, reason: str, step: Optional[int] = None) -> None:
         """Records how this start ended, and the run's status."""
         if self.data["starts"]:

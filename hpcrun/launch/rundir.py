@@ -8,13 +8,14 @@ overwritten; ``run.fresh=true`` moves the old directory aside and starts over.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hpcrun.config.identity import training_differences
 from hpcrun.errors import UserError
@@ -74,48 +75,99 @@ def _newest_checkpoint(run_dir: Path) -> str:
     return f"from {latest.path.name}" if latest else "from the start (no complete checkpoint yet)"
 
 
-def prepare_run_dir(cfg: Any) -> Prepared:
-    """Creates or re-uses the run directory and saves the composed config in it.
-
-    The job reads ``config.yaml`` at every start: nothing about the run is baked into the submission, so a
-    requeued job finds the same config and its newest checkpoint on disk. A new folder is private to the user
-    (0700): configs and logs may hold paths and tokens.
+def inspect_run_dir(cfg: Any) -> Prepared:
+    """What launching ``cfg`` would do with its run directory; writes nothing.
 
     Raises:
-        UserError: the directory holds a different run (its training config differs).
+        UserError: the directory holds a different run (its training config differs), or is unreadable.
     """
     from omegaconf import OmegaConf
 
     run_dir = Path(cfg.run.dir)
     saved_path = run_dir / CONFIG_FILE
-    if saved_path.exists() and cfg.run.fresh:
+    if not saved_path.exists():
+        return Prepared(run_dir, "new", f"new run {cfg.run.name}", created=not run_dir.exists())
+    if cfg.run.fresh:
+        return Prepared(run_dir, "new", f"new run {cfg.run.name} (run.fresh=true: the previous one is moved aside)")
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
+    diffs = training_differences(saved, OmegaConf.to_container(OmegaConf.structured(cfg)))
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
+                        "unchanged, start over with run.fresh=true, or choose another run.dir")
+    state = read_state(run_dir)
+    if state.get("status") == "completed":
+        return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
+                        f"weights in {run_dir / 'final'}. Nothing to do (run.fresh=true starts over)")
+    job = _queued_job(state)
+    if job:
+        return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "
+                        f"{job}: nothing submitted")
+    return Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}")
+
+
+def write_run_dir(cfg: Any, prepared: Prepared) -> None:
+    """Creates the run directory (moving an old one aside for run.fresh) and saves the config in it.
+
+    The job reads ``config.yaml`` at every start: nothing about the run is baked into the submission, so a
+    requeued job finds the same config and its newest checkpoint on disk. A new folder is private to the user
+    (0700): configs and logs may hold paths and tokens.
+    """
+    run_dir = prepared.run_dir
+    if cfg.run.fresh and (run_dir / CONFIG_FILE).exists():
         aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(run_dir, aside)
-        prepared = Prepared(run_dir, "new", f"new run (run.fresh=true: the previous one moved to {aside})")
-    elif saved_path.exists():
-        try:
-            saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-            raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
-        diffs = training_differences(saved, OmegaConf.to_container(OmegaConf.structured(cfg)))
-        if diffs:
-            more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-            raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
-                            "unchanged, start over with run.fresh=true, or choose another run.dir")
-        state = read_state(run_dir)
-        if state.get("status") == "completed":
-            return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
-                            f"weights in {run_dir / 'final'}. Nothing to do (run.fresh=true starts over)")
-        job = _queued_job(state)
-        if job:
-            return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "
-                            f"{job}: nothing submitted")
-        prepared = Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}")
-    else:
-        prepared = Prepared(run_dir, "new", f"new run {cfg.run.name}", created=not run_dir.exists())
+        prepared.message = f"new run {cfg.run.name} (run.fresh=true: the previous one moved to {aside})"
+        prepared.created = True
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_text(saved_path, config_yaml(cfg))
+    atomic_write_text(run_dir / CONFIG_FILE, config_yaml(cfg))
+    remember(run_dir)
+
+
+def prepare_run_dir(cfg: Any) -> Prepared:
+    """:func:`inspect_run_dir`, then :func:`write_run_dir` when there is something to launch."""
+    prepared = inspect_run_dir(cfg)
+    if prepared.kind in ("new", "resume"):
+        write_run_dir(cfg, prepared)
     return prepared
+
+
+def index_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(os.environ.get("HPCRUN_STATE_DIR") or os.path.join(base, "hpcrun")) / "runs.jsonl"
+
+
+def remember(run_dir: Path) -> None:
+    """Appends the run to the user's index of runs (``hpcrun status`` without arguments lists the recent ones)."""
+    path = index_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps({"time": time.time(), "run_dir": str(run_dir)}) + "\n")
+    except OSError:
+        pass  # an unwritable home is no reason to fail a launch
+
+
+def recent_runs(limit: int = 20) -> List[Path]:
+    """The user's most recently launched runs that still exist, newest first."""
+    try:
+        lines = index_path().read_text().splitlines()
+    except OSError:
+        return []
+    seen: List[Path] = []
+    for line in reversed(lines):
+        try:
+            d = Path(json.loads(line)["run_dir"])
+        except (ValueError, KeyError):
+            continue
+        if d not in seen and (d / CONFIG_FILE).exists():
+            seen.append(d)
+        if len(seen) >= limit:
+            break
+    return seen
 
 
 def record_submission(run_dir: Path, job_id: str) -> None:

@@ -71,7 +71,8 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
     return params
 
 
-def _executor(cfg: Any, render_only: bool) -> Any:
+def make_executor(cfg: Any, render_only: bool = False, folder: Any = None) -> Any:
+    """submitit's SlurmExecutor set up for ``cfg``; its job folder is ``<run.dir>/slurm`` unless given."""
     import submitit
 
     class RenderOnlyExecutor(submitit.SlurmExecutor):
@@ -82,7 +83,7 @@ def _executor(cfg: Any, render_only: bool) -> Any:
             return 1
 
     cls = RenderOnlyExecutor if render_only else submitit.SlurmExecutor
-    folder = Path(cfg.run.dir) / SLURM_SUBDIR
+    folder = Path(folder) if folder is not None else Path(cfg.run.dir) / SLURM_SUBDIR
     try:
         executor = cls(folder=folder, python=python_command(cfg.cluster), max_num_timeout=0)
     except RuntimeError as exc:  # "Could not detect srun": not on a Slurm machine
@@ -93,7 +94,7 @@ def _executor(cfg: Any, render_only: bool) -> Any:
 
 def render(cfg: Any) -> str:
     """The exact sbatch script ``submit`` would hand to sbatch for this config. Submits nothing."""
-    executor = _executor(cfg, render_only=True)
+    executor = make_executor(cfg, render_only=True)
     return executor._make_submission_file_text(executor._submitit_command_str, "render")
 
 
@@ -103,7 +104,7 @@ def submit(cfg: Any) -> str:
 
     from hpcrun.job.entry import JobEntry
 
-    executor = _executor(cfg, render_only=False)
+    executor = make_executor(cfg)
     try:
         job = executor.submit(JobEntry(cfg.run.dir))
     except (submitit.core.utils.FailedJobError, OSError) as exc:

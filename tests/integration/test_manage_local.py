@@ -1,0 +1,49 @@
+"""Sweeps and run management without Slurm: local sweeps, logs, resume, status of local runs."""
+
+import json
+
+import pytest
+
+from tests.training import state
+
+pytestmark = pytest.mark.training
+
+CHEAP = ["+experiment=tiny_llama", "cluster=local", "train.max_steps=2", "data.vocab_size=300"]
+
+
+def test_a_local_sweep_runs_every_point_in_turn_and_status_lists_them(hpcrun, tmp_path):
+    out = hpcrun("-m", *CHEAP, "train.seed=0,1", env={"HPCRUN_STATE_DIR": str(tmp_path / "state")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted((tmp_path / "runs" / "tiny_llama").iterdir())
+    assert [r.name for r in runs] == ["data.vocab_size=300,train.max_steps=2,train.seed=0",
+                                      "data.vocab_size=300,train.max_steps=2,train.seed=1"]
+    assert all(state(r)["status"] == "completed" for r in runs)
+    listed = hpcrun("status", "--json", env={"HPCRUN_STATE_DIR": str(tmp_path / "state")})
+    assert sorted(row["run_dir"] for row in json.loads(listed.stdout)) == [str(r) for r in runs]
+
+
+def test_logs_print_each_start_and_resume_refuses_training_keys(hpcrun, tmp_path):
+    out = hpcrun(*CHEAP, "run.dir=run", "cluster.time=6s", "checkpoint.deadline_margin=1s",
+                 "train.max_steps=500")
+    assert out.returncode == 75, out.stderr[-3000:]
+    log = hpcrun("logs", str(tmp_path / "run"))
+    assert log.returncode == 0 and "===== start 1 of run tiny_llama" in log.stdout
+    bad = hpcrun("resume", str(tmp_path / "run"), "train.lr=0.1")
+    assert bad.returncode == 2 and "launcher keys only" in bad.stderr
+    good = hpcrun("resume", str(tmp_path / "run"), "cluster.time=1h", "train.max_steps=500")
+    assert good.returncode == 2  # train.max_steps is a training key, even unchanged
+    resumed = hpcrun("resume", str(tmp_path / "run"), "cluster.time=12s")
+    assert resumed.returncode == 75, resumed.stderr[-2000:]
+    assert "resuming run tiny_llama from step-" in resumed.stderr
+    assert len(state(tmp_path / "run")["starts"]) == 2
+    second = hpcrun("logs", str(tmp_path / "run"), "--restart", "1")
+    assert "===== start 2 of run tiny_llama" in second.stdout
+    assert hpcrun("logs", str(tmp_path / "run"), "--restart", "7").returncode == 2
+
+
+def test_management_commands_refuse_what_is_not_a_run(hpcrun, tmp_path):
+    for args in (["status", str(tmp_path)], ["logs", str(tmp_path)], ["cancel", str(tmp_path)],
+                 ["resume", str(tmp_path)], ["wait", str(tmp_path)]):
+        out = hpcrun(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert "not a run directory" in out.stderr or "neither a run directory" in out.stderr

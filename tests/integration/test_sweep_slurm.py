@@ -1,0 +1,130 @@
+"""Sweeps as job arrays, and status/cancel/wait, on the real dev Slurm cluster."""
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.slurm import calls, counting_shims, sacct_runs, squeue_state, wait_for_end
+from tests.training import state, wait_until
+
+pytestmark = pytest.mark.training
+
+# Cheap points: two steps, a small tokenizer.
+CHEAP = ["+experiment=tiny_llama", "cluster=slurm", "train.max_steps=2", "data.vocab_size=300",
+         "cluster.cpus_per_task=1"]
+
+
+def _sweep_dir(stdout: str) -> Path:
+    m = re.search(r"sweep dir: (\S+)", stdout)
+    assert m, stdout
+    return Path(m.group(1))
+
+
+def _array_ids(stdout: str) -> list:
+    return re.findall(r"(\d+) \(\d+ tasks\)", stdout)
+
+
+def test_a_six_point_sweep_is_one_throttled_array_and_rerunning_it_submits_nothing(hpcrun, tmp_path, slurm_cluster):
+    env = counting_shims(tmp_path, "sbatch", "sacct")
+    args = ["-m", *CHEAP, "train.lr=1e-4,3e-4,1e-3", "train.seed=0,1", "cluster.array_throttle=1"]
+    out = hpcrun(*args, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(calls(tmp_path, "sbatch")) == 1  # one sbatch call for the six points
+    (array,) = _array_ids(out.stdout)
+    sweep = _sweep_dir(out.stdout)
+
+    show = subprocess.run(["scontrol", "show", "job", array], capture_output=True, text=True).stdout
+    assert "ArrayTaskThrottle=1" in show
+    running_max = 0
+    while True:
+        states = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"], capture_output=True,
+                                text=True).stdout.split()
+        if not states:
+            break
+        running_max = max(running_max, states.count("RUNNING"))
+        time.sleep(1)
+    assert running_max == 1  # two tasks would fit the node's CPUs; the throttle lets one run
+
+    # Each point has its own readable run directory named by its overrides.
+    record = json.loads((sweep / "sweep.json").read_text())
+    dirs = [Path(p["run_dir"]) for p in record["points"]]
+    assert {d.name for d in dirs} == {f"data.vocab_size=300,train.lr={lr},train.max_steps=2,train.seed={s}"
+                                      for lr in ("1e-4", "3e-4", "1e-3") for s in (0, 1)}
+    assert all(state(d)["status"] == "completed" for d in dirs)
+
+    # status --json agrees with sacct, from ONE sacct call.
+    before = len(calls(tmp_path, "sacct"))
+    status = hpcrun("status", str(sweep), "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert len(calls(tmp_path, "sacct")) == before + 1
+    rows = json.loads(status.stdout)
+    assert len(rows) == 6
+    for row in rows:
+        assert row["state"] == "COMPLETED" and row["step"] == 2 and row["max_steps"] == 2
+        assert sacct_runs(row["job_id"])[-1] == row["slurm_state"] == "COMPLETED"
+    table = hpcrun("status", str(sweep), env=env).stdout
+    assert table.splitlines()[0].split()[:2] == ["RUN", "STATE"] and table.count("COMPLETED") == 6
+
+    again = hpcrun(*args, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "submitted 0" in again.stdout and "skipped 6" in again.stdout
+    assert len(calls(tmp_path, "sbatch")) == 1
+    assert hpcrun("wait", str(sweep)).returncode == 0
+
+
+def test_a_sweep_larger_than_max_array_size_becomes_several_arrays(hpcrun, tmp_path, slurm_cluster):
+    conf = Path("/etc/slurm/slurm.conf")
+    original = conf.read_text()
+    conf.write_text(re.sub(r"(?m)^MaxArraySize=\d+", "MaxArraySize=4", original))
+    subprocess.run(["scontrol", "reconfigure"], check=True)
+    try:
+        wait_until(lambda: "MaxArraySize            = 4" in subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True).stdout, timeout=30, what="reconfigure")
+        env = {**counting_shims(tmp_path, "sbatch"), "HPCRUN_CACHE_DIR": str(tmp_path / "cache")}
+        out = hpcrun("-m", *CHEAP, "train.seed=0,1,2,3,4,5", env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        arrays = _array_ids(out.stdout)
+        assert len(arrays) == 2 and len(calls(tmp_path, "sbatch")) == 2
+        assert "(4 tasks)" in out.stdout and "(2 tasks)" in out.stdout
+        subprocess.run(["scancel", *arrays])
+    finally:
+        conf.write_text(original)
+        subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_cancel_stops_every_task_of_a_sweep(hpcrun, tmp_path, slurm_cluster):
+    out = hpcrun("-m", *CHEAP, "train.max_steps=500", "train.seed=10,11", "cluster.array_throttle=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = _sweep_dir(out.stdout)
+    (array,) = _array_ids(out.stdout)
+    cancelled = hpcrun("cancel", str(sweep))
+    assert cancelled.returncode == 0 and "cancelled 2 job(s)" in cancelled.stderr, cancelled.stderr
+    for task in (f"{array}_0", f"{array}_1"):
+        assert wait_for_end(task, timeout=120) == "CANCELLED"
+    assert hpcrun("wait", str(sweep), "--poll", "2").returncode == 1  # not every run completed
+    assert hpcrun("cancel", str(sweep)).stderr.startswith("hpcrun: nothing to cancel")
+
+
+def test_a_task_preempted_mid_sweep_resumes_while_the_others_are_untouched(hpcrun, tmp_path, slurm_cluster):
+    out = hpcrun("-m", *CHEAP, "train.max_steps=60", "train.seed=20,21", "cluster.partition=preemptible",
+                 "cluster.array_throttle=2", "checkpoint.save_every=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = _sweep_dir(out.stdout)
+    (array,) = _array_ids(out.stdout)
+    dirs = [Path(p["run_dir"]) for p in json.loads((sweep / "sweep.json").read_text())["points"]]
+    wait_until(lambda: all(squeue_state(f"{array}_{i}") == "RUNNING" for i in (0, 1))
+               and all(Path(d, "metrics.jsonl").exists() for d in dirs), timeout=180, what="both tasks training")
+    high = subprocess.run(["sbatch", "--parsable", "-p", "normal", "-c", "1", "-o", "/dev/null", "--wrap", "sleep 1"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert wait_for_end(high, timeout=120) == "COMPLETED"
+    wait_until(lambda: any(state(d).get("status") == "requeued" for d in dirs), timeout=60, what="a requeue")
+    (pre,) = [d for d in dirs if state(d)["status"] == "requeued"]
+    (other,) = [d for d in dirs if d != pre]
+    subprocess.run(["scontrol", "update", f"JobId={state(pre)['job_id']}", "StartTime=now"])
+    assert hpcrun("wait", str(sweep), "--poll", "2").returncode == 0
+    assert len(state(pre)["starts"]) == 2 and state(pre)["starts"][0]["end"].startswith("requeued: signal SIGTERM")
+    assert len(state(other)["starts"]) == 1 and state(other)["status"] == "completed"

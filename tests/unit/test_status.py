@@ -1,0 +1,60 @@
+"""Status lines from state files and sacct output (sacct faked here; the real one in tests/integration)."""
+
+import json
+import os
+
+from hpcrun.job.runstate import RunState
+from hpcrun.launch.slurm_info import job_states
+from hpcrun.status import run_status, table
+
+
+def _fake(tmp_path, name, output, exit_code=0):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/{name}.calls\nprintf '%s' '{output}'\n"
+                                f"exit {exit_code}\n")
+    (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+def test_job_states_come_from_one_sacct_call_with_the_current_run_of_requeued_jobs(tmp_path, monkeypatch):
+    path = _fake(tmp_path, "sacct", "12|REQUEUED\n12|RUNNING\n13_0|COMPLETED\n13_1|CANCELLED by 0\n")
+    _fake(tmp_path, "squeue", "14|PENDING\n")
+    monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
+    states = job_states(["12", "13_0", "13_1", "14"])
+    assert states == {"12": "RUNNING", "13_0": "COMPLETED", "13_1": "CANCELLED", "14": "PENDING"}
+    assert len((tmp_path / "sacct.calls").read_text().splitlines()) == 1
+    assert "-j 12,13_0,13_1,14" in (tmp_path / "sacct.calls").read_text()
+
+
+def _run(tmp_path, status, job="5"):
+    run_dir = tmp_path / "exp" / "default"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("train:\n  max_steps: 100\n")
+    s = RunState(run_dir)
+    s.begin(job, 0, 0)
+    if status != "running":
+        s.end(status, "why", 40)
+    return run_dir
+
+
+def test_the_runs_own_state_wins_once_it_has_ended(tmp_path):
+    row = run_status(_run(tmp_path, "completed"), {"5": "COMPLETED"})
+    assert (row.state, row.max_steps, row.restarts) == ("COMPLETED", 100, 0)
+
+
+def test_a_job_that_died_without_telling_its_run_shows_slurms_state(tmp_path):
+    row = run_status(_run(tmp_path, "running"), {"5": "NODE_FAIL"})
+    assert row.state == "NODE_FAIL"
+
+
+def test_a_requeued_run_waiting_in_the_queue_shows_requeued(tmp_path):
+    assert run_status(_run(tmp_path, "requeued"), {"5": "PENDING"}).state == "REQUEUED"
+
+
+def test_the_table_has_a_header_and_colour_only_when_asked(tmp_path):
+    row = run_status(_run(tmp_path, "failed"), {})
+    plain, coloured = table([row], colour=False), table([row], colour=True)
+    assert plain.splitlines()[0].split()[:3] == ["RUN", "STATE", "RESTARTS"]
+    assert "\033[" not in plain and "\033[31m" in coloured
+    assert json.dumps(row.__dict__)  # JSON-serialisable as --json prints it

@@ -22,15 +22,31 @@ def is_launch_key(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in LAUNCH_KEYS)
 
 
+def canonical(overrides: Iterable[str]) -> List[tuple]:
+    """(key, value) of each override with the value written the way Hydra's sweeper writes it (``1e-4`` becomes
+    ``0.0001``), so a sweep point and the same single command have the same identity."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([o])
+            value = parsed.get_value_element_as_str()
+        except (HydraException, ValueError):
+            pass  # compose reports unparseable overrides; here the raw text will do
+        out.append((key.lstrip("+~"), value))
+    return out
+
+
 def run_id(overrides: Iterable[str]) -> str:
     """``default`` without training overrides; else the sorted ``key=value`` list, made safe as a folder name.
 
     ``+experiment=NAME`` is part of the run's name, not its id. Long ids keep a readable head and a hash.
     """
     parts = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        key = key.lstrip("+~")
+    for key, value in canonical(overrides):
         if key == "experiment" or is_launch_key(key):
             continue
         parts.append(f"{key}={value}")

@@ -112,8 +112,8 @@ def wait(target: str, poll: float = 15.0) -> int:
     delay = poll
     while True:
         rows = collect(run_dirs)
-        done = [r for r in rows if r.status in FINISHED or (r.slurm_state and r.slurm_state not in SLURM_ACTIVE
-                                                            and r.status not in ("requeued", "running"))]
+        # Ended: the run says so, or its job is over in Slurm's eyes (killed before it could say so).
+        done = [r for r in rows if r.status in FINISHED or (r.slurm_state and r.slurm_state not in SLURM_ACTIVE)]
         counts = {}
         for r in rows:
             counts[r.state] = counts.get(r.state, 0) + 1

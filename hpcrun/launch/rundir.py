@@ -52,7 +52,7 @@ class Prepared:
     run_dir: Path
     kind: str  # "new", "resume", "complete", "active"
     message: str
-    created: bool = False
+    created: Optional[Path] = None  # the highest folder launching creates (removed again if sbatch refuses)
 
 
 def _queued_job(state: dict) -> Optional[str]:
@@ -86,7 +86,12 @@ def inspect_run_dir(cfg: Any) -> Prepared:
     run_dir = Path(cfg.run.dir)
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.exists():
-        return Prepared(run_dir, "new", f"new run {cfg.run.name}", created=not run_dir.exists())
+        created = None
+        if not run_dir.exists():
+            created = run_dir
+            while not created.parent.exists():
+                created = created.parent
+        return Prepared(run_dir, "new", f"new run {cfg.run.name}", created=created)
     if cfg.run.fresh:
         return Prepared(run_dir, "new", f"new run {cfg.run.name} (run.fresh=true: the previous one is moved aside)")
     try:
@@ -121,7 +126,7 @@ def write_run_dir(cfg: Any, prepared: Prepared) -> None:
         aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(run_dir, aside)
         prepared.message = f"new run {cfg.run.name} (run.fresh=true: the previous one moved to {aside})"
-        prepared.created = True
+        prepared.created = run_dir
     run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write_text(run_dir / CONFIG_FILE, config_yaml(cfg))
     remember(run_dir)

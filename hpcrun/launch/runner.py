@@ -40,7 +40,7 @@ def submit_one(cfg: Any, prepared: Any) -> str:
         job_id = submit(cfg)
     except UserError:
         if prepared.created:
-            shutil.rmtree(prepared.run_dir, ignore_errors=True)
+            shutil.rmtree(prepared.created, ignore_errors=True)
         raise
     record_submission(prepared.run_dir, job_id)
     return job_id

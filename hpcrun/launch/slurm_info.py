@@ -71,6 +71,18 @@ def max_array_size(refresh: bool = False) -> int:
     return value
 
 
+def expand_job_ids(text: str) -> List[str]:
+    """``55_[0-3,7%2]`` (an array's pending tasks, as sacct and squeue collapse them) as ``55_0 ... 55_7``."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", text.strip())
+    if not m:
+        return [text.strip()]
+    ids = []
+    for part in m.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
+
+
 def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     """The current state of each job id (``123`` or ``123_4``), from one sacct call.
 
@@ -81,12 +93,16 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     if not ids:
         return {}
     states: Dict[str, str] = {}
+    # An array's tasks that never started exist in accounting only as one collapsed row of the array
+    # (55_[0-3]): ask for the array ids as well, still in the one call.
+    query = sorted(set(ids) | {j.split("_")[0] for j in ids if "_" in j})
     try:
-        out = run_slurm(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)])
+        out = run_slurm(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(query)])
         for line in out.splitlines():
             if "|" in line:
                 jid, state = line.split("|", 1)
-                states[jid.strip()] = state.split()[0].rstrip("+") if state.strip() else ""
+                for one in expand_job_ids(jid):
+                    states[one] = state.split()[0].rstrip("+") if state.strip() else ""
     except SubmissionError:
         pass
     missing = [j for j in ids if j not in states]

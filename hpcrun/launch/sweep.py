@@ -124,7 +124,7 @@ def submit(result: SweepResult, command: str) -> SweepResult:
                         jobs = [executor.submit(JobEntry(p.cfg.run.dir)) for p in chunk]
                 except (submitit.core.utils.FailedJobError, OSError) as exc:
                     for p in chunk:
-                        if p.prepared.created:
+                        if p.prepared.created:  # this point's own folder only: others share its parents
                             shutil.rmtree(p.cfg.run.dir, ignore_errors=True)
                     done = sum(len(a["tasks"]) for a in result.arrays)
                     _write_record(result.sweep_dir, record, result.arrays)

@@ -18,7 +18,7 @@ def test_tiny_llama_submits_returns_at_once_and_completes_under_srun(hpcrun, tmp
     job_id = job_id_from(out.stdout)
     run_dir = tmp_path / "runs" / "tiny_llama" / "train.log_every=5,train.max_steps=10"
     assert f"run dir: {run_dir}" in out.stdout
-    assert f"scancel {job_id}" in out.stdout
+    assert f"hpcrun cancel {run_dir}" in out.stdout and f"hpcrun logs -f {run_dir}" in out.stdout
     assert returned_after < 30  # submission does not wait for the job (which trains for longer than this)
 
     assert wait_for_end(job_id) == "COMPLETED"

@@ -53,7 +53,7 @@ def test_a_six_point_sweep_is_one_throttled_array_and_rerunning_it_submits_nothi
     record = json.loads((sweep / "sweep.json").read_text())
     dirs = [Path(p["run_dir"]) for p in record["points"]]
     assert {d.name for d in dirs} == {f"data.vocab_size=300,train.lr={lr},train.max_steps=2,train.seed={s}"
-                                      for lr in ("1e-4", "3e-4", "1e-3") for s in (0, 1)}
+                                      for lr in ("0.0001", "0.0003", "0.001") for s in (0, 1)}
     assert all(state(d)["status"] == "completed" for d in dirs)
 
     # status --json agrees with sacct, from ONE sacct call.
@@ -103,9 +103,9 @@ def test_cancel_stops_every_task_of_a_sweep(hpcrun, tmp_path, slurm_cluster):
     (array,) = _array_ids(out.stdout)
     cancelled = hpcrun("cancel", str(sweep))
     assert cancelled.returncode == 0 and "cancelled 2 job(s)" in cancelled.stderr, cancelled.stderr
-    for task in (f"{array}_0", f"{array}_1"):
-        assert wait_for_end(task, timeout=120) == "CANCELLED"
-    assert hpcrun("wait", str(sweep), "--poll", "2").returncode == 1  # not every run completed
+    wait_until(lambda: set(sacct_runs(array)) == {"CANCELLED"}, timeout=120, what="every task CANCELLED")
+    waited = hpcrun("wait", str(sweep), "--poll", "2")
+    assert waited.returncode == 1 and waited.stderr.count(": CANCELLED") == 2  # not every run completed
     assert hpcrun("cancel", str(sweep)).stderr.startswith("hpcrun: nothing to cancel")
 
 

@@ -24,7 +24,7 @@ def test_job_states_come_from_one_sacct_call_with_the_current_run_of_requeued_jo
     states = job_states(["12", "13_0", "13_1", "14"])
     assert states == {"12": "RUNNING", "13_0": "COMPLETED", "13_1": "CANCELLED", "14": "PENDING"}
     assert len((tmp_path / "sacct.calls").read_text().splitlines()) == 1
-    assert "-j 12,13_0,13_1,14" in (tmp_path / "sacct.calls").read_text()
+    assert "-j 12,13,13_0,13_1,14" in (tmp_path / "sacct.calls").read_text()
 
 
 def _run(tmp_path, status, job="5"):
@@ -58,3 +58,10 @@ def test_the_table_has_a_header_and_colour_only_when_asked(tmp_path):
     assert plain.splitlines()[0].split()[:3] == ["RUN", "STATE", "RESTARTS"]
     assert "\033[" not in plain and "\033[31m" in coloured
     assert json.dumps(row.__dict__)  # JSON-serialisable as --json prints it
+
+
+def test_collapsed_array_rows_count_for_each_of_their_tasks(tmp_path, monkeypatch):
+    path = _fake(tmp_path, "sacct", "55_[0-2,5%2]|CANCELLED by 0\n56_1|RUNNING\n")
+    monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
+    assert job_states(["55_0", "55_2", "55_5", "56_1"]) == {
+        "55_0": "CANCELLED", "55_2": "CANCELLED", "55_5": "CANCELLED", "56_1": "RUNNING"}

@@ -105,6 +105,9 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
                     states[one] = state.split()[0].rstrip("+") if state.strip() else ""
     except SubmissionError:
         pass
+    for j in ids:  # an array cancelled before any task started has one row under the bare array id
+        if j not in states and "_" in j and j.split("_")[0] in states:
+            states[j] = states[j.split("_")[0]]
     missing = [j for j in ids if j not in states]
     if missing:
         try:

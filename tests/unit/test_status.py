@@ -61,7 +61,7 @@ def test_the_table_has_a_header_and_colour_only_when_asked(tmp_path):
 
 
 def test_collapsed_array_rows_count_for_each_of_their_tasks(tmp_path, monkeypatch):
-    path = _fake(tmp_path, "sacct", "55_[0-2,5%2]|CANCELLED by 0\n56_1|RUNNING\n")
+    path = _fake(tmp_path, "sacct", "55_[0-2,5%2]|CANCELLED by 0\n56_1|RUNNING\n57|CANCELLED by 0\n")
     monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
-    assert job_states(["55_0", "55_2", "55_5", "56_1"]) == {
-        "55_0": "CANCELLED", "55_2": "CANCELLED", "55_5": "CANCELLED", "56_1": "RUNNING"}
+    assert job_states(["55_0", "55_2", "55_5", "56_1", "57_0"]) == {
+        "55_0": "CANCELLED", "55_2": "CANCELLED", "55_5": "CANCELLED", "56_1": "RUNNING", "57_0": "CANCELLED"}

@@ -49,7 +49,7 @@ def _job_ids(run_dirs: Sequence[Path]) -> List[str]:
     from hpcrun.launch.slurm_info import job_states
     from hpcrun.status import SLURM_ACTIVE
 
-    jobs = {str(read_state(d).get("job_id")) for d in run_dirs if read_state(d).get("job_id")}
+    jobs = {str(j) for j in (read_state(d).get("job_id") for d in run_dirs) if j}
     states = job_states(jobs)
     return sorted(j for j in jobs if states.get(j) in SLURM_ACTIVE)
 

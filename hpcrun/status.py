@@ -18,10 +18,8 @@ from hpcrun.durations import format_human
 from hpcrun.errors import UserError
 from hpcrun.job.checkpoint import CheckpointDir
 from hpcrun.job.runstate import read_state
+from hpcrun.launch.slurm_info import SLURM_ACTIVE
 
-# Slurm states in which the job is still coming (or running).
-SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING"}
 FINISHED = {"completed", "failed", "stopped"}
 
 

@@ -80,22 +80,6 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def slurm_job_state(job_id: str) -> str:
-    """The job's state as accounting records it (CANCELLED shows there at once on scancel; squeue only says
-    COMPLETING), falling back to squeue without accounting. '' when neither answers."""
-    import subprocess
-
-    for command in (["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"], ["squeue", "-h", "-j", job_id, "-o", "%T"]):
-        try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        lines = out.stdout.strip().splitlines()
-        if out.returncode == 0 and lines:
-            return lines[-1].split()[0].rstrip("+")
-    return ""
-
-
 def requeue(job_id: str, attempts: int = 4) -> bool:
     """``scontrol requeue JOB``, with back-off; True once Slurm took it (or had already requeued it)."""
     import subprocess
@@ -242,7 +226,9 @@ class JobEntry:
             return f"stopped at step {stop.step}"
         # scancel sends SIGTERM too, and a cancelled job must stay cancelled (its checkpoint stays, to resume
         # later). A preempted job reads RUNNING here, one at its time limit TIMEOUT: those requeue.
-        if stop.signal == "SIGTERM" and slurm_job_state(ctx.job_id or "") == "CANCELLED":
+        from hpcrun.launch.slurm_info import job_states
+
+        if stop.signal == "SIGTERM" and job_states([ctx.job_id or ""]).get(ctx.job_id or "") == "CANCELLED":
             state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step)
             log.info("job cancelled: saved step %d, not requeueing", stop.step)
             return f"cancelled at step {stop.step}"

@@ -46,8 +46,7 @@ def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> in
 
 
 def _job_ids(run_dirs: Sequence[Path]) -> List[str]:
-    from hpcrun.launch.slurm_info import job_states
-    from hpcrun.status import SLURM_ACTIVE
+    from hpcrun.launch.slurm_info import SLURM_ACTIVE, job_states
 
     jobs = {str(j) for j in (read_state(d).get("job_id") for d in run_dirs) if j}
     states = job_states(jobs)
@@ -105,7 +104,8 @@ def resume(target: str, overrides: Sequence[str]) -> int:
 
 def wait(target: str, poll: float = 15.0) -> int:
     """Blocks until every run of ``target`` has ended, showing progress; non-zero if any did not complete."""
-    from hpcrun.status import FINISHED, SLURM_ACTIVE, collect, resolve_targets
+    from hpcrun.launch.slurm_info import SLURM_ACTIVE
+    from hpcrun.status import FINISHED, collect, resolve_targets
 
     run_dirs = resolve_targets(target)
     tty = sys.stderr.isatty()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -57,15 +56,13 @@ class Prepared:
 
 def _queued_job(state: dict) -> Optional[str]:
     """The run's Slurm job id when that job is still pending or running."""
+    from hpcrun.launch.slurm_info import SLURM_ACTIVE, job_states
+
     job = state.get("job_id")
     if not job or state.get("status") not in ACTIVE:
         return None
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    alive = out.stdout.strip()
-    return f"{job} ({alive.lower()})" if out.returncode == 0 and alive else None
+    slurm = job_states([str(job)]).get(str(job))
+    return f"{job} ({slurm.lower()})" if slurm in SLURM_ACTIVE else None
 
 
 def _newest_checkpoint(run_dir: Path) -> str:

@@ -18,6 +18,9 @@ from typing import Dict, Iterable, List, Sequence
 from hpcrun.errors import SubmissionError
 
 CACHE_TTL = 24 * 3600
+# Slurm states in which a job is still coming (or running).
+SLURM_ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                          "COMPLETING", "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING"})
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
 
 

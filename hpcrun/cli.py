@@ -2,6 +2,7 @@
 
     hpcrun [-m] [--wait] [--config-dir DIR] [OVERRIDES...]   run here, or submit to Slurm (-m: a sweep, as arrays)
     hpcrun render [OVERRIDES...]                              print the sbatch script that would be submitted
+    hpcrun plan [OVERRIDES...]                                parameters, memory per GPU, checkpoint size and time
     hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
     hpcrun logs RUN [-f] [--restart N]                        a run's log
     hpcrun cancel RUN_OR_SWEEP                                scancel its jobs
@@ -29,6 +30,7 @@ MAIN_KEYS = (
 )
 COMMAND_HELP = {
     "render": "print the exact sbatch script that would be submitted; submit nothing",
+    "plan": "parameters, memory per GPU, checkpoint size and save time of a config, without a GPU or a download",
     "status": "one line per run (a run or sweep directory, or your recent runs): state, restarts, step, ...",
     "logs": "print a run's log (-f to follow; --restart N for an earlier start)",
     "cancel": "cancel the Slurm jobs of a run or a sweep (each saves before it stops)",
@@ -106,6 +108,13 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
     parser = _base_parser(f"{PROG} {command}", COMMAND_HELP[command][0].upper() + COMMAND_HELP[command][1:] + ".")
     if command == "render":
         _add_overrides(parser)
+    elif command == "plan":
+        _add_overrides(parser)
+        parser.add_argument("--bandwidth", default="1GB/s",
+                            help="aggregate write bandwidth of the run directory's filesystem (default 1GB/s)")
+        parser.add_argument("--gpu-memory", type=float, metavar="GB",
+                            help="memory of one GPU (default: from cluster.gpu_type)")
+        parser.add_argument("--json", action="store_true", help="the figures as JSON")
     elif command == "status":
         parser.add_argument("target", nargs="?", metavar="RUN_OR_SWEEP", help="default: your recent runs")
         parser.add_argument("--json", action="store_true", help="a JSON list, one object per run (docs/commands.md)")
@@ -162,6 +171,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Exit status 0 when the run fits its GPUs, 1 when it cannot (the figures say why), 2 on bad input."""
+    from hpcrun.config.compose import compose
+    from hpcrun.plan import make_plan, parse_bandwidth, render_json, render_text
+
+    bandwidth = parse_bandwidth(args.bandwidth)
+    overrides = args.overrides
+    if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
+        overrides = ["cluster=slurm", *overrides]
+    cfg = compose(overrides, args.config_dir)
+    plan = make_plan(cfg, bandwidth, args.gpu_memory)
+    print(render_json(plan) if args.json else render_text(cfg, plan))
+    return 0 if plan.fits else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcrun.status import as_json, collect, resolve_targets, table
 
@@ -200,7 +224,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
-    None: cmd_run, "render": cmd_render, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel,
+    None: cmd_run, "render": cmd_render, "plan": cmd_plan, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel,
     "resume": cmd_resume, "wait": cmd_wait,
 }
 

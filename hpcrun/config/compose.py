@@ -171,7 +171,9 @@ def compose(
         raise UserError(_one_line(exc)) from None
     run_dir = Path(os.path.expanduser(str(cfg.run.dir)))
     cfg.run.dir = str(run_dir if run_dir.is_absolute() else (cwd / run_dir).resolve())
-    return check(cfg)
+    typed = check(cfg)
+    typed.task.check_importable(cwd)
+    return typed
 
 
 def to_object(cfg: Any) -> Config:

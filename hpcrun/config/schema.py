@@ -254,6 +254,8 @@ class ModelConfig:
     attention_dropout: float = 0.0
     # Recompute activations in the backward pass to save memory.
     gradient_checkpointing: bool = False
+    # Vocabulary size, for `hpcrun plan` of a model whose tokenizer is not at hand (empty: data.vocab_size).
+    vocab_size: Optional[int] = None
 
     def check(self) -> None:
         for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -271,6 +273,8 @@ class ModelConfig:
             )
         if self.pretrained and not self.name_or_path:
             raise ConfigError("model.name_or_path", self.name_or_path, "a hub id or path when model.pretrained=true")
+        if self.vocab_size is not None:
+            _positive_int("model.vocab_size", self.vocab_size)
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ConfigError("model.attention_dropout", self.attention_dropout, "a probability in [0, 1)")
 
@@ -334,6 +338,9 @@ class TrainConfig:
     eval_every_time: Optional[str] = None
     # Data-loading worker processes per rank.
     num_workers: int = 0
+    # Shard weights, gradients and optimizer state over the ranks (FSDP full shard through accelerate, sharded
+    # checkpoints); false: every rank holds a full replica (DDP). For models whose training state does not fit one GPU.
+    fsdp: bool = False
 
     def check(self) -> None:
         _positive_int("train.max_steps", self.max_steps)
@@ -361,8 +368,27 @@ class TrainConfig:
 class TaskConfig:
     """What the job runs: any importable function taking (config, context)."""
 
-    # Dotted path of the task function.
+    # Dotted path of the task function, e.g. my_module.train (my_module.py in the directory hpcrun runs from).
     _target_: str = "hpcrun.tasks.causal_lm.train"
+
+    def check_importable(self, cwd: Any) -> None:
+        """The task's module can be found (not imported: that may load torch) from ``cwd``, as the job will."""
+        import importlib.util
+        import sys
+
+        module, _, attr = self._target_.rpartition(".")
+        if not module or not attr.isidentifier():
+            raise ConfigError("task._target_", self._target_, "a dotted path to a function, e.g. my_module.train")
+        sys.path.insert(0, str(cwd))
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        finally:
+            sys.path.remove(str(cwd))
+        if spec is None:
+            raise ConfigError("task._target_", self._target_,
+                              f"a function in an importable module (no module {module} here, in {cwd}, or installed)")
 
 
 @dataclass

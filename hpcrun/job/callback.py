@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 from transformers import TrainerCallback
 
 from hpcrun.durations import parse_duration
+from hpcrun.job.context import share_max
 from hpcrun.job.signals import StopFlags
 from hpcrun.job.triggers import Clock, TimeTriggers
 
@@ -36,20 +37,6 @@ def _seconds(value: Seconds) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) else float(parse_duration(value))
 
 
-def _share(flags: list) -> list:
-    """Element-wise max of the flags over all ranks (identity when not distributed)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flags
-    t = torch.tensor(flags, dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [int(x) for x in t.cpu().tolist()]
-
-
 class TimeTriggerCallback(TrainerCallback):
     """Sets the Trainer's save/log/evaluate/stop controls from the wall clock and from stop signals.
 
@@ -61,6 +48,8 @@ class TimeTriggerCallback(TrainerCallback):
         margin: seconds the final save must finish before ``end_time``.
         save_guess: seconds a save is assumed to take until one has been measured.
         stop_flags: a :class:`StopFlags` whose signals stop training after a save (None: signals are not handled).
+        triggers: ready-made :class:`TimeTriggers` (hpcrun's job passes the run's own); the interval and deadline
+            arguments are then ignored.
         clock, wall: monotonic and Unix clocks (tests pass fakes).
     """
 
@@ -75,7 +64,15 @@ class TimeTriggerCallback(TrainerCallback):
         stop_flags: Optional[StopFlags] = None,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
+        triggers: Optional[TimeTriggers] = None,
     ) -> None:
+        self.stop_flags = stop_flags
+        self.stop_reason: Optional[str] = None
+        self.stop_step: Optional[int] = None
+        self._save_started: Optional[float] = None
+        if triggers is not None:
+            self.triggers = triggers
+            return
         if end_time == "slurm":
             from hpcrun.job.deadline import slurm_end_time
 
@@ -85,10 +82,6 @@ class TimeTriggerCallback(TrainerCallback):
             end_time=end_time if end_time is None else float(end_time), margin=_seconds(margin) or 0.0,
             save_guess=_seconds(save_guess) or 0.0, clock=clock, wall=wall,
         )
-        self.stop_flags = stop_flags
-        self.stop_reason: Optional[str] = None
-        self.stop_step: Optional[int] = None
-        self._save_started: Optional[float] = None
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.triggers.step_started()
@@ -97,7 +90,7 @@ class TimeTriggerCallback(TrainerCallback):
         d = self.triggers.step_ended()
         main = state.is_world_process_zero
         signalled = self.stop_flags.pending() if self.stop_flags else None
-        save, log_, evaluate, deadline, sig = _share([
+        save, log_, evaluate, deadline, sig = share_max([
             int(main and d.save), int(main and d.log), int(main and d.evaluate), int(main and d.stop),
             int(signalled is not None),
         ])

@@ -1,11 +1,63 @@
-"""What a task learns about the process it runs in: run directory, rank, Slurm job."""
+"""What a task learns about the process it runs in, and the helpers a hand-written training loop needs.
+
+A task is any importable function ``task(cfg, ctx)``. Besides where it runs (run directory, rank, Slurm job), the
+context carries the run's time triggers, so a loop of your own saves on the same wall-clock schedule, stops on the
+same signals and before the same deadline as hpcrun's Trainer task (see examples/accelerate_task.py):
+
+    for step in range(start, cfg.train.max_steps):
+        ctx.step_started()
+        ...                                      # forward, backward, optimizer step
+        decision = ctx.step_ended()              # the same answer on every rank
+        if decision.save:                        # periodic, deadline or signal: the should-checkpoint flag
+            with ctx.saving(step + 1) as folder:
+                accelerator.save_state(folder)   # every rank writes its part; committed atomically after
+        if decision.stop:
+            return ctx.stopped(step + 1, decision)
+
+No torch at import time: torch.distributed is used only when a process group is up.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
+
+log = logging.getLogger("hpcrun")
+
+
+def _distributed() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    """Waits for every rank (no-op in a single process)."""
+    if _distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def share_max(flags: list) -> list:
+    """Element-wise max of integer flags over all ranks (identity in a single process)."""
+    if not _distributed():
+        return flags
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(flags, dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(x) for x in t.cpu().tolist()]
 
 
 @dataclass(frozen=True)
@@ -23,6 +75,8 @@ class JobContext:
         resume_from: the newest complete checkpoint to resume from (None: start from scratch).
         end_time: when the job ends, as a Unix time (None: unknown).
         stop_flags: the :class:`~hpcrun.job.signals.StopFlags` set by stop signals.
+        triggers: the run's :class:`~hpcrun.job.triggers.TimeTriggers` (checkpoint.* and the deadline), restored
+            from ``resume_from``.
     """
 
     run_dir: Path
@@ -35,6 +89,12 @@ class JobContext:
     resume_from: Any = None
     end_time: Optional[float] = None
     stop_flags: Any = None
+    triggers: Any = None
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """Seconds until the job's end (None: no known end)."""
+        return None if self.end_time is None else self.end_time - time.time()
 
     @property
     def on_slurm(self) -> bool:
@@ -58,6 +118,59 @@ class JobContext:
             job_id=job_id,
             restart=int(env.get("SLURM_RESTART_COUNT", 0)),
         )
+
+
+    # -- helpers for a training loop of your own ------------------------------------------------------------
+
+    def step_started(self) -> None:
+        """Call at the start of each optimizer step (times the steps for the deadline arithmetic)."""
+        self.triggers.step_started()
+
+    def step_ended(self) -> Any:
+        """Call after each optimizer step, on every rank. Returns a
+        :class:`~hpcrun.job.triggers.Decision`: ``save`` (checkpoint now: periodic, deadline or a stop signal) and
+        ``stop`` (then return :meth:`stopped`), decided on rank 0 and by a signal on any rank, shared by all ranks.
+        """
+        from hpcrun.job.triggers import Decision
+
+        d = self.triggers.step_ended()
+        signalled = self.stop_flags.pending() if self.stop_flags else None
+        save, stop, sig = share_max([int(self.is_main and d.save), int(self.is_main and d.stop),
+                                     int(signalled is not None)])
+        decision = Decision(save=bool(save), stop=bool(stop), reason=d.reason if self.is_main else "")
+        if sig:
+            decision.save = decision.stop = True
+            decision.reason = f"signal {signalled[0]}" if signalled else "a stop signal (on another rank)"
+        elif stop and not self.is_main:
+            decision.reason = "deadline (decided on rank 0)"
+        return decision
+
+    @contextlib.contextmanager
+    def saving(self, step: int) -> Iterator[Path]:
+        """Yields the folder to write checkpoint ``step`` into, on every rank; on a clean exit the checkpoint is
+        committed (marker, then rename to ``checkpoints/step-N``) once every rank has written its part, and old
+        ones pruned. An exception leaves only a staging folder, which the next start removes."""
+        started = time.monotonic()
+        folder = self.checkpoints.staging(step)
+        if self.is_main:
+            self.checkpoints.clear_staging()
+            folder.mkdir(parents=True)
+        barrier()
+        yield folder
+        barrier()  # every rank's part is written
+        if self.is_main:
+            path = self.checkpoints.commit(step, extra_state=self.triggers.state())
+            deleted = self.checkpoints.prune()
+            log.info("checkpoint %s complete%s", path.name,
+                     f"; deleted step {', '.join(map(str, deleted))}" if deleted else "")
+        barrier()  # nobody goes on (or exits) before the checkpoint is in place
+        self.triggers.saved(time.monotonic() - started)
+
+    def stopped(self, step: int, decision: Any) -> "Stopped":
+        """What to return after the save when ``decision.stop``: the job then requeues itself (Slurm) or says
+        how to resume (locally)."""
+        signal = self.stop_flags.signal if self.stop_flags else None
+        return Stopped(step=step, reason=decision.reason, signal=signal)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import shlex
 import sys
 import time
@@ -138,9 +139,14 @@ class JobEntry:
         from hpcrun.job.checkpoint import CheckpointDir
         from hpcrun.job.deadline import job_end_time
         from hpcrun.job.signals import StopFlags, job_signals
+        from hpcrun.job.triggers import TimeTriggers
         from hpcrun.launch.rundir import CONFIG_FILE
 
         started = time.time()
+        # The directory the job starts in (where hpcrun was run; sbatch's default) is importable, as with
+        # `python -m`: task._target_=my_module.train finds my_module.py there.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         run_dir = Path(self.run_dir)
         ctx = JobContext.from_env(run_dir)
         if ctx.world_size > 1 and ctx.on_slurm:
@@ -172,8 +178,11 @@ class JobEntry:
             log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
                      time.localtime(end_time)), source, end_time - time.time())
         flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
+        triggers = TimeTriggers.from_config(cfg, end_time)
+        if latest is not None:
+            triggers.restore(CheckpointDir.read_state(latest))
         ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
-                                  stop_flags=flags)
+                                  stop_flags=flags, triggers=triggers)
         try:
             faults.maybe_transient_error()
             result = import_target(cfg.task._target_)(cfg, ctx)

@@ -128,6 +128,19 @@ class TimeTriggers:
         self.estimates = Estimates(save_guess=save_guess)
         self._step_start: Optional[float] = None
 
+    @classmethod
+    def from_config(cls, cfg: Any, end_time: Optional[float]) -> "TimeTriggers":
+        """The run's triggers: checkpoint.*, train.log_every_time/eval_every_time, and the job's end."""
+        from hpcrun.durations import parse_duration
+
+        def seconds(value: Any) -> Optional[float]:
+            return float(parse_duration(value)) if value not in (None, "") else None
+
+        c = cfg.checkpoint
+        return cls(save_every=c.save_every_seconds(), log_every=seconds(cfg.train.log_every_time),
+                   eval_every=seconds(cfg.train.eval_every_time), end_time=end_time,
+                   margin=float(parse_duration(c.deadline_margin)), save_guess=float(parse_duration(c.save_time_guess)))
+
     def step_started(self) -> None:
         self._step_start = self.clock()
 

@@ -105,14 +105,17 @@ def metrics_callback(path: Path) -> Any:
 
 
 def time_triggers(cfg: Config, ctx: JobContext) -> Any:
-    """The wall-clock save/log/eval triggers and the deadline, from the config and the job."""
+    """The wall-clock save/log/eval triggers and the deadline (the run's own, restored by the job entry)."""
     from hpcrun.job.callback import TimeTriggerCallback
+    from hpcrun.job.checkpoint import CheckpointDir
+    from hpcrun.job.triggers import TimeTriggers
 
-    c = cfg.checkpoint
-    return TimeTriggerCallback(
-        save_every=c.save_every_seconds(), log_every=cfg.train.log_every_time, eval_every=cfg.train.eval_every_time,
-        end_time=ctx.end_time, margin=c.deadline_margin, save_guess=c.save_time_guess, stop_flags=ctx.stop_flags,
-    )
+    triggers = ctx.triggers
+    if triggers is None:  # called outside JobEntry
+        triggers = TimeTriggers.from_config(cfg, ctx.end_time)
+        if ctx.resume_from is not None:
+            triggers.restore(CheckpointDir.read_state(ctx.resume_from))
+    return TimeTriggerCallback(triggers=triggers, stop_flags=ctx.stop_flags)
 
 
 def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
@@ -136,7 +139,6 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     triggers = time_triggers(cfg, ctx)
     resume = ctx.resume_from
     if resume is not None:
-        triggers.triggers.restore(CheckpointDir.read_state(resume))
         log.info("resuming from %s", resume.path)
     trainer = HpcrunTrainer(
         model=model,

@@ -16,6 +16,7 @@ import argparse
 import shlex
 import sys
 import textwrap
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from hpcrun import __version__
@@ -108,6 +109,14 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
     parser = _base_parser(f"{PROG} {command}", COMMAND_HELP[command][0].upper() + COMMAND_HELP[command][1:] + ".")
     if command == "render":
         _add_overrides(parser)
+        parser.add_argument("--standalone", action="store_true",
+                            help="a self-contained script from slurm_templates/ that you sbatch yourself")
+        parser.add_argument("--template", default="", metavar="NAME",
+                            help="with --standalone: single, multi_gpu, multi_node, array or singularity "
+                                 "(default: chosen from the config)")
+        parser.add_argument("-m", "--multirun", action="store_true",
+                            help="with --standalone: the sweep as one job array")
+        parser.add_argument("-o", "--output", metavar="FILE", help="write the script here (default: stdout)")
     elif command == "plan":
         _add_overrides(parser)
         parser.add_argument("--bandwidth", default="1GB/s",
@@ -157,17 +166,45 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from hpcrun.config.compose import compose
-    from hpcrun.launch.slurm import render
 
     overrides = args.overrides
     if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
         overrides = ["cluster=slurm", *overrides]  # rendering is about sbatch: default to the generic Slurm
-    cfg = compose(overrides, args.config_dir)
-    if cfg.cluster.launcher != "slurm":
-        raise UserError(f"cluster={cfg.cluster.name} runs locally (cluster.launcher=local): there is no sbatch "
+    if args.multirun and not args.standalone:
+        raise UserError("render -m needs --standalone (hpcrun -m submits a sweep as job arrays itself)")
+    if args.standalone:
+        from hpcrun.launch.standalone import render_standalone
+
+        command = shlex.join([PROG, *sys.argv[1:]])
+        if args.multirun:
+            from hpcrun.launch.sweep import plan
+
+            result = plan(overrides, args.config_dir)
+            cfgs = [p.cfg for p in result.points]
+            text = render_standalone(cfgs, command, args.template, cfgs[0].cluster.array_throttle,
+                                     log_dir=result.sweep_dir / "slurm")
+        else:
+            cfgs = [compose(overrides, args.config_dir)]
+            text = render_standalone(cfgs, command, args.template)
+    else:
+        from hpcrun.launch.slurm import render
+
+        cfgs = [compose(overrides, args.config_dir)]
+        text = render(cfgs[0]) + "\n"
+    if cfgs[0].cluster.launcher != "slurm":
+        raise UserError(f"cluster={cfgs[0].cluster.name} runs locally (cluster.launcher=local): there is no sbatch "
                         "script to render; pick a Slurm cluster, e.g. cluster=slurm")
-    sys.stdout.write(render(cfg))
-    sys.stdout.write("\n")
+    if args.output:
+        from hpcrun.launch.rundir import atomic_write_text
+
+        out = Path(args.output)
+        if out.exists() and not args.output.endswith(".sbatch"):
+            raise UserError(f"-o {args.output} exists and is not a .sbatch file: not overwritten")
+        atomic_write_text(out, text)
+        out.chmod(0o755)
+        _say(f"wrote {out}; submit it with: sbatch {shlex.quote(str(out))}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -49,12 +49,53 @@ def build_model(cfg: Config, tokenizer: Any) -> Any:
             pad_token_id=tokenizer.pad_token_id,
         )
         model = LlamaForCausalLM(config)
-    if m.gradient_checkpointing:
+    if m.gradient_checkpointing and not cfg.train.fsdp:  # under FSDP, FSDP's own activation checkpointing
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: Llama, %.2f M parameters (%s)", n_params / 1e6,
              f"pretrained {m.name_or_path}" if m.pretrained else "random init")
     return model
+
+
+def fsdp_arguments(cfg: Config, ctx: JobContext) -> dict:
+    """FSDP2 full shard through accelerate: one unit per decoder layer, sharded checkpoints (each rank writes its
+    shard, in parallel; no rank gathers 7B parameters), FSDP's activation checkpointing. Off with one process."""
+    if not cfg.train.fsdp or ctx.world_size < 2:
+        return {}
+    import torch
+
+    if not torch.cuda.is_available():
+        _allow_cpu_fsdp()
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "version": 2,
+            "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+            "state_dict_type": "SHARDED_STATE_DICT",
+            "activation_checkpointing": cfg.model.gradient_checkpointing,
+        },
+    }
+
+
+def _allow_cpu_fsdp() -> None:
+    """CPU processes (gloo) only, i.e. the tests and the dev cluster: accelerate turns FSDP on for GPU device types
+    only and silently falls back to DDP on CPU. This makes it keep the FSDP plugin, so the same sharded code path
+    (FSDP2, sharded save and resume) runs on a laptop. GPUs never go through here."""
+    import accelerate.state as state
+    from accelerate.utils import DistributedType
+
+    if getattr(state.AcceleratorState.__init__, "_hpcrun_cpu_fsdp", False):
+        return
+    original = state.AcceleratorState.__init__
+
+    def init(self: Any, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    init._hpcrun_cpu_fsdp = True  # type: ignore[attr-defined]
+    state.AcceleratorState.__init__ = init
 
 
 def training_arguments(cfg: Config, ctx: JobContext) -> Any:
@@ -63,7 +104,9 @@ def training_arguments(cfg: Config, ctx: JobContext) -> Any:
     from transformers import TrainingArguments
 
     t = cfg.train
+    on_cpu = not torch.cuda.is_available()
     return TrainingArguments(
+        **fsdp_arguments(cfg, ctx),
         output_dir=str(ctx.run_dir / "trainer"),
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
@@ -84,7 +127,8 @@ def training_arguments(cfg: Config, ctx: JobContext) -> Any:
         eval_steps=t.eval_every or None,
         save_strategy="no",
         report_to="none",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if on_cpu and ctx.world_size > 1 else None,
         dataloader_num_workers=t.num_workers,
         disable_tqdm=not ctx.is_main,
     )
@@ -116,6 +160,21 @@ def time_triggers(cfg: Config, ctx: JobContext) -> Any:
         if ctx.resume_from is not None:
             triggers.restore(CheckpointDir.read_state(ctx.resume_from))
     return TimeTriggerCallback(triggers=triggers, stop_flags=ctx.stop_flags)
+
+
+def save_final(trainer: Any, final: Path, ctx: JobContext) -> None:
+    """The final weights as one save_pretrained folder (safetensors). Under FSDP with sharded state dicts the
+    Trainer's save_model writes nothing, so every rank takes part in gathering the full state dict (to CPU) and
+    rank 0 writes it."""
+    if not trainer.is_fsdp_enabled:
+        trainer.save_model(str(final))  # only the main process writes
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ctx.is_main:
+        trainer.model.save_pretrained(str(final), state_dict=state)
+    trainer.accelerator.wait_for_everyone()
 
 
 def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
@@ -159,7 +218,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     metrics = trainer.evaluate()
     log.info("eval loss %.4f", metrics["eval_loss"])
     final = ctx.run_dir / FINAL_DIR
-    trainer.save_model(str(final))  # safetensors; only the main process writes
+    save_final(trainer, final, ctx)
     if ctx.is_main:
         tokenizer.save_pretrained(final)
         # The Trainer adds its arguments as a pickle; config.yaml holds them in the open, so keep final/ free of

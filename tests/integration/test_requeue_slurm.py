@@ -157,3 +157,35 @@ def test_two_ranks_agree_on_the_stop_step_when_only_one_gets_the_signal(hpcrun, 
     assert "Traceback" not in rank1_log
     assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]
     assert_same_weights(run_dir / "final", tmp_path / "straight" / "final")
+
+
+def test_fsdp_over_two_ranks_saves_sharded_checkpoints_requeues_and_resumes_exactly(hpcrun, tmp_path, slurm_cluster,
+                                                                                    reference_run):
+    from safetensors import safe_open
+
+    fsdp = [*TINY, "cluster=slurm", "cluster.tasks_per_node=2", "cluster.cpus_per_task=1", "train.max_steps=16",
+            "train.fsdp=true", "model.gradient_checkpointing=true"]
+    straight = _submit(hpcrun, *fsdp, "run.dir=straight")
+    assert wait_for_end(straight) == "COMPLETED"
+
+    job = _submit(hpcrun, *fsdp, "run.dir=run")
+    run_dir = tmp_path / "run"
+    wait_for_step(run_dir, 6)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    release_when_requeued(job)
+    assert wait_for_end(job) == "COMPLETED"
+
+    st = state(run_dir)
+    step = st["starts"][0]["step"]
+    assert st["status"] == "completed" and st["starts"][1]["resumed_from"] == step
+    # Sharded: each rank wrote its own part of the weights and of the optimizer state (torch.distributed.checkpoint).
+    ckpt = run_dir / "checkpoints" / f"step-{step}"
+    shards = {str(p.relative_to(ckpt)) for p in ckpt.rglob("*.distcp")}
+    assert {"pytorch_model_fsdp_0/__0_0.distcp", "pytorch_model_fsdp_0/__1_0.distcp",
+            "optimizer_0/__0_0.distcp", "optimizer_0/__1_0.distcp"} <= shards
+    assert logged_steps(run_dir) == list(range(1, 17))
+    assert_same_weights(run_dir / "final", tmp_path / "straight" / "final")
+    # The final weights are one ordinary save_pretrained folder, the same tensor names as a single-process run.
+    with safe_open(str(run_dir / "final" / "model.safetensors"), "pt") as a, \
+            safe_open(str(reference_run / "final" / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())

@@ -181,8 +181,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
             result = plan(overrides, args.config_dir)
             cfgs = [p.cfg for p in result.points]
-            text = render_standalone(cfgs, command, args.template, cfgs[0].cluster.array_throttle,
-                                     log_dir=result.sweep_dir / "slurm")
+            text = render_standalone(cfgs, command, args.template, cfgs[0].cluster.array_throttle)
         else:
             cfgs = [compose(overrides, args.config_dir)]
             text = render_standalone(cfgs, command, args.template)

@@ -50,10 +50,15 @@ def sacct_runs(job_id: str) -> list:
 
 
 def release_when_requeued(job_id: str, timeout: float = 180) -> None:
-    """Waits for the requeued job to be pending again, then skips Slurm's ~120 s requeue hold."""
+    """Waits for the requeued job to be pending again, then skips Slurm's ~120 s requeue hold.
+
+    Not in the same second as the requeue: slurmd refuses a credential created in the second its job's old one was
+    revoked ("Job credential revoked", and the job FAILS). Slurm's own hold is what normally keeps them apart.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if squeue_state(job_id) == "PENDING":
+            time.sleep(2.5)
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
             return
         time.sleep(1)

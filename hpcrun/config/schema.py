@@ -89,8 +89,8 @@ class ClusterConfig:
     max_time: Optional[str] = None
     # Number of nodes.
     nodes: int = 1
-    # Processes per node (one per GPU for multi-GPU training).
-    tasks_per_node: int = 1
+    # Processes per node (empty: one per GPU, or one on a CPU-only job).
+    tasks_per_node: Optional[int] = None
     # GPUs per node (0: CPU only).
     gpus_per_node: int = 0
     # GPU type to ask for, e.g. a100 (empty: any).
@@ -139,6 +139,8 @@ class ClusterConfig:
         if self.max_time is not None and limit > _duration("cluster.max_time", self.max_time):
             raise ConfigError("cluster.time", self.time, f"at most cluster.max_time={self.max_time} on {self.name}")
         _positive_int("cluster.nodes", self.nodes, 1024)
+        if self.tasks_per_node is None:  # one process per GPU
+            self.tasks_per_node = max(1, self.gpus_per_node) if isinstance(self.gpus_per_node, int) else 1
         _positive_int("cluster.tasks_per_node", self.tasks_per_node, 256)
         _positive_int("cluster.cpus_per_task", self.cpus_per_task, 1024)
         if not isinstance(self.array_throttle, int) or self.array_throttle < 0:

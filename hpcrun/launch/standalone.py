@@ -57,12 +57,16 @@ def _sbatch_value(option: str, value: Any) -> str:
     return text
 
 
-def sbatch_options(cfg: Any, log_dir: Path, array: str = "") -> List[Tuple[str, str]]:
-    """The ``#SBATCH`` options, from the same mapping the submitit path uses (:func:`executor_parameters`)."""
+def sbatch_options(cfg: Any, array: str = "") -> List[Tuple[str, str]]:
+    """The ``#SBATCH`` options, from the same mapping the submitit path uses (:func:`executor_parameters`).
+
+    Slurm's own output goes to ``<job name>-<job id>.out`` in the directory sbatch runs from: Slurm opens it before
+    the script runs, when the run directory may not exist yet. hpcrun's log of each start is in ``RUN_DIR/logs/``.
+    """
     from hpcrun.launch.slurm import executor_parameters
 
     p = executor_parameters(cfg)
-    pattern = "%A_%a" if array else "%j"
+    pattern = "%x-%A_%a" if array else "%x-%j"
     opts: Dict[str, Any] = {
         "job-name": p["job_name"], "nodes": p["nodes"], "ntasks-per-node": p["ntasks_per_node"],
         "cpus-per-task": p["cpus_per_task"],
@@ -72,8 +76,8 @@ def sbatch_options(cfg: Any, log_dir: Path, array: str = "") -> List[Tuple[str, 
             opts[key.replace("_", "-")] = p[key]
     opts.update(p["additional_parameters"])
     opts["open-mode"] = "append"  # a requeued job appends to the same log
-    opts["output"] = f"{log_dir}/{pattern}.out"
-    opts["error"] = f"{log_dir}/{pattern}.err"
+    opts["output"] = f"{pattern}.out"
+    opts["error"] = f"{pattern}.err"
     if array:
         opts["array"] = array
     out = []
@@ -96,8 +100,7 @@ def job_commands(cluster: Any) -> Tuple[str, str]:
     return f"{python} -m hpcrun.job prepare", f'{srun} {python} -u -m hpcrun.job run "$RUN_DIR"'
 
 
-def render_standalone(cfgs: Sequence[Any], command: str, template: str = "", throttle: int = 0,
-                      log_dir: Any = None) -> str:
+def render_standalone(cfgs: Sequence[Any], command: str, template: str = "", throttle: int = 0) -> str:
     """The script for one run (``cfgs`` of one) or a sweep (one array task per config)."""
     import jinja2
 
@@ -119,7 +122,6 @@ def render_standalone(cfgs: Sequence[Any], command: str, template: str = "", thr
     array = ""
     if len(cfgs) > 1:
         array = f"0-{len(cfgs) - 1}" + (f"%{throttle}" if throttle else "")
-    log_dir = Path(log_dir) if log_dir else Path(first.run.dir) / "slurm"
     python = first.cluster.container.python if first.cluster.container.enabled else (
         first.cluster.python or sys.executable)
     prepare_cmd, launch_cmd = job_commands(first.cluster)
@@ -128,8 +130,8 @@ def render_standalone(cfgs: Sequence[Any], command: str, template: str = "", thr
     env.filters["q"] = lambda v: shlex.quote(str(v))
     return env.get_template(f"{template}.sbatch.j2").render(
         version=__version__, command=command, cfg=first, cluster=first.cluster,
-        sbatch=sbatch_options(first, log_dir, array), configs=configs, config_end=CONFIG_END,
-        n_runs=len(cfgs), log_dir=str(log_dir), python=python, prepare=prepare_cmd, launch=launch_cmd,
+        sbatch=sbatch_options(first, array), configs=configs, config_end=CONFIG_END,
+        n_runs=len(cfgs), python=python, prepare=prepare_cmd, launch=launch_cmd,
         setup=list(first.cluster.setup),
     )
 

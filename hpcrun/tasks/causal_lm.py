@@ -14,7 +14,7 @@ from typing import Any, Union
 from hpcrun.config.schema import Config
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.job.entry import FINAL_DIR
-from hpcrun.tasks.text import load_corpus, token_blocks, tokenizer_for
+from hpcrun.tasks.text import load_corpus, load_pretrained, token_blocks, tokenizer_for
 
 log = logging.getLogger("hpcrun")
 METRICS_FILE = "metrics.jsonl"
@@ -30,7 +30,8 @@ def build_model(cfg: Config, tokenizer: Any) -> Any:
 
     m = cfg.model
     if m.pretrained:
-        model = LlamaForCausalLM.from_pretrained(m.name_or_path, dtype=torch.float32)
+        model = load_pretrained(LlamaForCausalLM.from_pretrained, "model.name_or_path", m.name_or_path,
+                                dtype=torch.float32)
     else:
         config = LlamaConfig(
             vocab_size=len(tokenizer),

@@ -64,6 +64,16 @@ def train_bpe(documents: List[str], vocab_size: int) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS)
 
 
+def load_pretrained(load: Any, key: str, source: str, **kwargs: Any) -> Any:
+    """``load(source)`` (a from_pretrained), with a one-line error naming the key when the files are not there."""
+    try:
+        return load(source, **kwargs)
+    except OSError as exc:  # not a local folder, and the hub unreachable, gated or without that repository
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConfigError(key, source, "a local folder, or a hub id this node can download (set HF_TOKEN for "
+                          f"gated models; HF_HOME for the cache); loading said: {first}") from None
+
+
 def tokenizer_for(cfg: Any, documents: List[str], run_dir: Path, is_main: bool) -> Any:
     """The run's tokenizer. A trained BPE is saved in ``<run.dir>/tokenizer`` and reused by every restart."""
     from transformers import AutoTokenizer
@@ -84,7 +94,8 @@ def tokenizer_for(cfg: Any, documents: List[str], run_dir: Path, is_main: bool) 
     source = cfg.model.name_or_path if kind == "model" else kind
     if not source:
         raise ConfigError("data.tokenizer", kind, "a tokenizer path, or model.name_or_path set for data.tokenizer=model")
-    tok = AutoTokenizer.from_pretrained(source)
+    key = "model.name_or_path" if kind == "model" else "data.tokenizer"
+    tok = load_pretrained(AutoTokenizer.from_pretrained, key, source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -1,7 +1,9 @@
 """A standalone script (`hpcrun render --standalone`), submitted with plain sbatch: interrupted, requeued, resumed."""
 
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -37,3 +39,48 @@ def test_a_standalone_script_sbatched_by_hand_saves_on_the_signal_requeues_and_r
     assert json.loads(status.stdout)[0]["status"] == "completed"
     again = hpcrun(*TINY, "cluster=slurm", "run.dir=run")
     assert again.returncode == 0 and "already complete" in again.stderr
+
+
+SHIM = """#!/bin/bash
+# A stand-in for `singularity exec [--nv] [--overlay X] [--bind X] IMAGE CMD...`: runs CMD on the host, as the
+# real runtime runs it in the container. It execs, so the signal chain is the wrapper's own.
+echo "$*" >> {calls}
+shift  # exec
+while [[ "$1" == --* ]]; do
+  case "$1" in --nv) shift ;; *) shift 2 ;; esac
+done
+shift  # the image
+exec "$@"
+"""
+
+
+def test_the_singularity_wrapper_passes_the_signal_to_python_and_the_run_requeues(
+        hpcrun, tmp_path, slurm_cluster, reference_run):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "singularity"
+    shim.write_text(SHIM.format(calls=tmp_path / "calls.log"))
+    shim.chmod(0o755)
+    env_script = tmp_path / "env.sh"
+    env_script.write_text(f"echo sourced >> {tmp_path / 'sourced.log'}\n")
+    container = ["cluster.container.enabled=true", f"cluster.container.image={tmp_path / 'image.sif'}",
+                 f"cluster.container.overlay={tmp_path / 'overlay.ext3'}", f"cluster.container.env_script={env_script}",
+                 f"cluster.container.python={sys.executable}", "cluster.container.binds=[/tmp]"]
+    out = hpcrun("render", "--standalone", *TINY, "cluster=slurm", "run.dir=run", *container, "-o", "job.sbatch")
+    assert out.returncode == 0, out.stderr
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    job = subprocess.run(["sbatch", "--parsable", "job.sbatch"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    run_dir = tmp_path / "run"
+    wait_for_step(run_dir, 8)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    release_when_requeued(job)
+    assert wait_for_end(job) == "COMPLETED"
+
+    st = state(run_dir)
+    assert st["status"] == "completed" and st["starts"][0]["end"].startswith("requeued: signal SIGUSR2")
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 4  # prepare and run, in each of the two starts, all inside the "container"
+    assert all(f"--overlay {tmp_path / 'overlay.ext3'}:ro --bind /tmp" in c for c in calls)
+    assert len((tmp_path / "sourced.log").read_text().splitlines()) == 4
+    assert_same_weights(run_dir / "final", reference_run / "final")

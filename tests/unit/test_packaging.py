@@ -15,7 +15,8 @@ def test_the_wheel_carries_conf_templates_and_corpus_and_hpcrun_runs_from_it(tmp
     wheel = next(tmp_path.glob("hpcrun_slurm-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ["hpcrun/conf/hpcrun.yaml", "hpcrun/conf/experiment/tiny_llama.yaml",
-                     "hpcrun/conf/cluster/greene.yaml", "hpcrun/slurm_templates/README.md",
+                     "hpcrun/conf/cluster/greene.yaml", "hpcrun/slurm_templates/base.sbatch.j2",
+                     "hpcrun/slurm_templates/singularity.sbatch.j2",
                      "hpcrun/data/shakespeare.txt.gz", "hpcrun/py.typed"]:
         assert expected in names
 
@@ -30,3 +31,8 @@ def test_the_wheel_carries_conf_templates_and_corpus_and_hpcrun_runs_from_it(tmp
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == str(site / "hpcrun" / "conf")
     assert "#SBATCH --gpus-per-node=a100:4" in out.stdout
+    standalone = subprocess.run([sys.executable, "-c", code, "render", "--standalone", "+experiment=llama7b",
+                                 "cluster=greene"], cwd=work, capture_output=True, text=True,
+                                env={"PYTHONPATH": str(site), "USER": "alice", "PATH": "/usr/bin:/bin"})
+    assert standalone.returncode == 0, standalone.stderr
+    assert "# hpcrun run llama7b: one node, 4 processes (one per GPU)." in standalone.stdout

@@ -78,7 +78,7 @@ def train(cfg: Any, ctx: Any) -> Union[Path, Any]:
                 with (ctx.run_dir / "metrics.jsonl").open("a") as f:
                     f.write(f'{{"step": {step}, "loss": {loss.item()}}}\n')
 
-            decision = ctx.step_ended()
+            decision = ctx.step_ended(step)
             if decision.save:
                 with ctx.saving(step) as folder:
                     accelerator.save_state(str(folder))

@@ -4,6 +4,7 @@
     hpcrun render [OVERRIDES...]                              print the sbatch script that would be submitted
     hpcrun plan [OVERRIDES...]                                parameters, memory per GPU, checkpoint size and time
     hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
+    hpcrun report [RUN_OR_SWEEP] [--json] [--plot FILE.png]   where the allocated time went; goodput
     hpcrun logs RUN [-f] [--restart N]                        a run's log
     hpcrun cancel RUN_OR_SWEEP                                scancel its jobs
     hpcrun resume RUN [OVERRIDES...]                          resubmit a stopped or failed run
@@ -33,6 +34,7 @@ COMMAND_HELP = {
     "render": "print the exact sbatch script that would be submitted; submit nothing",
     "plan": "parameters, memory per GPU, checkpoint size and save time of a config, without a GPU or a download",
     "status": "one line per run (a run or sweep directory, or your recent runs): state, restarts, step, ...",
+    "report": "where a run's (or sweep's) allocated time went: start-up, training, saving, lost work; goodput",
     "logs": "print a run's log (-f to follow; --restart N for an earlier start)",
     "cancel": "cancel the Slurm jobs of a run or a sweep (each saves before it stops)",
     "resume": "resubmit a stopped or failed run from its saved config (launcher keys may change)",
@@ -127,6 +129,10 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
     elif command == "status":
         parser.add_argument("target", nargs="?", metavar="RUN_OR_SWEEP", help="default: your recent runs")
         parser.add_argument("--json", action="store_true", help="a JSON list, one object per run (docs/commands.md)")
+    elif command == "report":
+        parser.add_argument("target", nargs="?", metavar="RUN_OR_SWEEP", help="default: your recent runs")
+        parser.add_argument("--json", action="store_true", help="the figures as JSON (per run, per start, total)")
+        parser.add_argument("--plot", metavar="FILE.png", help="also draw a timeline per run into FILE.png")
     elif command == "logs":
         parser.add_argument("target", metavar="RUN")
         parser.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
@@ -235,6 +241,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpcrun.report import as_json, as_text, collect, plot
+    from hpcrun.status import resolve_targets
+
+    reports = collect(resolve_targets(args.target))
+    if not reports:
+        _say("no runs yet (hpcrun report RUN_OR_SWEEP_DIR reports one)")
+        return 0
+    print(as_json(reports) if args.json else as_text(reports))
+    if args.plot:
+        if not any(r.starts for r in reports):
+            raise UserError("nothing to plot: no run has started yet")
+        plot(reports, Path(args.plot))
+        _say(f"timeline written to {args.plot}")
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from hpcrun.launch.manage import logs
 
@@ -260,7 +283,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
-    None: cmd_run, "render": cmd_render, "plan": cmd_plan, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel,
+    None: cmd_run, "render": cmd_render, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
+    "logs": cmd_logs, "cancel": cmd_cancel,
     "resume": cmd_resume, "wait": cmd_wait,
 }
 

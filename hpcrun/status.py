@@ -42,6 +42,7 @@ class RunStatus:
     elapsed_s: float
     time_left_s: Optional[float]
     job_id: Optional[str]
+    goodput: Optional[float]  # training time over allocated time so far, from the run's ledger (hpcrun report)
 
 
 def _last_logged_step(run_dir: Path) -> int:
@@ -99,11 +100,17 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         time_left = max(0.0, starts[-1]["end_time"] - now)
     step = max(_last_logged_step(run_dir), latest.step if latest else 0)
     name, rid = run_dir.parent.name, run_dir.name
+    try:
+        from hpcrun.report import run_report
+
+        goodput = run_report(run_dir, None).goodput  # the ledger's own times: no extra sacct call
+    except Exception:  # noqa: BLE001 - a status line never fails on one odd run
+        goodput = None
     return RunStatus(
         run_dir=str(run_dir), name=name, id=rid, state=shown, status=status, slurm_state=slurm,
         reason=state.get("reason", ""), restarts=max(0, len(starts) - 1), step=step, max_steps=_max_steps(run_dir),
         last_checkpoint_step=latest.step if latest else None, last_checkpoint_age_s=ckpt_age, elapsed_s=elapsed,
-        time_left_s=time_left, job_id=job,
+        time_left_s=time_left, job_id=job, goodput=None if goodput is None else round(goodput, 4),
     )
 
 
@@ -131,7 +138,7 @@ def resolve_targets(target: Optional[str]) -> List[Path]:
     raise UserError(f"{target} is neither a run directory (no {CONFIG_FILE}) nor a sweep directory (no {SWEEP_FILE})")
 
 
-COLUMNS = ("RUN", "STATE", "RESTARTS", "STEP", "CKPT AGE", "ELAPSED", "LEFT", "JOB")
+COLUMNS = ("RUN", "STATE", "RESTARTS", "STEP", "CKPT AGE", "ELAPSED", "LEFT", "GOODPUT", "JOB")
 COLOURS = {"COMPLETED": "32", "RUNNING": "36", "FAILED": "31", "CANCELLED": "33", "STOPPED": "33",
            "REQUEUED": "35", "PENDING": "2"}
 
@@ -144,7 +151,7 @@ def table(rows: List[RunStatus], colour: Optional[bool] = None) -> str:
             f"{r.name}/{r.id}", r.state, str(r.restarts), f"{r.step}/{r.max_steps}",
             format_human(r.last_checkpoint_age_s) if r.last_checkpoint_age_s is not None else "-",
             format_human(r.elapsed_s), format_human(r.time_left_s) if r.time_left_s is not None else "-",
-            r.job_id or "-",
+            f"{r.goodput:.0%}" if r.goodput is not None else "-", r.job_id or "-",
         ])
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]

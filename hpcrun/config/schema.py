@@ -206,7 +206,8 @@ class RunConfig:
 class CheckpointConfig:
     """When and how the run saves: by wall clock, and just before its time runs out."""
 
-    # Wall-clock interval between periodic saves (30m, 90s, 2h; 0: none, only the final and deadline saves).
+    # Wall-clock interval between periodic saves (30m, 90s, 2h; 0: none, only the final and deadline saves; auto:
+    # from the measured save time and the interruptions seen so far, Young/Daly, docs/checkpointing.md).
     save_every: str = "30m"
     # How many complete checkpoints to keep (at least 2: the newest may be half-written).
     keep_last: int = 2
@@ -215,7 +216,14 @@ class CheckpointConfig:
     # How long a save is assumed to take until one has been measured.
     save_time_guess: str = "60s"
 
+    @property
+    def save_every_auto(self) -> bool:
+        return str(self.save_every).strip().lower() == "auto"
+
     def save_every_seconds(self) -> Optional[int]:
+        """The fixed interval (None: no periodic saves, or save_every=auto)."""
+        if self.save_every_auto:
+            return None
         return _duration("checkpoint.save_every", self.save_every) or None
 
     def check(self) -> None:

@@ -50,6 +50,7 @@ class TimeTriggerCallback(TrainerCallback):
         stop_flags: a :class:`StopFlags` whose signals stop training after a save (None: signals are not handled).
         triggers: ready-made :class:`TimeTriggers` (hpcrun's job passes the run's own); the interval and deadline
             arguments are then ignored.
+        ledger: where steps, saves, signals and the deadline are recorded (``hpcrun.job.ledger.Ledger``).
         clock, wall: monotonic and Unix clocks (tests pass fakes).
     """
 
@@ -65,8 +66,12 @@ class TimeTriggerCallback(TrainerCallback):
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
         triggers: Optional[TimeTriggers] = None,
+        ledger: Any = None,
     ) -> None:
         self.stop_flags = stop_flags
+        self.ledger = ledger  # a hpcrun.job.ledger.Ledger (hpcrun's job passes the run's), or None
+        self._save_why = ""
+        self._save_wall = 0.0
         self.stop_reason: Optional[str] = None
         self.stop_step: Optional[int] = None
         self._save_started: Optional[float] = None
@@ -98,25 +103,45 @@ class TimeTriggerCallback(TrainerCallback):
             control.should_log = True
         if evaluate:
             control.should_evaluate = True
+        ledger = self.ledger
+        if ledger is not None:
+            ledger.step(state.global_step, force=bool(save or sig or deadline))
         if sig or deadline:
             if sig:
                 name = signalled[0] if signalled else "a stop signal (on another rank)"
                 self.stop_reason = f"signal {name}" if signalled else name
+                self._save_why = "signal"
+                if ledger is not None:
+                    ledger.event("signal", step=state.global_step, signal=name,
+                                 received_at=signalled[1] if signalled else None)
             else:
                 self.stop_reason = d.reason if main else "deadline (decided on rank 0)"
+                self._save_why = "deadline"
+                if ledger is not None:
+                    ledger.event("deadline", step=state.global_step, reason=self.stop_reason)
             self.stop_step = state.global_step
             control.should_training_stop = True
             save = True
             log.info("stopping after step %d: %s; saving now", state.global_step, self.stop_reason)
-        elif save and main:
-            log.info("step %d: %s", state.global_step, d.reason)
+        elif save:
+            self._save_why = "periodic"
+            if main:
+                log.info("step %d: %s", state.global_step, d.reason)
         if save:
             control.should_save = True
             self._save_started = self.triggers.clock()
+            self._save_wall = time.time()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.ledger is not None:  # where training stopped, for the report (progress events are a minute apart)
+            self.ledger.step(state.global_step, force=True)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._save_started is not None:
-            self.triggers.saved(self.triggers.clock() - self._save_started)
+            seconds = self.triggers.clock() - self._save_started
+            self.triggers.saved(seconds)
             self._save_started = None
+            if self.ledger is not None:
+                self.ledger.save(state.global_step, self._save_wall, seconds, self._save_why)
         else:  # a save the Trainer decided itself (its own step strategy): the interval restarts all the same
             self.triggers.save_interval.reset()

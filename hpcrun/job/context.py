@@ -7,7 +7,7 @@ same signals and before the same deadline as hpcrun's Trainer task (see examples
     for step in range(start, cfg.train.max_steps):
         ctx.step_started()
         ...                                      # forward, backward, optimizer step
-        decision = ctx.step_ended()              # the same answer on every rank
+        decision = ctx.step_ended(step + 1)      # the same answer on every rank
         if decision.save:                        # periodic, deadline or signal: the should-checkpoint flag
             with ctx.saving(step + 1) as folder:
                 accelerator.save_state(folder)   # every rank writes its part; committed atomically after
@@ -77,6 +77,7 @@ class JobContext:
         stop_flags: the :class:`~hpcrun.job.signals.StopFlags` set by stop signals.
         triggers: the run's :class:`~hpcrun.job.triggers.TimeTriggers` (checkpoint.* and the deadline), restored
             from ``resume_from``.
+        ledger: the run's :class:`~hpcrun.job.ledger.Ledger` (``ledger.jsonl``, for ``hpcrun report``).
     """
 
     run_dir: Path
@@ -90,6 +91,7 @@ class JobContext:
     end_time: Optional[float] = None
     stop_flags: Any = None
     triggers: Any = None
+    ledger: Any = None
 
     @property
     def deadline(self) -> Optional[float]:
@@ -126,8 +128,8 @@ class JobContext:
         """Call at the start of each optimizer step (times the steps for the deadline arithmetic)."""
         self.triggers.step_started()
 
-    def step_ended(self) -> Any:
-        """Call after each optimizer step, on every rank. Returns a
+    def step_ended(self, step: Optional[int] = None) -> Any:
+        """Call after each optimizer step, on every rank, with the step count (for the ledger). Returns a
         :class:`~hpcrun.job.triggers.Decision`: ``save`` (checkpoint now: periodic, deadline or a stop signal) and
         ``stop`` (then return :meth:`stopped`), decided on rank 0 and by a signal on any rank, shared by all ranks.
         """
@@ -143,6 +145,14 @@ class JobContext:
             decision.reason = f"signal {signalled[0]}" if signalled else "a stop signal (on another rank)"
         elif stop and not self.is_main:
             decision.reason = "deadline (decided on rank 0)"
+        if self.ledger is not None and step is not None:
+            self.ledger.step(step, force=decision.save)
+            if sig:
+                self.ledger.event("signal", step=step, signal=decision.reason[len("signal "):] if signalled else
+                                  decision.reason, received_at=signalled[1] if signalled else None)
+            elif stop:
+                self.ledger.event("deadline", step=step, reason=decision.reason)
+        self.triggers.save_why = "signal" if sig else "deadline" if stop else "periodic"
         return decision
 
     @contextlib.contextmanager
@@ -164,7 +174,10 @@ class JobContext:
             log.info("checkpoint %s complete%s", path.name,
                      f"; deleted step {', '.join(map(str, deleted))}" if deleted else "")
         barrier()  # nobody goes on (or exits) before the checkpoint is in place
-        self.triggers.saved(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.triggers.saved(seconds)
+        if self.ledger is not None:
+            self.ledger.save(step, time.time() - seconds, seconds, getattr(self.triggers, "save_why", "periodic"))
 
     def stopped(self, step: int, decision: Any) -> "Stopped":
         """What to return after the save when ``decision.stop``: the job then requeues itself (Slurm) or says

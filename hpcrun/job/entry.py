@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 from hpcrun.errors import JobError
 from hpcrun.job import faults
 from hpcrun.job.context import JobContext, Stopped
-from hpcrun.job.runstate import RunState
+from hpcrun.job.runstate import RunState, mean_time_between_failures
 
 log = logging.getLogger("hpcrun")
 FINAL_DIR = "final"
@@ -137,7 +137,8 @@ class JobEntry:
     def __call__(self) -> str:
         from hpcrun.config.compose import load_saved
         from hpcrun.job.checkpoint import CheckpointDir
-        from hpcrun.job.deadline import job_end_time
+        from hpcrun.job.deadline import job_times
+        from hpcrun.job.ledger import Ledger
         from hpcrun.job.signals import StopFlags, job_signals
         from hpcrun.job.triggers import TimeTriggers
         from hpcrun.launch.rundir import CONFIG_FILE
@@ -169,20 +170,32 @@ class JobEntry:
             state = RunState(run_dir, writer=False)
             latest = next((c for c in checkpoints.folders() if c.step == start["resumed_from"]), None)
             setup_logging(ctx, start["n"])
-        if state.status == "failed":
+        if state.status == "failed":  # the crash-loop breaker stopped the run at this start
+            from hpcrun.job.ledger import Ledger
+
+            Ledger(run_dir, start["n"], writer=ctx.is_main).event(
+                "end", status="failed", reason=state.data.get("reason", ""), step=start.get("resumed_from"))
             raise JobError(state.data.get("reason", "run failed"))
 
-        end_time, source = job_end_time(cfg.cluster.time_seconds(), ctx.on_slurm, started)
+        alloc_start, end_time, source = job_times(cfg.cluster.time_seconds(), ctx.on_slurm, started)
         state.note(end_time=end_time)
+        ledger = Ledger(run_dir, start["n"], writer=ctx.is_main)
+        state.ledger = ledger
+        ledger.event("start", job_id=ctx.job_id, restart=ctx.restart, alloc_start=alloc_start,
+                     process_start=started, resumed_from=latest.step if latest else 0, end_time=end_time,
+                     world_size=ctx.world_size)
         if end_time is not None:
             log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
                      time.localtime(end_time)), source, end_time - time.time())
         flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
-        triggers = TimeTriggers.from_config(cfg, end_time)
+        triggers = TimeTriggers.from_config(cfg, end_time, mtbf=mean_time_between_failures(state.data))
         if latest is not None:
             triggers.restore(CheckpointDir.read_state(latest))
+        triggers.on_interval = lambda seconds, why: (log.info("checkpoint.save_every=auto: %s", why),
+                                                     ledger.event("save_every", seconds=seconds, why=why))
+        triggers.update_auto_interval()
         ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
-                                  stop_flags=flags, triggers=triggers)
+                                  stop_flags=flags, triggers=triggers, ledger=ledger)
         try:
             faults.maybe_transient_error()
             result = import_target(cfg.task._target_)(cfg, ctx)

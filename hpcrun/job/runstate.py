@@ -50,6 +50,7 @@ class RunState:
         self.data.setdefault("starts", [])
         self.data.setdefault("requeues", 0)
         self.data.setdefault("no_progress_restarts", 0)
+        self.ledger: Any = None  # a hpcrun.job.ledger.Ledger: end() records there too
 
     def save(self) -> None:
         if self.writer:
@@ -101,3 +102,24 @@ class RunState:
         if status == "requeued":
             self.data["requeues"] += 1
         self.save()
+        if self.ledger is not None:
+            self.ledger.event("end", status=status, reason=reason, step=step)
+
+
+def mean_time_between_failures(state: Dict[str, Any], now: Optional[float] = None) -> Optional[float]:
+    """The run's observed mean time between *unannounced* interruptions (a start that ended without a clean stop:
+    kill -9, node failure, OOM, a preemption whose grace ran out), over the wall clock of its earlier starts.
+    None when none has been seen (the caller uses its prior). Announced stops (signal, deadline) are saved for
+    and are not counted: periodic saves exist for the others."""
+    now = time.time() if now is None else now
+    starts = state.get("starts", [])[:-1]  # the earlier starts; the last one is the current
+    if not starts:
+        return None
+    following = state.get("starts", [])[1:]
+    elapsed = 0.0
+    failures = 0
+    for s, nxt in zip(starts, following):
+        end = s.get("ended_at") or nxt.get("started_at") or now
+        elapsed += max(0.0, end - s.get("started_at", end))
+        failures += "ended_at" not in s
+    return elapsed / failures if failures else None

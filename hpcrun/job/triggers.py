@@ -15,10 +15,11 @@ Used by the Trainer callback (:mod:`hpcrun.job.callback`) and by custom training
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 Clock = Callable[[], float]
 
@@ -83,6 +84,41 @@ def seconds_needed_to_stop(estimates: Estimates, margin: float) -> float:
     return estimates.step + estimates.save + margin
 
 
+# checkpoint.save_every=auto: the bounds of the interval, and the mean time between unannounced interruptions
+# assumed until the run has seen one (one a day: a guess for a shared university cluster, replaced by observation).
+AUTO_MIN_SECONDS = 60.0
+AUTO_MAX_SECONDS = 2 * 3600.0
+PRIOR_MTBF_SECONDS = 24 * 3600.0
+
+
+def daly_interval(save_seconds: float, mtbf: float) -> float:
+    """The checkpoint interval that minimises expected lost time (Daly 2006, "A higher order estimate of the
+    optimum checkpoint interval for restart dumps"): for a save time d and a mean time between failures M,
+    ``sqrt(2 d M) (1 + sqrt(d/2M)/3 + (d/2M)/9) - d`` when d < 2M, else M. To first order it is Young's (1974)
+    ``sqrt(2 d M)``: saving more often wastes save time, less often wastes recomputed work."""
+    d, m = max(save_seconds, 0.0), max(mtbf, 1e-9)
+    if d >= 2 * m:
+        return m
+    x = d / (2 * m)
+    return math.sqrt(2 * d * m) * (1 + math.sqrt(x) / 3 + x / 9) - d
+
+
+def auto_interval(save_seconds: Optional[float], mtbf: Optional[float]) -> Tuple[float, str]:
+    """The bounded Daly interval, and why (for the log and the ledger). With no save measured yet
+    (``save_seconds`` None), the shortest interval: the first save measures what a save costs."""
+    if save_seconds is None:
+        return AUTO_MIN_SECONDS, (f"every {AUTO_MIN_SECONDS:.0f}s until a save has been measured (then Daly's "
+                                  "interval from its time)")
+    observed = mtbf is not None
+    m = mtbf if observed else PRIOR_MTBF_SECONDS
+    raw = daly_interval(save_seconds, m)
+    seconds = min(AUTO_MAX_SECONDS, max(AUTO_MIN_SECONDS, raw))
+    bound = "" if seconds == raw else f", bounded to [{AUTO_MIN_SECONDS:.0f}s, {AUTO_MAX_SECONDS:.0f}s]"
+    source = "observed in this run" if observed else "assumed: none seen yet"
+    return seconds, (f"every {seconds:.0f}s (Daly's interval ~ sqrt(2 x save x MTBF) = {raw:.0f}s{bound}; save "
+                     f"{save_seconds:.1f}s measured, mean time between unannounced interruptions {m:.0f}s, {source})")
+
+
 @dataclass
 class Decision:
     """What to do at this step boundary."""
@@ -106,6 +142,8 @@ class TimeTriggers:
         save_guess: the save time assumed until one has been measured.
         clock: monotonic clock for intervals (tests pass a fake).
         wall: Unix-time clock for the deadline (tests pass a fake).
+        auto_save: derive the save interval from the measured save time (checkpoint.save_every=auto), with
+            ``mtbf`` the observed mean time between unannounced interruptions (None: the prior).
     """
 
     def __init__(
@@ -118,8 +156,12 @@ class TimeTriggers:
         save_guess: float = 30.0,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
+        auto_save: bool = False,
+        mtbf: Optional[float] = None,
     ) -> None:
         self.clock, self.wall = clock, wall
+        self.auto_save, self.mtbf = auto_save, mtbf
+        self.on_interval: Optional[Callable[[float, str], Any]] = None  # told each auto interval and why
         self.save_interval = Interval(save_every, clock)
         self.log_interval = Interval(log_every, clock)
         self.eval_interval = Interval(eval_every, clock)
@@ -129,8 +171,9 @@ class TimeTriggers:
         self._step_start: Optional[float] = None
 
     @classmethod
-    def from_config(cls, cfg: Any, end_time: Optional[float]) -> "TimeTriggers":
-        """The run's triggers: checkpoint.*, train.log_every_time/eval_every_time, and the job's end."""
+    def from_config(cls, cfg: Any, end_time: Optional[float], mtbf: Optional[float] = None) -> "TimeTriggers":
+        """The run's triggers: checkpoint.*, train.log_every_time/eval_every_time, and the job's end (``mtbf``:
+        the run's observed mean time between unannounced interruptions, for save_every=auto)."""
         from hpcrun.durations import parse_duration
 
         def seconds(value: Any) -> Optional[float]:
@@ -139,7 +182,20 @@ class TimeTriggers:
         c = cfg.checkpoint
         return cls(save_every=c.save_every_seconds(), log_every=seconds(cfg.train.log_every_time),
                    eval_every=seconds(cfg.train.eval_every_time), end_time=end_time,
-                   margin=float(parse_duration(c.deadline_margin)), save_guess=float(parse_duration(c.save_time_guess)))
+                   margin=float(parse_duration(c.deadline_margin)), save_guess=float(parse_duration(c.save_time_guess)),
+                   auto_save=c.save_every_auto, mtbf=mtbf)
+
+    def update_auto_interval(self) -> None:
+        """save_every=auto: recompute the interval from the current save-time estimate (at start, after saves)."""
+        if not self.auto_save:
+            return
+        measured = max(self.estimates.saves) if self.estimates.saves else None
+        seconds, why = auto_interval(measured, self.mtbf)
+        old = self.save_interval.seconds
+        if old is None or abs(seconds - old) > 0.1 * old:
+            self.save_interval.seconds = seconds
+            if self.on_interval is not None:
+                self.on_interval(seconds, why)
 
     def step_started(self) -> None:
         self._step_start = self.clock()
@@ -176,6 +232,7 @@ class TimeTriggers:
         """Records a finished save (periodic or final) and restarts the save interval."""
         self.estimates.add_save(seconds)
         self.save_interval.reset()
+        self.update_auto_interval()
 
     def state(self) -> Dict[str, Any]:
         """What a checkpoint keeps so a resumed run continues the same intervals and knows its save time."""

@@ -160,7 +160,7 @@ def time_triggers(cfg: Config, ctx: JobContext) -> Any:
         triggers = TimeTriggers.from_config(cfg, ctx.end_time)
         if ctx.resume_from is not None:
             triggers.restore(CheckpointDir.read_state(ctx.resume_from))
-    return TimeTriggerCallback(triggers=triggers, stop_flags=ctx.stop_flags)
+    return TimeTriggerCallback(triggers=triggers, stop_flags=ctx.stop_flags, ledger=ctx.ledger)
 
 
 def save_final(trainer: Any, final: Path, ctx: JobContext) -> None:

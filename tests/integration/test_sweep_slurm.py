@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm import calls, counting_shims, sacct_runs, squeue_state, wait_for_end
+from tests.slurm import calls, counting_shims, release_when_requeued, sacct_runs, squeue_state, wait_for_end
 from tests.training import state, wait_until
 
 pytestmark = pytest.mark.training
@@ -124,7 +124,22 @@ def test_a_task_preempted_mid_sweep_resumes_while_the_others_are_untouched(hpcru
     wait_until(lambda: any(state(d).get("status") == "requeued" for d in dirs), timeout=60, what="a requeue")
     (pre,) = [d for d in dirs if state(d)["status"] == "requeued"]
     (other,) = [d for d in dirs if d != pre]
-    subprocess.run(["scontrol", "update", f"JobId={state(pre)['job_id']}", "StartTime=now"])
+    release_when_requeued(state(pre)["job_id"])
     assert hpcrun("wait", str(sweep), "--poll", "2").returncode == 0
     assert len(state(pre)["starts"]) == 2 and state(pre)["starts"][0]["end"].startswith("requeued: signal SIGTERM")
     assert len(state(other)["starts"]) == 1 and state(other)["status"] == "completed"
+
+    # The report sums the sweep: each run's allocations from sacct, the preempted one's two starts, no lost work
+    # (the preemption was announced and saved for), and a timeline picture of both runs.
+    out = hpcrun("report", str(sweep), "--json", "--plot", "sweep.png")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    runs = {r["run_dir"]: r for r in report["runs"]}
+    assert set(runs) == {str(d) for d in dirs}
+    assert runs[str(pre)]["starts"] == 2 and runs[str(other)]["starts"] == 1
+    assert all(s["times_from"] == "sacct" for r in report["runs"] for s in r["per_start"])
+    assert runs[str(pre)]["lost_s"] == 0 and runs[str(pre)]["recomputed_steps"] == 0
+    assert runs[str(pre)]["queue_wait_s"] > 0
+    assert report["total"]["allocated_s"] == pytest.approx(sum(r["allocated_s"] for r in runs.values()), abs=0.05)
+    assert 0 < report["total"]["goodput"] < 1
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,9 @@
 """Wall-clock triggers and deadline arithmetic, on a fake clock."""
 
+import math
+
+import pytest
+
 from hpcrun.job.triggers import Estimates, Interval, TimeTriggers, seconds_needed_to_stop
 
 
@@ -98,3 +102,56 @@ def test_trigger_state_round_trips_through_a_checkpoint():
     d = resumed.step_ended()
     assert d.log  # 40 s before the save + 60 s after the resume = 100 s of training since the last log
     assert resumed.estimates.save == 12.0
+
+
+def test_daly_interval_matches_youngs_square_root_to_first_order_and_the_mtbf_when_saves_are_slow():
+    from hpcrun.job.triggers import daly_interval
+
+    # Young: sqrt(2 d M); Daly adds small corrections and subtracts d: 60 s saves, 24 h MTBF -> ~53 min.
+    assert daly_interval(60, 86400) == pytest.approx(math.sqrt(2 * 60 * 86400) * (1 + math.sqrt(60 / 172800) / 3
+                                                                                  + 60 / 172800 / 9) - 60)
+    assert 3100 < daly_interval(60, 86400) < 3250
+    assert daly_interval(600, 200) == 200  # d >= 2M: checkpoint every MTBF
+    assert daly_interval(60, 4 * 3600) < daly_interval(60, 24 * 3600)  # more interruptions -> save more often
+
+
+def test_auto_interval_is_bounded_and_starts_short_until_a_save_is_measured():
+    from hpcrun.job.triggers import AUTO_MAX_SECONDS, AUTO_MIN_SECONDS, auto_interval
+
+    assert auto_interval(None, None)[0] == AUTO_MIN_SECONDS
+    assert auto_interval(0.3, 120)[0] == AUTO_MIN_SECONDS  # ~8 s by Daly: bounded
+    assert auto_interval(600, 10 * 86400)[0] == AUTO_MAX_SECONDS
+    seconds, why = auto_interval(60, None)
+    assert 3100 < seconds < 3250 and "assumed" in why and "60.0s measured" in why
+
+
+def test_save_every_auto_follows_the_measured_save_time():
+    from hpcrun.job.triggers import TimeTriggers
+
+    clock = FakeClock()
+    told = []
+    t = TimeTriggers(auto_save=True, mtbf=3600.0, clock=clock, wall=clock)
+    t.on_interval = lambda s, why: told.append(s)
+    t.update_auto_interval()
+    assert t.save_interval.seconds == 60  # nothing measured yet
+    t.saved(10.0)
+    assert t.save_interval.seconds == pytest.approx(daly(10.0, 3600.0))
+    t.saved(40.0)  # slower saves: save less often
+    assert t.save_interval.seconds == pytest.approx(daly(40.0, 3600.0)) and len(told) == 3
+
+
+def daly(d, m):
+    from hpcrun.job.triggers import daly_interval
+
+    return daly_interval(d, m)
+
+
+def test_the_mtbf_counts_only_starts_that_ended_without_a_clean_stop():
+    from hpcrun.job.runstate import mean_time_between_failures
+
+    starts = [{"started_at": 0, "ended_at": 1000, "end": "requeued: signal"},  # announced: not a failure
+              {"started_at": 1100},                                          # killed (no ended_at)
+              {"started_at": 1700},                                          # the current start
+              ]
+    assert mean_time_between_failures({"starts": starts}, now=2000) == (1000 + 600) / 1
+    assert mean_time_between_failures({"starts": starts[:1] + [{"started_at": 1100}]}, now=2000) is None

@@ -1,0 +1,359 @@
+"""``hpcrun report RUN_OR_SWEEP``: where the allocated wall clock went, per start, per run, summed over a sweep.
+
+From each run's ledger (``ledger.jsonl``, hpcrun.job.ledger) and ONE ``sacct`` call for all the runs' jobs (the
+allocation's real start and end, and the queue waits between restarts; without sacct, the ledger's own times).
+Each start of a run is cut into segments (docs/goodput.md):
+
+    startup   allocation start -> the end of the first training step (Slurm's launch, imports, data, model,
+              loading the checkpoint, the first step)
+    training  training steps whose work survived (evaluations during training included)
+    saving    checkpoint saves, the time training was blocked on them
+    lost      training after the point the next start resumed from: those steps were computed again
+    other     after the last step: the final weights, exit, requeue; and for a start killed without an event, nothing
+              (its time after the last recorded step counts as lost: it was training, and no checkpoint kept it)
+
+goodput = training / allocated, where allocated = the sum of the starts' allocations.
+
+Submitting side: no torch. matplotlib only for ``--plot``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hpcrun.durations import format_human
+
+KINDS = ("startup", "training", "saving", "lost", "other")
+COLOURS = {"startup": "#9e9e9e", "training": "#43a047", "saving": "#1e88e5", "lost": "#e53935", "other": "#d7ccc8"}
+
+
+@dataclass
+class Segment:
+    kind: str
+    begin: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.begin)
+
+
+@dataclass
+class StartReport:
+    n: int
+    job_id: Optional[str]
+    alloc_start: float
+    alloc_end: float
+    times_from: str  # "sacct" or "ledger"
+    resumed_from: int
+    last_step: int
+    end: str  # "completed", "requeued", ..., or "killed" (no end event)
+    segments: List[Segment] = field(default_factory=list)
+
+    def total(self, kind: str) -> float:
+        return sum(s.seconds for s in self.segments if s.kind == kind)
+
+
+@dataclass
+class RunReport:
+    run_dir: str
+    name: str
+    status: Optional[str]
+    starts: List[StartReport]
+    queue_waits: List[float]  # between consecutive starts (seconds), from sacct
+    recomputed_steps: int
+
+    @property
+    def allocated(self) -> float:
+        return sum(s.alloc_end - s.alloc_start for s in self.starts)
+
+    def total(self, kind: str) -> float:
+        return sum(s.total(kind) for s in self.starts)
+
+    @property
+    def time_to_first_step(self) -> Optional[float]:
+        return self.starts[0].total("startup") if self.starts else None
+
+    @property
+    def goodput(self) -> Optional[float]:
+        return self.total("training") / self.allocated if self.allocated > 0 else None
+
+    def summary(self) -> Dict[str, Any]:
+        return {
+            "run_dir": self.run_dir, "name": self.name, "status": self.status, "starts": len(self.starts),
+            "allocated_s": round(self.allocated, 2), "time_to_first_step_s": _round(self.time_to_first_step),
+            **{f"{k}_s": round(self.total(k), 2) for k in KINDS},
+            "queue_wait_s": round(sum(self.queue_waits), 2), "recomputed_steps": self.recomputed_steps,
+            "goodput": _round(self.goodput, 4),
+        }
+
+
+def _round(x: Optional[float], digits: int = 2) -> Optional[float]:
+    return None if x is None else round(x, digits)
+
+
+# -- from the ledger ---------------------------------------------------------------------------------------------
+
+def _by_start(events: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
+    groups: Dict[int, List[Dict[str, Any]]] = {}
+    for e in events:
+        groups.setdefault(int(e.get("start", 0)), []).append(e)
+    return [groups[k] for k in sorted(groups) if any(e["event"] == "start" for e in groups[k])]
+
+
+def _step_times(events: List[Dict[str, Any]]) -> List[Tuple[float, int]]:
+    """(time a step ended, step) for every step the ledger saw in one start."""
+    out = []
+    for e in events:
+        if e["event"] in ("first_step", "progress", "signal", "deadline") and e.get("step") is not None:
+            out.append((float(e["t"]), int(e["step"])))
+        elif e["event"] == "save":
+            out.append((float(e["began"]), int(e["step"])))
+    return sorted(out)
+
+
+def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], next_resumed_from: Optional[int],
+                   times_from: str, logged: Sequence[Tuple[float, int]] = ()) -> StartReport:
+    """Cuts one start into segments; ``next_resumed_from`` is the step the following start resumed from, and
+    ``logged`` the (time, step) pairs of metrics.jsonl (finer than the ledger's minute-apart progress events)."""
+    head = next(e for e in events if e["event"] == "start")
+    end_event = next((e for e in reversed(events) if e["event"] == "end"), None)
+    a, e_ = alloc
+    first_t = next((float(e["t"]) for e in events if e["event"] == "first_step"), None)
+    steps = sorted(_step_times(events) + [(t, s) for t, s in logged
+                                          if first_t is not None and first_t <= t <= e_])
+    saves = sorted(((float(e["began"]), float(e["began"]) + float(e["seconds"]), int(e["step"]))
+                    for e in events if e["event"] == "save"))
+    first = next((e for e in events if e["event"] == "first_step"), None)
+    resumed = int(head.get("resumed_from") or 0)
+    report = StartReport(n=int(head["start"]), job_id=head.get("job_id"), alloc_start=a, alloc_end=e_,
+                         times_from=times_from, resumed_from=resumed, last_step=max([s for _, s in steps], default=resumed),
+                         end=end_event["status"] if end_event else "killed")
+    if first is None:  # never trained: all start-up (or a failure before the first step)
+        report.segments.append(Segment("startup", a, e_))
+        return report
+    f = min(max(float(first["t"]), a), e_)
+    report.segments.append(Segment("startup", a, f))
+    # Training runs to the last step seen, or to the end of the allocation if the start was killed.
+    last_step_t = max([t for t, _ in steps] + [end for _, end, _ in saves], default=f)
+    train_end = e_ if end_event is None else min(max(last_step_t, f), e_)
+    # Where work stopped counting: the moment this start reached the step the next start resumed from.
+    cut = train_end
+    if next_resumed_from is not None:
+        if next_resumed_from <= resumed:
+            cut = f
+        else:
+            reached = [t for t, s in steps if s >= next_resumed_from]
+            at_save = [b for b, _, s in saves if s == next_resumed_from]
+            cut = min(at_save or reached or [train_end])
+    # Walk [f, train_end): saves are "saving", the rest "training" before the cut and "lost" after it.
+    t = f
+    for b, end, _ in saves:
+        b, end = max(b, f), min(end, e_)
+        if b > t:
+            report.segments += _split(t, b, cut)
+        if end > b:
+            report.segments.append(Segment("saving", b, end))
+        t = max(t, end)
+    if train_end > t:
+        report.segments += _split(t, train_end, cut)
+    t = max(t, train_end)
+    if e_ > t:
+        report.segments.append(Segment("other", t, e_))
+    return report
+
+
+def _split(b: float, e: float, cut: float) -> List[Segment]:
+    if cut <= b:
+        return [Segment("lost", b, e)]
+    if cut >= e:
+        return [Segment("training", b, e)]
+    return [Segment("training", b, cut), Segment("lost", cut, e)]
+
+
+# -- allocations from sacct ---------------------------------------------------------------------------------------
+
+def sacct_runs(job_ids: Sequence[str]) -> Optional[Dict[str, List[Tuple[float, float, Optional[float]]]]]:
+    """Every run (requeue) of each job: (start, end, submit), oldest first, from ONE sacct call; None if sacct
+    cannot answer (no Slurm here, slurmdbd down)."""
+    from hpcrun.job.deadline import parse_slurm_timestamp
+    from hpcrun.launch.slurm_info import run_slurm
+
+    ids = sorted({j for j in job_ids if j})
+    if not ids:
+        return None
+    try:
+        out = run_slurm(["sacct", "-X", "-D", "-n", "-P", "-o", "JobID,Submit,Start,End", "-j", ",".join(ids)])
+    except Exception:  # noqa: BLE001 - a report without sacct falls back to the ledger's own times
+        return None
+    runs: Dict[str, List[Tuple[float, float, Optional[float]]]] = {}
+    now = time.time()
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4:
+            continue
+        start = parse_slurm_timestamp(parts[2])
+        if start is None:
+            continue
+        end = parse_slurm_timestamp(parts[3]) or now
+        runs.setdefault(parts[0], []).append((start, end, parse_slurm_timestamp(parts[1])))
+    return runs
+
+
+def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float, Optional[float]]]]]) -> RunReport:
+    from hpcrun.job.ledger import read_ledger
+    from hpcrun.job.runstate import read_state
+
+    groups = _by_start(read_ledger(run_dir))
+    state = read_state(run_dir)
+    logged = _logged_steps(Path(run_dir))
+    heads = [next(e for e in g if e["event"] == "start") for g in groups]
+    starts, waits = [], []
+    for i, (events, head) in enumerate(zip(groups, heads)):
+        nxt = int(heads[i + 1].get("resumed_from") or 0) if i + 1 < len(heads) else None
+        alloc, source = _allocation(events, head, sacct)
+        starts.append(start_segments(events, alloc, nxt, source, logged))
+        if i > 0:
+            waits.append(max(0.0, starts[i].alloc_start - starts[i - 1].alloc_end))
+    recomputed = sum(max(0, s.last_step - nxt.resumed_from) for s, nxt in zip(starts, starts[1:]))
+    name = Path(run_dir).parent.name
+    return RunReport(str(run_dir), name, state.get("status"), starts, waits, recomputed)
+
+
+def _logged_steps(run_dir: Path) -> List[Tuple[float, int]]:
+    """(time, step) of every training-loss record in metrics.jsonl (the built-in task writes one per log)."""
+    path = run_dir / "metrics.jsonl"
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            r = json.loads(line)
+            if "loss" in r:
+                out.append((float(r["time"]), int(r["step"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _allocation(events: List[Dict[str, Any]], head: Dict[str, Any],
+                sacct: Optional[Dict[str, List[Tuple[float, float, Optional[float]]]]]) -> Tuple[Tuple[float, float], str]:
+    job, restart = head.get("job_id"), int(head.get("restart") or 0)
+    rows = (sacct or {}).get(str(job)) if job else None
+    if rows and restart < len(rows):
+        start, end, _ = rows[restart]
+        return (start, end), "sacct"
+    begin = float(head.get("alloc_start") or head["t"])
+    return (begin, max(float(e["t"]) for e in events)), "ledger"
+
+
+def collect(run_dirs: Sequence[Path], use_sacct: bool = True) -> List[RunReport]:
+    from hpcrun.job.ledger import read_ledger
+
+    jobs = set()
+    for d in run_dirs:
+        jobs |= {str(e.get("job_id")) for e in read_ledger(d) if e["event"] == "start" and e.get("job_id")}
+    sacct = sacct_runs(sorted(jobs)) if use_sacct and jobs else None
+    return [run_report(d, sacct) for d in run_dirs]
+
+
+# -- output -------------------------------------------------------------------------------------------------------
+
+def totals(reports: Sequence[RunReport]) -> Dict[str, Any]:
+    allocated = sum(r.allocated for r in reports)
+    training = sum(r.total("training") for r in reports)
+    return {
+        "runs": len(reports), "starts": sum(len(r.starts) for r in reports), "allocated_s": round(allocated, 2),
+        **{f"{k}_s": round(sum(r.total(k) for r in reports), 2) for k in KINDS},
+        "queue_wait_s": round(sum(sum(r.queue_waits) for r in reports), 2),
+        "recomputed_steps": sum(r.recomputed_steps for r in reports),
+        "goodput": round(training / allocated, 4) if allocated > 0 else None,
+    }
+
+
+def as_json(reports: Sequence[RunReport]) -> str:
+    runs = []
+    for r in reports:
+        d = r.summary()
+        d["per_start"] = [{**{k: v for k, v in asdict(s).items() if k != "segments"},
+                           **{f"{k}_s": round(s.total(k), 2) for k in KINDS}} for s in r.starts]
+        d["queue_waits_s"] = [round(w, 2) for w in r.queue_waits]
+        runs.append(d)
+    return json.dumps({"runs": runs, "total": totals(reports)}, indent=1)
+
+
+def _pct(x: float, whole: float) -> str:
+    return f"{100 * x / whole:5.1f}%" if whole > 0 else "    -"
+
+
+def as_text(reports: Sequence[RunReport]) -> str:
+    lines = []
+    for r in reports:
+        alloc = r.allocated
+        lines.append(f"{r.run_dir}  ({r.status or 'unknown'}, {len(r.starts)} start(s))")
+        if not r.starts:
+            lines.append("  no ledger yet (the job has not started)")
+            continue
+        lines.append(f"  allocated        {format_human(alloc):>9}")
+        lines.append(f"  to first step    {format_human(r.time_to_first_step or 0):>9}")
+        for k, label in (("startup", "start-up"), ("training", "training"), ("saving", "saving"),
+                         ("lost", "lost (recomputed)"), ("other", "other")):
+            lines.append(f"  {label:<17}{format_human(r.total(k)):>8} {_pct(r.total(k), alloc)}")
+        if r.queue_waits:
+            lines.append(f"  queue waits      {format_human(sum(r.queue_waits)):>9}  (between restarts: "
+                         f"{', '.join(format_human(w) for w in r.queue_waits)})")
+        lines.append(f"  recomputed steps {r.recomputed_steps:>9}")
+        lines.append(f"  goodput          {_pct(r.total('training'), alloc):>9}")
+        sources = {s.times_from for s in r.starts}
+        if "ledger" in sources:
+            lines.append("  (allocation times from the ledger: sacct did not know them)")
+    if len(reports) > 1:
+        t = totals(reports)
+        lines.append(f"sweep: {t['runs']} runs, {t['starts']} starts, allocated {format_human(t['allocated_s'])}, "
+                     f"training {format_human(t['training_s'])}, saving {format_human(t['saving_s'])}, lost "
+                     f"{format_human(t['lost_s'])}, recomputed steps {t['recomputed_steps']}, goodput "
+                     f"{_pct(t['training_s'], t['allocated_s']).strip()}")
+    return "\n".join(lines)
+
+
+def plot(reports: Sequence[RunReport], path: Path) -> None:
+    """A timeline per run: one row per start, segments coloured by kind, time from the run's first allocation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = [(r, s) for r in reports for s in r.starts]
+    fig, ax = plt.subplots(figsize=(11, 1.4 + 0.42 * max(1, len(rows))))
+    labels = []
+    for i, (r, s) in enumerate(rows):
+        origin = r.starts[0].alloc_start
+        y = len(rows) - 1 - i
+        for kind in KINDS:
+            bars = [((seg.begin - origin) / 60, seg.seconds / 60) for seg in s.segments if seg.kind == kind]
+            if bars:
+                ax.broken_barh(bars, (y - 0.35, 0.7), facecolors=COLOURS[kind])
+        ax.text((s.alloc_end - origin) / 60, y, f"  {s.end}" + (f" @ step {s.last_step}" if s.last_step else ""),
+                va="center", fontsize=7)
+        run_label = Path(r.run_dir).name if len(reports) > 1 else ""
+        labels.append((y, f"{run_label[:28]} start {s.n}".strip()))
+    ax.set_yticks([y for y, _ in labels], [lbl for _, lbl in labels], fontsize=8)
+    ax.set_xlabel("minutes since the run's first allocation started")
+    title = (f"{reports[0].run_dir}" if len(reports) == 1 else f"{len(reports)} runs") + \
+        f": goodput {totals(reports)['goodput'] or 0:.1%}"
+    ax.legend(handles=[Patch(color=COLOURS[k], label=k) for k in KINDS], loc="lower left",
+              bbox_to_anchor=(0.0, 1.0), ncol=5, fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=9, loc="right")
+    ax.grid(axis="x", alpha=0.3)
+    ax.margins(x=0.12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

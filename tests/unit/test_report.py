@@ -1,0 +1,70 @@
+"""The goodput arithmetic of `hpcrun report`, on hand-written ledgers with known answers (the real runs that
+produce ledgers are in tests/integration/test_report_slurm.py)."""
+
+import json
+
+import pytest
+
+from hpcrun.report import as_json, run_report, start_segments, totals
+
+T0 = 1_000_000.0
+
+
+def ev(event, t, start=1, **fields):
+    return {"event": event, "t": T0 + t, "start": start, **fields}
+
+
+def by_kind(report):
+    return {k: round(report.total(k), 6) for k in ("startup", "training", "saving", "lost", "other")}
+
+
+def test_a_clean_stop_splits_into_startup_training_saving_and_other():
+    events = [ev("start", 0, resumed_from=0), ev("first_step", 10, step=1), ev("progress", 70, step=61),
+              ev("save", 102, step=90, began=T0 + 100, seconds=2, why="signal"), ev("end", 105, status="requeued")]
+    r = start_segments(events, (T0, T0 + 110), next_resumed_from=90, times_from="ledger")
+    # start-up to the first step; training 10->100; the stop save 100->102; then exit and requeue
+    assert by_kind(r) == {"startup": 10, "training": 90, "saving": 2, "lost": 0, "other": 8}
+    assert r.end == "requeued" and r.last_step == 90
+
+
+def test_a_killed_start_loses_everything_after_the_checkpoint_the_next_start_resumed_from():
+    events = [ev("start", 0, resumed_from=0), ev("first_step", 10, step=1),
+              ev("save", 51, step=40, began=T0 + 50, seconds=1, why="periodic"), ev("progress", 80, step=70)]
+    r = start_segments(events, (T0, T0 + 100), next_resumed_from=40, times_from="sacct")
+    # killed at 100 (sacct's end): 10->50 kept, the save 50->51, 51->100 recomputed by the next start
+    assert by_kind(r) == {"startup": 10, "training": 40, "saving": 1, "lost": 49, "other": 0}
+    assert r.end == "killed"
+
+
+def test_a_start_that_saved_nothing_the_next_one_used_lost_all_its_training():
+    events = [ev("start", 0, resumed_from=40), ev("first_step", 5, step=41), ev("progress", 65, step=100)]
+    r = start_segments(events, (T0, T0 + 70), next_resumed_from=40, times_from="sacct")
+    assert by_kind(r) == {"startup": 5, "training": 0, "saving": 0, "lost": 65, "other": 0}
+
+
+def test_a_start_that_never_reached_a_step_is_all_startup():
+    r = start_segments([ev("start", 0, resumed_from=0), ev("end", 30, status="failed")], (T0, T0 + 30), None,
+                       "ledger")
+    assert by_kind(r) == {"startup": 30, "training": 0, "saving": 0, "lost": 0, "other": 0}
+
+
+def test_a_run_sums_its_starts_and_the_queue_wait_between_them(tmp_path):
+    run = tmp_path / "name" / "id"
+    run.mkdir(parents=True)
+    lines = [ev("start", 0, 1, resumed_from=0, job_id="7", restart=0), ev("first_step", 10, 1, step=1),
+             ev("save", 101, 1, step=90, began=T0 + 100, seconds=1, why="signal"), ev("end", 104, 1, status="requeued"),
+             ev("start", 200, 2, resumed_from=90, job_id="7", restart=1), ev("first_step", 210, 2, step=91),
+             ev("progress", 300, 2, step=180), ev("end", 305, 2, status="completed")]
+    (run / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"event": "torn li')
+    sacct = {"7": [(T0, T0 + 105, T0 - 50), (T0 + 190, T0 + 310, T0 - 50)]}  # Slurm's own allocation times
+    r = run_report(run, sacct)
+    assert [s.times_from for s in r.starts] == ["sacct", "sacct"]
+    assert r.allocated == 105 + 120
+    assert r.queue_waits == [85]
+    # start 1: 10 s start-up, 90 training, 1 saving, 4 other; start 2 (from 190): 20 s start-up, 90 training, 10 other
+    assert round(r.total("training"), 6) == 180 and round(r.total("startup"), 6) == 30
+    assert r.goodput == pytest.approx(180 / 225)
+    assert r.recomputed_steps == 0
+    data = json.loads(as_json([r]))
+    assert data["total"]["goodput"] == round(180 / 225, 4) and len(data["runs"][0]["per_start"]) == 2
+    assert totals([r, r])["allocated_s"] == 450

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -47,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.slurm import task_pids  # noqa: E402 - the repository's own helpers
 
-STEPS = 1500
+STEPS = 1200
 MODEL = ["+experiment=tiny_llama", f"train.max_steps={STEPS}", "train.log_every=1", "train.warmup_steps=30",
          "model.hidden_size=64", "model.intermediate_size=128", "model.num_attention_heads=4",
          "model.num_key_value_heads=4", "model.num_hidden_layers=2", "data.seq_len=64", "train.batch_size=8",
@@ -111,19 +112,35 @@ def interrupt(job: str, kind: str, grace: float = 15.0) -> None:
     release(job)
 
 
-def drive(job: str, run_dir: Path, schedule: List[tuple], timeout: float = 1200) -> Dict[str, object]:
+def failure(logs: Path) -> str:
+    """The last exception line in the job's logs (why it failed)."""
+    lines = [ln for f in sorted(logs.glob("*.err")) + sorted(logs.glob("*.log")) if f.is_file()
+             for ln in f.read_text(errors="replace").splitlines()]
+    errors = [ln.strip() for ln in lines if re.match(r"^\w*(Error|Exception)\b.*:", ln.strip())]
+    return errors[-1] if errors else "see the job's logs"
+
+
+def drive(job: str, run_dir: Path, schedule: List[tuple], job_logs: Path,
+          timeout: float = 1200) -> Dict[str, object]:
     """Applies the schedule to the running job, then waits for it to complete."""
     t0 = time.time()
+
+    def ended() -> bool:
+        runs = sacct_runs(job)
+        return squeue_state(job) == "" and bool(runs) and runs[-1]["state"] in ("COMPLETED", "FAILED", "CANCELLED")
+
     for delay, kind in schedule:
         seen = len(logged(run_dir))
-        wait(lambda: squeue_state(job) == "RUNNING" and len(logged(run_dir)) > seen, 600, "training to (re)start")
+        wait(lambda: ended() or (squeue_state(job) == "RUNNING" and len(logged(run_dir)) > seen), 600,
+             "training to (re)start")
+        if ended():
+            break  # finished, or failed and will not come back by itself
         started = time.time()
         wait(lambda: time.time() - started >= delay or squeue_state(job) not in ("RUNNING", ""), delay + 60, "delay")
         if squeue_state(job) != "RUNNING":
             break  # it finished before this interruption
         interrupt(job, kind)
-    wait(lambda: squeue_state(job) == "" and sacct_runs(job)[-1]["state"] in ("COMPLETED", "FAILED", "CANCELLED"),
-         timeout, "the job to end")
+    wait(ended, timeout, "the job to end")
     runs = sacct_runs(job)
     records = logged(run_dir)
     steps = [r["step"] for r in records]
@@ -132,7 +149,8 @@ def drive(job: str, run_dir: Path, schedule: List[tuple], timeout: float = 1200)
     allocated = sum(int(r["elapsed"] or 0) for r in runs)
     done = max(steps, default=0)
     return {
-        "final_state": runs[-1]["state"], "starts": len(runs), "allocated_s": allocated,
+        "final_state": runs[-1]["state"], "failure": failure(job_logs) if runs[-1]["state"] == "FAILED" else None,
+        "starts": len(runs), "allocated_s": allocated,
         "wall_s": round(time.time() - t0, 1), "steps_done": done,
         "steps_computed": len(steps), "recomputed_steps": sum(n - 1 for n in Counter(steps).values()),
         "median_step_s": round(step_s, 4),
@@ -145,7 +163,7 @@ def run_hpcrun(work: Path, name: str, save_every: str, schedule: List[tuple]) ->
     out = sh(sys.executable, "-m", "hpcrun", *MODEL, "cluster=slurm", "cluster.cpus_per_task=2",
              f"checkpoint.save_every={save_every}", f"run.dir={run_dir}", check=True)
     job = next(ln.split()[3] for ln in out.stdout.splitlines() if ln.startswith("submitted Slurm job"))
-    result = drive(job, run_dir, schedule)
+    result = drive(job, run_dir, schedule, run_dir / "logs")
     report = json.loads(sh(sys.executable, "-m", "hpcrun", "report", str(run_dir), "--json", check=True).stdout)
     result["hpcrun_report"] = report["runs"][0]
     sh(sys.executable, "-m", "hpcrun", "report", str(run_dir), "--plot", str(work / f"{name}.png"))
@@ -157,7 +175,7 @@ def run_baseline(work: Path, mode: str, schedule: List[tuple]) -> Dict[str, obje
     out = sh(sys.executable, str(HERE / "baselines" / "trainer_submitit.py"), "--mode", mode, "--run-dir",
              str(run_dir), "--slurm-folder", str(work / f"{mode}-submitit"), "--cpus", "2", "--", *MODEL,
              "cluster=local", check=True)
-    return drive(out.stdout.strip().splitlines()[-1], run_dir, schedule)
+    return drive(out.stdout.strip().splitlines()[-1], run_dir, schedule, work / f"{mode}-submitit")
 
 
 def main() -> None:
@@ -187,8 +205,16 @@ def main() -> None:
         print(f"== {name}", flush=True)
         result["systems"][name] = run()
         print(json.dumps(result["systems"][name]), flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+        partial = Path(a.out).with_suffix(".partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(result, indent=1) + "\n")
+    out = Path(a.out)
+    if a.only and out.exists():  # a partial rerun: keep the other systems' figures from the same schedule
+        previous = json.loads(out.read_text())
+        if previous.get("schedule") == result["schedule"]:
+            result["systems"] = {**previous["systems"], **result["systems"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
 

@@ -125,8 +125,7 @@ def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], nex
     end_event = next((e for e in reversed(events) if e["event"] == "end"), None)
     a, e_ = alloc
     first_t = next((float(e["t"]) for e in events if e["event"] == "first_step"), None)
-    steps = sorted(_step_times(events) + [(t, s) for t, s in logged
-                                          if first_t is not None and first_t <= t <= e_])
+    steps = sorted(_step_times(events) + [(t, s) for t, s in logged if first_t is not None and first_t <= t])
     saves = sorted(((float(e["began"]), float(e["began"]) + float(e["seconds"]), int(e["step"]))
                     for e in events if e["event"] == "save"))
     first = next((e for e in events if e["event"] == "first_step"), None)
@@ -217,7 +216,10 @@ def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float,
     for i, (events, head) in enumerate(zip(groups, heads)):
         nxt = int(heads[i + 1].get("resumed_from") or 0) if i + 1 < len(heads) else None
         alloc, source = _allocation(events, head, sacct)
-        starts.append(start_segments(events, alloc, nxt, source, logged))
+        # Steps this start logged: up to the next start (a killed start may log after sacct's whole-second end).
+        until = float(heads[i + 1]["t"]) if i + 1 < len(heads) else float("inf")
+        mine = [(t, s) for t, s in logged if t < until]
+        starts.append(start_segments(events, alloc, nxt, source, mine))
         if i > 0:
             waits.append(max(0.0, starts[i].alloc_start - starts[i - 1].alloc_end))
     recomputed = sum(max(0, s.last_step - nxt.resumed_from) for s, nxt in zip(starts, starts[1:]))
@@ -249,7 +251,10 @@ def _allocation(events: List[Dict[str, Any]], head: Dict[str, Any],
     rows = (sacct or {}).get(str(job)) if job else None
     if rows and restart < len(rows):
         start, end, _ = rows[restart]
-        return (start, end), "sacct"
+        # sacct keeps whole seconds, and a job that requeues itself ends (for Slurm) when it asks, a moment before
+        # its last events: the allocation covers both.
+        first, last = float(head["t"]), max(float(e["t"]) for e in events)
+        return (min(start, first), max(end, last)), "sacct"
     begin = float(head.get("alloc_start") or head["t"])
     return (begin, max(float(e["t"]) for e in events)), "ledger"
 

@@ -191,6 +191,11 @@ class JobEntry:
         triggers = TimeTriggers.from_config(cfg, end_time, mtbf=mean_time_between_failures(state.data))
         if latest is not None:
             triggers.restore(CheckpointDir.read_state(latest))
+        if not triggers.estimates.saves:  # e.g. the save we resume from was this run's first: the ledger has it
+            from hpcrun.job.ledger import read_ledger
+
+            for e in [e for e in read_ledger(run_dir) if e["event"] == "save"][-5:]:
+                triggers.estimates.add_save(float(e["seconds"]))
         triggers.on_interval = lambda seconds, why: (log.info("checkpoint.save_every=auto: %s", why),
                                                      ledger.event("save_every", seconds=seconds, why=why))
         triggers.update_auto_interval()

@@ -140,7 +140,6 @@ class JobEntry:
         from hpcrun.job.deadline import job_times
         from hpcrun.job.ledger import Ledger
         from hpcrun.job.signals import StopFlags, job_signals
-        from hpcrun.job.triggers import TimeTriggers
         from hpcrun.launch.rundir import CONFIG_FILE
 
         started = time.time()
@@ -170,16 +169,13 @@ class JobEntry:
             state = RunState(run_dir, writer=False)
             latest = next((c for c in checkpoints.folders() if c.step == start["resumed_from"]), None)
             setup_logging(ctx, start["n"])
+        ledger = Ledger(run_dir, start["n"], writer=ctx.is_main)
         if state.status == "failed":  # the crash-loop breaker stopped the run at this start
-            from hpcrun.job.ledger import Ledger
-
-            Ledger(run_dir, start["n"], writer=ctx.is_main).event(
-                "end", status="failed", reason=state.data.get("reason", ""), step=start.get("resumed_from"))
+            ledger.event("end", status="failed", reason=state.data.get("reason", ""), step=start.get("resumed_from"))
             raise JobError(state.data.get("reason", "run failed"))
 
         alloc_start, end_time, source = job_times(cfg.cluster.time_seconds(), ctx.on_slurm, started)
         state.note(end_time=end_time)
-        ledger = Ledger(run_dir, start["n"], writer=ctx.is_main)
         state.ledger = ledger
         ledger.event("start", job_id=ctx.job_id, restart=ctx.restart, alloc_start=alloc_start,
                      process_start=started, resumed_from=latest.step if latest else 0, end_time=end_time,
@@ -188,17 +184,7 @@ class JobEntry:
             log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
                      time.localtime(end_time)), source, end_time - time.time())
         flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
-        triggers = TimeTriggers.from_config(cfg, end_time, mtbf=mean_time_between_failures(state.data))
-        if latest is not None:
-            triggers.restore(CheckpointDir.read_state(latest))
-        if not triggers.estimates.saves:  # e.g. the save we resume from was this run's first: the ledger has it
-            from hpcrun.job.ledger import read_ledger
-
-            for e in [e for e in read_ledger(run_dir) if e["event"] == "save"][-5:]:
-                triggers.estimates.add_save(float(e["seconds"]))
-        triggers.on_interval = lambda seconds, why: (log.info("checkpoint.save_every=auto: %s", why),
-                                                     ledger.event("save_every", seconds=seconds, why=why))
-        triggers.update_auto_interval()
+        triggers = self._triggers(cfg, state, latest, end_time, ledger)
         ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
                                   stop_flags=flags, triggers=triggers, ledger=ledger)
         try:
@@ -212,6 +198,28 @@ class JobEntry:
             return self._stopped(cfg, ctx, state, result)
         state.end("completed", f"trained to step {cfg.train.max_steps}", cfg.train.max_steps)
         return str(result)
+
+    @staticmethod
+    def _triggers(cfg: Any, state: RunState, latest: Any, end_time: Optional[float], ledger: Any) -> Any:
+        """The run's time triggers, continued from the checkpoint and the run's history (save times, MTBF)."""
+        from hpcrun.job.checkpoint import CheckpointDir
+        from hpcrun.job.ledger import read_ledger
+        from hpcrun.job.triggers import TimeTriggers
+
+        triggers = TimeTriggers.from_config(cfg, end_time, mtbf=mean_time_between_failures(state.data))
+        if latest is not None:
+            triggers.restore(CheckpointDir.read_state(latest))
+        if not triggers.estimates.saves:  # e.g. the save we resume from was this run's first: the ledger has it
+            for e in [e for e in read_ledger(state.run_dir) if e["event"] == "save"][-5:]:
+                triggers.estimates.add_save(float(e["seconds"]))
+
+        def chosen(seconds: float, why: str) -> None:
+            log.info("checkpoint.save_every=auto: %s", why)
+            ledger.event("save_every", seconds=seconds, why=why)
+
+        triggers.on_interval = chosen
+        triggers.update_auto_interval()
+        return triggers
 
     @staticmethod
     def _begin_main(cfg: Any, ctx: JobContext, state: RunState, checkpoints: Any) -> tuple:

@@ -20,7 +20,6 @@ Submitting side: no torch. matplotlib only for ``--plot``.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -104,3 +104,12 @@ def counting_shims(tmp_path, *commands: str) -> dict:
 def calls(tmp_path, name: str) -> list:
     path = tmp_path / f"{name}.calls"
     return path.read_text().splitlines() if path.exists() else []
+
+
+def timeout_signal_at_step(job_id: str, run_dir, step: int) -> None:
+    """Once the run logged `step`: the time-limit warning (`scancel --signal=USR2`), then skip the requeue hold."""
+    from tests.training import wait_for_step
+
+    wait_for_step(run_dir, step)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    release_when_requeued(job_id)

@@ -72,14 +72,28 @@ def _newest_checkpoint(run_dir: Path) -> str:
     return f"from {latest.path.name}" if latest else "from the start (no complete checkpoint yet)"
 
 
+def refuse_another_run(cfg: Any, run_dir: Path) -> None:
+    """Raises UserError when ``run_dir/config.yaml`` is unreadable or holds another training config than ``cfg``."""
+    from omegaconf import OmegaConf
+
+    saved_path = run_dir / CONFIG_FILE
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
+    diffs = training_differences(saved, OmegaConf.to_container(OmegaConf.structured(cfg)))
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
+                        "unchanged, start over with run.fresh=true, or choose another run.dir")
+
+
 def inspect_run_dir(cfg: Any) -> Prepared:
     """What launching ``cfg`` would do with its run directory; writes nothing.
 
     Raises:
         UserError: the directory holds a different run (its training config differs), or is unreadable.
     """
-    from omegaconf import OmegaConf
-
     run_dir = Path(cfg.run.dir)
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.exists():
@@ -91,15 +105,7 @@ def inspect_run_dir(cfg: Any) -> Prepared:
         return Prepared(run_dir, "new", f"new run {cfg.run.name}", created=created)
     if cfg.run.fresh:
         return Prepared(run_dir, "new", f"new run {cfg.run.name} (run.fresh=true: the previous one is moved aside)")
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
-    diffs = training_differences(saved, OmegaConf.to_container(OmegaConf.structured(cfg)))
-    if diffs:
-        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
-                        "unchanged, start over with run.fresh=true, or choose another run.dir")
+    refuse_another_run(cfg, run_dir)
     state = read_state(run_dir)
     if state.get("status") == "completed":
         return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "

@@ -144,8 +144,8 @@ def prepare(text: str, index: int, job_id: str = "") -> Path:
 
     from hpcrun.config.compose import check
     from hpcrun.config.schema import Config, register
-    from hpcrun.launch.rundir import CONFIG_FILE, Prepared, record_submission, write_run_dir
-    from hpcrun.config.identity import training_differences
+    from hpcrun.job.runstate import read_state
+    from hpcrun.launch.rundir import CONFIG_FILE, Prepared, record_submission, refuse_another_run, write_run_dir
 
     docs = [d for d in yaml.safe_load_all(text) if d]
     if not 0 <= index < len(docs):
@@ -153,17 +153,11 @@ def prepare(text: str, index: int, job_id: str = "") -> Path:
     register()
     cfg = check(OmegaConf.merge(OmegaConf.structured(Config), docs[index]))
     run_dir = Path(cfg.run.dir)
-    saved = run_dir / CONFIG_FILE
-    if saved.exists():
-        diffs = training_differences(OmegaConf.to_container(OmegaConf.load(saved)),
-                                     OmegaConf.to_container(OmegaConf.structured(cfg)))
-        if diffs:
-            raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}; nothing started")
+    if (run_dir / CONFIG_FILE).exists():
+        refuse_another_run(cfg, run_dir)  # the job fails with that line rather than mixing two runs
     else:
         cfg.run.fresh = False
         write_run_dir(cfg, Prepared(run_dir, "new", ""))
-    from hpcrun.job.runstate import read_state
-
     state = read_state(run_dir)
     if job_id and state.get("status") != "completed" and state.get("job_id") != job_id:
         record_submission(run_dir, job_id)  # hpcrun status/cancel/logs find the job

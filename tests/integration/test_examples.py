@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm import job_id_from, release_when_requeued, wait_for_end
-from tests.training import assert_same_weights, logged_steps, state, wait_for_step
+from tests.slurm import job_id_from, timeout_signal_at_step, wait_for_end
+from tests.training import assert_same_weights, logged_steps, state
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -55,9 +55,7 @@ def test_the_accelerate_loop_task_is_interrupted_on_slurm_requeued_and_resumes_t
     assert out.returncode == 0, out.stderr[-3000:]
     job = job_id_from(out.stdout)
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 6)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    release_when_requeued(job)
+    timeout_signal_at_step(job, run_dir, 6)
     assert wait_for_end(job) == "COMPLETED"
 
     st = state(run_dir)

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tests.slurm import job_id_from, release_when_requeued, sacct_runs, task_pids, wait_for_end
+from tests.slurm import job_id_from, release_when_requeued, sacct_runs, task_pids, timeout_signal_at_step, wait_for_end
 from tests.training import TINY, state, wait_for_step, wait_until
 
 pytestmark = pytest.mark.training
@@ -20,9 +20,7 @@ def test_the_report_accounts_an_announced_and_an_unannounced_interruption(hpcrun
     assert out.returncode == 0, out.stderr
     job = job_id_from(out.stdout)
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 8)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # announced: saved, nothing lost
-    release_when_requeued(job)
+    timeout_signal_at_step(job, run_dir, 8)  # announced: saved, nothing lost
     wait_until(lambda: len(state(run_dir)["starts"]) == 2, timeout=120, what="the second start")
     ledger = run_dir / "ledger.jsonl"
     wait_until(lambda: sum('"event":"save"' in ln and '"start":2' in ln for ln in ledger.read_text().splitlines())

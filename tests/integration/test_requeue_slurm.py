@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.slurm import (job_id_from, release_when_requeued, sacct_runs, sacct_state, squeue_state, task_pids,
-                         wait_for_end)
+from tests.slurm import (job_id_from, release_when_requeued, sacct_runs, squeue_state, task_pids,
+                         timeout_signal_at_step, wait_for_end)
 from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step, wait_until
 
 pytestmark = pytest.mark.training
@@ -28,9 +28,7 @@ def test_the_timeout_signal_saves_requeues_and_resumes_to_the_straight_runs_weig
         hpcrun, tmp_path, slurm_cluster, reference_run):
     job = _submit(hpcrun, *TINY, "cluster=slurm", "run.dir=run")
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 8)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    release_when_requeued(job)
+    timeout_signal_at_step(job, run_dir, 8)
     assert wait_for_end(job) == "COMPLETED"
 
     assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]  # the interrupted run never shows COMPLETED
@@ -170,9 +168,7 @@ def test_fsdp_over_two_ranks_saves_sharded_checkpoints_requeues_and_resumes_exac
 
     job = _submit(hpcrun, *fsdp, "run.dir=run")
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 6)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    release_when_requeued(job)
+    timeout_signal_at_step(job, run_dir, 6)
     assert wait_for_end(job) == "COMPLETED"
 
     st = state(run_dir)

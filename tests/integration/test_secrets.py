@@ -6,7 +6,6 @@ passes the environment on), and no file hpcrun writes may contain them. Run dire
 
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest

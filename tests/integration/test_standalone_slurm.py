@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tests.slurm import release_when_requeued, sacct_runs, wait_for_end
-from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step
+from tests.slurm import sacct_runs, timeout_signal_at_step, wait_for_end
+from tests.training import TINY, assert_same_weights, logged_steps, state
 
 pytestmark = pytest.mark.training
 
@@ -22,9 +22,7 @@ def test_a_standalone_script_sbatched_by_hand_saves_on_the_signal_requeues_and_r
                                text=True, check=True)
     job = submitted.stdout.strip()
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 8)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    release_when_requeued(job)
+    timeout_signal_at_step(job, run_dir, 8)
     assert wait_for_end(job) == "COMPLETED"
 
     assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]
@@ -72,9 +70,7 @@ def test_the_singularity_wrapper_passes_the_signal_to_python_and_the_run_requeue
     job = subprocess.run(["sbatch", "--parsable", "job.sbatch"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, check=True).stdout.strip()
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 8)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    release_when_requeued(job)
+    timeout_signal_at_step(job, run_dir, 8)
     assert wait_for_end(job) == "COMPLETED"
 
     st = state(run_dir)

@@ -51,5 +51,13 @@ class SubmissionError(UserError):
     """sbatch refused the job, or Slurm could not be reached."""
 
 
+class SubmissionUncertain(SubmissionError):
+    """sbatch's answer was lost: the job may have been submitted, so its run directory must stay."""
+
+
 class JobError(HpcrunError):
     """The job failed on the compute side."""
+
+
+class DiskFullError(JobError):
+    """A save ran out of disk space or quota: the run stops resumable, its previous checkpoint intact."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
+from typing import Iterator
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE"}
@@ -113,3 +115,32 @@ def timeout_signal_at_step(job_id: str, run_dir, step: int) -> None:
     wait_for_step(run_dir, step)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     release_when_requeued(job_id)
+
+
+def daemon_running(name: str) -> bool:
+    return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+
+
+def restart_cluster() -> None:
+    """Starts whatever daemon of the dev cluster is down (idempotent), and waits for a usable node."""
+    from pathlib import Path
+
+    from tests.training import wait_until
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dev-cluster"
+    subprocess.run([str(script), "up"], check=True, capture_output=True, timeout=180)
+    wait_until(lambda: subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+               .stdout.strip().startswith(("idle", "mixed", "alloc")), 60, "a usable node")
+
+
+@contextlib.contextmanager
+def daemon_stopped(name: str) -> Iterator[None]:
+    """Kills a Slurm daemon (as a crash would) for the body of the block; the cluster is whole again after it."""
+    from tests.training import wait_until
+
+    subprocess.run(["pkill", "-x", name])
+    wait_until(lambda: not daemon_running(name), 30, f"{name} to stop")
+    try:
+        yield
+    finally:
+        restart_cluster()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from hpcrun.errors import JobError
+from hpcrun.errors import DiskFullError, JobError
 from hpcrun.job import faults
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.job.runstate import RunState, mean_time_between_failures
@@ -283,6 +283,13 @@ class JobEntry:
     def _failed(self, cfg: Any, ctx: JobContext, state: RunState, exc: Exception) -> str:
         """A Python error repeats on restart: fail. A transient one may not: requeue, within the budgets."""
         step = ctx.resume_from.step if ctx.resume_from else 0
+        if isinstance(exc, DiskFullError):  # not a bug, and a restart would fill the disk again: stop, resumable
+            latest, _ = ctx.checkpoints.latest() if ctx.checkpoints else (None, [])
+            where = f"resumes from {latest.path.name}" if latest else "starts over (no complete checkpoint yet)"
+            reason = f"{exc}. Free space (or raise the quota), then the same hpcrun command {where}"
+            state.end("stopped", reason, latest.step if latest else 0)
+            log.error("%s", reason)
+            raise JobError(reason) from None
         if ctx.on_slurm and is_transient(exc) and state.data["requeues"] < cfg.run.max_requeues:
             log.exception("transient error; requeueing (the crash-loop breaker stops repeated restarts "
                           "without progress)")

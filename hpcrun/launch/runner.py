@@ -33,11 +33,14 @@ def run_here(run_dir: Path) -> int:
 
 def submit_one(cfg: Any, prepared: Any) -> str:
     """sbatch for one prepared run; a refused new run leaves no directory behind."""
+    from hpcrun.errors import SubmissionUncertain
     from hpcrun.launch.rundir import record_submission
     from hpcrun.launch.slurm import submit
 
     try:
         job_id = submit(cfg)
+    except SubmissionUncertain:
+        raise  # the job may exist and will need its run directory
     except UserError:
         if prepared.created:
             shutil.rmtree(prepared.created, ignore_errors=True)
@@ -52,6 +55,10 @@ def launch(overrides: Sequence[str], config_dirs: Sequence[str], wait: bool = Fa
     from hpcrun.launch.rundir import prepare_run_dir
 
     cfg = compose(overrides, config_dirs)
+    if cfg.cluster.launcher == "slurm":  # the site's own limits, before anything is written
+        from hpcrun.launch.site_limits import check_site_limits
+
+        check_site_limits([cfg])
     prepared = prepare_run_dir(cfg)
     _say(prepared.message)
     if prepared.kind in ("complete", "active"):
@@ -95,6 +102,10 @@ def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: 
         if skipped:
             _say(f"skipped {len(skipped)}: {', '.join(skipped)}")
         return status
+    from hpcrun.launch.site_limits import check_site_limits
+
+    # The site's own limits (each partition once, the job limit), before anything is written or submitted.
+    check_site_limits([p.cfg for p in points if p.prepared.kind in ("new", "resume")], sweep=True)
     submit(result, command)
     resumed = len(result.by_kind("resume"))
     submitted = sum(len(a["tasks"]) for a in result.arrays)

@@ -5,6 +5,7 @@ The same executor renders (``hpcrun render``) and submits, so the printed script
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Dict
 
 from hpcrun.config.schema import ClusterConfig
 from hpcrun.durations import format_slurm_time
-from hpcrun.errors import SubmissionError
+from hpcrun.errors import ConfigError, SubmissionError
 
 SLURM_SUBDIR = "slurm"  # <run.dir>/slurm/: the batch script, submitit's pickles, and %j_%t_log.{out,err}
 
@@ -40,17 +41,35 @@ def python_command(cluster: ClusterConfig) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+# sbatch reads each '#SBATCH' line by itself, shell quotes included (submitit quotes every value), but drops
+# backslashes: a line break would end the line and bash would run the rest; a backslash would change the value.
+_NOT_ON_SBATCH_LINE = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def _sbatch_line_safe(key: str, value: Any) -> Any:
+    """``value``, or a ConfigError naming ``key`` if it cannot stand on an ``#SBATCH`` line."""
+    if _NOT_ON_SBATCH_LINE.search(str(value)):
+        raise ConfigError(key, value, "no line break, control character or backslash (the value goes on an "
+                          "'#SBATCH' line, which sbatch reads to the line's end and without backslashes)")
+    return value
+
+
 def executor_parameters(cfg: Any) -> Dict[str, Any]:
-    """submitit SlurmExecutor parameters for a composed config."""
+    """submitit SlurmExecutor parameters for a composed config; a value unsafe on an ``#SBATCH`` line is refused."""
     cluster: ClusterConfig = cfg.cluster
-    extra: Dict[str, Any] = {str(k).replace("_", "-"): v for k, v in cluster.sbatch_extra.items()}
+    extra: Dict[str, Any] = {}
+    for key, value in cluster.sbatch_extra.items():
+        option = str(key).replace("_", "-")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", option):
+            raise ConfigError(f"cluster.sbatch_extra.{key}", value, "an sbatch option name (letters, digits, '-')")
+        extra[option] = _sbatch_line_safe(f"cluster.sbatch_extra.{key}", value)
     # --requeue always: a site with JobRequeue=0 would otherwise refuse the job's own `scontrol requeue`.
     extra["requeue"] = True
     extra["time"] = format_slurm_time(cluster.time_seconds())
     # No "B:": the signal goes to every job step, i.e. to the python under srun, not only to the batch shell.
     extra["signal"] = f"{cluster.signal}@{cluster.signal_delay_seconds()}"
     params: Dict[str, Any] = {
-        "job_name": cfg.run.name,
+        "job_name": _sbatch_line_safe("run.name", cfg.run.name),
         "nodes": cluster.nodes,
         "ntasks_per_node": cluster.tasks_per_node,
         "cpus_per_task": cluster.cpus_per_task,
@@ -60,13 +79,15 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
         "additional_parameters": extra,
         "stderr_to_stdout": False,
     }
+    _sbatch_line_safe("run.dir", cfg.run.dir)  # submitit's --output and --error are <run.dir>/slurm/...
     for key in ("partition", "account", "qos", "mem", "constraint"):
         value = getattr(cluster, key)
         if value is not None:
-            params[key] = str(value)
+            params[key] = str(_sbatch_line_safe(f"cluster.{key}", value))
     if cluster.gpus_per_node:
         params["gpus_per_node"] = (
-            f"{cluster.gpu_type}:{cluster.gpus_per_node}" if cluster.gpu_type else cluster.gpus_per_node
+            f"{_sbatch_line_safe('cluster.gpu_type', cluster.gpu_type)}:{cluster.gpus_per_node}"
+            if cluster.gpu_type else cluster.gpus_per_node
         )
     return params
 
@@ -100,15 +121,9 @@ def render(cfg: Any) -> str:
 
 def submit(cfg: Any) -> str:
     """Submits the run's job with sbatch and returns the Slurm job id. Returns at once."""
-    import submitit
-
     from hpcrun.job.entry import JobEntry
+    from hpcrun.launch.slurm_info import submit_with_retries
 
     executor = make_executor(cfg)
-    try:
-        job = executor.submit(JobEntry(cfg.run.dir))
-    except (submitit.core.utils.FailedJobError, OSError) as exc:
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else repr(exc))
-        raise SubmissionError(f"sbatch refused the job: {reason.strip()}") from None
+    job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
     return str(job.job_id)

@@ -26,8 +26,11 @@ from hpcrun.errors import ConfigError, UserError
 
 TEMPLATES = ("single", "multi_gpu", "multi_node", "array", "singularity")
 CONFIG_END = "HPCRUN_CONFIG_END"
-# What sbatch reads from a #SBATCH line without surprises: no whitespace, quotes, backslashes or '#'.
-_SBATCH_SAFE = re.compile(r"^[A-Za-z0-9_.,:=%@+\-/\[\]|&!*()~]+$")
+# What sbatch reads from a #SBATCH line without surprises: no whitespace, quotes, backslashes or '#'. Matched with
+# fullmatch: a pattern ending in '$' also accepts a value that ends in a line break.
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:=%@+\-/\[\]|&!*()~]+")
+# What a '#' comment line cannot hold as is: a line break would end the comment and bash would run the rest.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 SBATCH_KEYS = {  # sbatch option -> the config key it comes from (for error messages)
     "job-name": "run.name", "partition": "cluster.partition", "account": "cluster.account", "qos": "cluster.qos",
@@ -50,11 +53,16 @@ def choose_template(cfgs: Sequence[Any]) -> str:
 
 def _sbatch_value(option: str, value: Any) -> str:
     text = str(value)
-    if not _SBATCH_SAFE.match(text):
+    if not _SBATCH_SAFE.fullmatch(text):
         key = SBATCH_KEYS.get(option, f"cluster.sbatch_extra.{option}")
         raise ConfigError(key, value, f"a value sbatch reads verbatim in '#SBATCH --{option}=' (no spaces, "
                           "quotes, '#' or backslashes)")
     return text
+
+
+def _comment(value: Any) -> str:
+    """``value`` for a ``#`` comment line: control characters as Python escapes (a line break becomes ``\\n``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
 
 
 def sbatch_options(cfg: Any, array: str = "") -> List[Tuple[str, str]]:
@@ -128,6 +136,7 @@ def render_standalone(cfgs: Sequence[Any], command: str, template: str = "", thr
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.filters["q"] = lambda v: shlex.quote(str(v))
+    env.filters["comment"] = _comment
     return env.get_template(f"{template}.sbatch.j2").render(
         version=__version__, command=command, cfg=first, cluster=first.cluster,
         sbatch=sbatch_options(first, array), configs=configs, config_end=CONFIG_END,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hpcrun.config.identity import is_launch_key
-from hpcrun.errors import UserError
+from hpcrun.errors import SubmissionError, SubmissionUncertain, UserError
 
 SWEEP_FILE = "sweep.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
@@ -96,12 +96,10 @@ def plan(overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> SweepResu
 
 def submit(result: SweepResult, command: str) -> SweepResult:
     """Writes the points' run directories and submits the new and resumable points as job arrays."""
-    import submitit
-
     from hpcrun.job.entry import JobEntry
     from hpcrun.launch.rundir import record_submission, write_run_dir
     from hpcrun.launch.slurm import make_executor
-    from hpcrun.launch.slurm_info import chunks, max_array_size
+    from hpcrun.launch.slurm_info import chunks, max_array_size, submit_with_retries
 
     todo = [p for p in result.points if p.prepared.kind in ("new", "resume")]
     result.sweep_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -119,18 +117,20 @@ def submit(result: SweepResult, command: str) -> SweepResult:
                     write_run_dir(p.cfg, p.prepared)
                 executor = make_executor(chunk[0].cfg, folder=result.sweep_dir / "slurm")
                 executor.update_parameters(array_parallelism=chunk[0].cfg.cluster.array_throttle or len(chunk))
-                try:
+
+                def submit_array() -> List[Any]:
                     with executor.batch():
-                        jobs = [executor.submit(JobEntry(p.cfg.run.dir)) for p in chunk]
-                except (submitit.core.utils.FailedJobError, OSError) as exc:
-                    for p in chunk:
-                        if p.prepared.created:  # this point's own folder only: others share its parents
-                            shutil.rmtree(p.cfg.run.dir, ignore_errors=True)
-                    done = sum(len(a["tasks"]) for a in result.arrays)
+                        return [executor.submit(JobEntry(p.cfg.run.dir)) for p in chunk]
+
+                try:
+                    jobs = submit_with_retries(submit_array, what=f"sbatch of an array of {_points(len(chunk))}")
+                except SubmissionError as exc:
+                    if not isinstance(exc, SubmissionUncertain):
+                        for p in chunk:
+                            if p.prepared.created:  # this point's own folder only: others share its parents
+                                shutil.rmtree(p.cfg.run.dir, ignore_errors=True)
                     _write_record(result.sweep_dir, record, result.arrays)
-                    raise UserError(f"sbatch refused an array of {len(chunk)} points ({done} points were "
-                                    f"submitted before it, listed in {result.sweep_dir / SWEEP_FILE}): "
-                                    f"{str(exc).strip().splitlines()[-1]}") from None
+                    raise SubmissionError(f"{exc}; {_submitted_so_far(result)}") from None
                 array_id = str(jobs[0].job_id).split("_")[0]
                 for p, job in zip(chunk, jobs):
                     p.job_id = str(job.job_id)
@@ -139,6 +139,21 @@ def submit(result: SweepResult, command: str) -> SweepResult:
                                       "tasks": [p.cfg.run.dir for p in chunk]})
     _write_record(result.sweep_dir, record, result.arrays)
     return result
+
+
+def _submitted_so_far(result: SweepResult) -> str:
+    """Which points went in before a failed array, for the error message (sweep.json lists them too)."""
+    done = [t for a in result.arrays for t in a["tasks"]]
+    if not done:
+        return "no point of this sweep was submitted by this command"
+    arrays = ", ".join(f"{a['job_id']} ({_points(len(a['tasks']))})" for a in result.arrays)
+    names = ", ".join(Path(t).name for t in done[:10]) + (", ..." if len(done) > 10 else "")
+    return (f"{_points(len(done))} went in before it, as job arrays {arrays}: {names} (all listed in "
+            f"{result.sweep_dir / SWEEP_FILE}); the same command submits the rest and skips those")
+
+
+def _points(n: int) -> str:
+    return f"{n} point" if n == 1 else f"{n} points"
 
 
 def _read_record(sweep_dir: Path) -> Dict[str, Any]:

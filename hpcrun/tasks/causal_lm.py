@@ -14,7 +14,7 @@ from typing import Any, Union
 from hpcrun.config.schema import Config
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.job.entry import FINAL_DIR
-from hpcrun.tasks.text import load_corpus, load_pretrained, token_blocks, tokenizer_for
+from hpcrun.tasks.text import TOKENS_FILE, load_corpus, load_pretrained, stream_key, token_blocks, tokenizer_for
 
 log = logging.getLogger("hpcrun")
 METRICS_FILE = "metrics.jsonl"
@@ -193,7 +193,9 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     set_seed(cfg.train.seed)  # before the model is built: the random init depends on it
     documents = load_corpus(cfg.data.corpus)
     tokenizer = tokenizer_for(cfg, documents, ctx.run_dir, ctx.is_main)
-    train_set, eval_set = token_blocks(documents, tokenizer, cfg.data.seq_len, cfg.data.eval_fraction)
+    train_set, eval_set = token_blocks(documents, tokenizer, cfg.data.seq_len, cfg.data.eval_fraction,
+                                       cache=ctx.run_dir / TOKENS_FILE, key=stream_key(cfg.data.corpus, tokenizer),
+                                       write=ctx.is_main)
     model = build_model(cfg, tokenizer)
 
     triggers = time_triggers(cfg, ctx)

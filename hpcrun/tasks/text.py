@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 from hpcrun.errors import ConfigError
 from hpcrun.resources import builtin_corpora, corpus_path
@@ -116,8 +117,22 @@ class TokenBlocks:
         return {"input_ids": x, "labels": x.clone()}
 
 
-def token_blocks(documents: List[str], tokenizer: Any, seq_len: int, eval_fraction: float) -> tuple:
-    """Tokenizes the documents (EOS between them), and splits the stream into train and eval blocks."""
+TOKENS_FILE = "tokens.safetensors"  # <run.dir>/tokens.safetensors: the tokenized corpus, reused by every restart
+
+
+def stream_key(corpus: str, tokenizer: Any) -> str:
+    """What the token stream depends on: the corpus files (path, size, mtime) and the tokenizer's full definition."""
+    h = hashlib.sha256()
+    for path in corpus_files(corpus):
+        st = path.stat()
+        h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else f"{tokenizer.name_or_path}|{len(tokenizer)}".encode())
+    h.update(str(tokenizer.eos_token_id).encode())
+    return h.hexdigest()
+
+
+def _tokenize(documents: List[str], tokenizer: Any) -> Any:
     import torch
 
     eos = tokenizer.eos_token_id
@@ -127,7 +142,40 @@ def token_blocks(documents: List[str], tokenizer: Any, seq_len: int, eval_fracti
         for enc in tokenizer(lines, add_special_tokens=False)["input_ids"]:
             ids.extend(enc)
         ids.append(eos)
-    stream = torch.tensor(ids, dtype=torch.long)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def token_stream(documents: List[str], tokenizer: Any, cache: Optional[Path] = None, key: str = "",
+                 write: bool = False) -> Any:
+    """The corpus as one stream of token ids (EOS between documents).
+
+    With ``cache``, a stream saved there with the same ``key`` is loaded (safetensors: no pickle) instead of
+    tokenizing again; ``write`` (one process) saves it there, atomically, for the next start.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if cache is not None and cache.exists():
+        try:
+            with safe_open(str(cache), framework="pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    return f.get_tensor("ids").to(torch.long)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache is only a slower start
+            log.warning("ignoring the token cache %s (%s): tokenizing again", cache, exc)
+    stream = _tokenize(documents, tokenizer)
+    if cache is not None and write:
+        tmp = cache.with_name(f".{cache.name}.tmp")
+        save_file({"ids": stream.to(torch.int32)}, str(tmp), metadata={"key": key})
+        os.replace(tmp, cache)
+    return stream
+
+
+def token_blocks(documents: List[str], tokenizer: Any, seq_len: int, eval_fraction: float,
+                 cache: Optional[Path] = None, key: str = "", write: bool = False) -> tuple:
+    """Tokenizes the documents (EOS between them; see :func:`token_stream` for ``cache``, ``key`` and ``write``)
+    and splits the stream into train and eval blocks of ``seq_len``."""
+    stream = token_stream(documents, tokenizer, cache, key, write)
     split = int(len(stream) * (1 - eval_fraction))
     train, evaluation = TokenBlocks(stream[:split], seq_len), TokenBlocks(stream[split:], seq_len)
     if len(train) == 0 or len(evaluation) == 0:

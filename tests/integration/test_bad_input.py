@@ -1,6 +1,11 @@
 """Bad input, table-driven: one clear line naming the key and the value, exit status 2, no traceback, nothing
 submitted (a PATH shim counts sbatch calls), and no run directory created or overwritten."""
 
+import os
+import pwd
+import subprocess
+import time
+
 import pytest
 
 from tests.slurm import calls, counting_shims
@@ -37,13 +42,34 @@ CASES = [
 ]
 
 
+# Requests only the cluster itself can judge (hpcrun/launch/site_limits.py asks it: ONE `scontrol show partition`
+# call; the dev cluster's partitions normal (default) and preemptible have MaxTime=7-00:00:00 and one node with 4
+# GPUs). sbatch itself accepts the first four and they pend forever (EnforcePartLimits=NO); it refuses the fifth,
+# but only after the run directory was made.
+SITE_CASES = [
+    (["cluster=slurm", "cluster.time=8-00:00:00"],
+     "cluster.time='8-00:00:00' is invalid: expected at most 7-00:00:00 (MaxTime of the default partition normal)"),
+    (["cluster=slurm", "cluster.partition=preemptible", "cluster.time=7-00:01:00"],
+     "cluster.time='7-00:01:00' is invalid: expected at most 7-00:00:00 (MaxTime of partition preemptible)"),
+    (["cluster=slurm", "cluster.nodes=2"],
+     "cluster.nodes=2 is invalid: expected at most 1 (the default partition normal has 1 node)"),
+    (["cluster=slurm", "cluster.gpus_per_node=8"],
+     "cluster.gpus_per_node=8 is invalid: expected at most 4 (the default partition normal has 4 GPUs on 1 node)"),
+    (["cluster=slurm", "cluster.partition=nope"], "cluster.partition='nope' is invalid; valid choices: normal, "
+                                                  "preemptible"),
+    (["-m", "cluster=slurm", "train.lr=1e-3,3e-4", "cluster.time=8-00:00:00"],
+     "cluster.time='8-00:00:00' is invalid: expected at most 7-00:00:00"),
+]
+
+
 def _check(out, fragment, tmp_path, before):
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("hpcrun: error: ") and fragment in last, last
     assert calls(tmp_path, "sbatch") == []  # nothing submitted
-    assert {p.name for p in tmp_path.iterdir()} == before  # no run directory created
+    # No run directory created (the shims' own call logs aside).
+    assert {p.name for p in tmp_path.iterdir() if not p.name.endswith(".calls")} == before
 
 
 @pytest.mark.parametrize("args, fragment", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
@@ -52,6 +78,73 @@ def test_bad_input_gives_one_line_with_the_key_and_value_and_touches_nothing(arg
     before = {p.name for p in tmp_path.iterdir()}
     out = hpcrun(*args, env=shims)
     _check(out, fragment, tmp_path, before)
+
+
+@pytest.mark.parametrize("args, fragment", SITE_CASES, ids=[" ".join(a)[:60] for a, _ in SITE_CASES])
+def test_a_request_the_cluster_can_never_run_is_refused_before_anything_is_written(
+        args, fragment, hpcrun, tmp_path, slurm_cluster):
+    shims = counting_shims(tmp_path, "sbatch", "scontrol")
+    before = {p.name for p in tmp_path.iterdir()}
+    out = hpcrun(*args, env=shims)
+    _check(out, fragment, tmp_path, before)
+    assert len(calls(tmp_path, "scontrol")) == 1  # one partition query per submission, a sweep included
+
+
+def _sacctmgr(*args: str) -> None:
+    """sacctmgr -i ARGS, waiting out a minute or two of slurmdbd being down."""
+    deadline = time.monotonic() + 180
+    while True:
+        out = subprocess.run(["sacctmgr", "-i", *args], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 or "Nothing" in out.stdout + out.stderr or time.monotonic() > deadline:
+            return
+        time.sleep(10)
+
+
+@pytest.fixture
+def limited_account(slurm_cluster):
+    """A fresh account in which this user may have at most 3 jobs (MaxSubmitJobs=3); removed afterwards.
+
+    The dev cluster's slurm.conf has no AccountingStorageEnforce: Slurm accepts a 5-task array in it anyway, so the
+    refusal below is hpcrun's own."""
+    account = f"hpcrun-limit-{os.getpid()}"
+    user = pwd.getpwuid(os.getuid()).pw_name
+    _sacctmgr("add", "account", account)
+    try:
+        _sacctmgr("add", "user", user, f"account={account}", "MaxSubmitJobs=3")
+        yield account, user
+    finally:
+        _sacctmgr("delete", "user", user, f"account={account}")
+        _sacctmgr("delete", "account", account)
+
+
+def test_a_sweep_over_the_users_job_limit_is_refused_before_anything_is_submitted(hpcrun, tmp_path, limited_account):
+    account, user = limited_account
+    shims = counting_shims(tmp_path, "sbatch", "scontrol", "sacctmgr", "squeue")
+    before = {p.name for p in tmp_path.iterdir()}
+    out = hpcrun("-m", "cluster=slurm", f"cluster.account={account}", "train.seed=0,1,2,3,4", env=shims)
+    _check(out, f"cluster.account='{account}' allows user {user} at most 3 queued or running jobs (MaxSubmitJobs; "
+                "each array task counts as one), 0 already queued: this sweep would submit 5", tmp_path, before)
+    # One query of each kind: partitions, the user's associations, and (there being a limit) the user's queue.
+    assert [len(calls(tmp_path, c)) for c in ("scontrol", "sacctmgr", "squeue")] == [1, 1, 1]
+    queued = subprocess.run(["squeue", "-h", "-A", account], capture_output=True, text=True, timeout=60)
+    assert queued.stdout.strip() == ""
+
+
+def test_when_slurm_cannot_be_asked_the_checks_step_aside_and_sbatch_says_why(hpcrun, tmp_path, slurm_cluster):
+    shims = counting_shims(tmp_path, "sbatch")
+    scontrol = tmp_path / "shims" / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path}/scontrol.calls"\n'
+                        "echo 'slurm_load_partitions error: Unable to contact slurm controller (connect failure)' >&2\n"
+                        "exit 1\n")
+    scontrol.chmod(0o755)
+    before = {p.name for p in tmp_path.iterdir()}
+    out = hpcrun("cluster=slurm", "cluster.partition=nope", env=shims)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "hpcrun: error: sbatch refused the job: sbatch: error: invalid partition specified: nope"), out.stderr
+    assert len(calls(tmp_path, "scontrol")) == 1  # one attempt: no retries before sbatch's own
+    assert len(calls(tmp_path, "sbatch")) == 1  # the check did not stop it: sbatch had the last word
+    assert {p.name for p in tmp_path.iterdir() if not p.name.endswith(".calls")} == before  # run dir removed
 
 
 def test_a_corrupted_saved_config_is_refused_and_left_as_it_was(hpcrun, tmp_path):

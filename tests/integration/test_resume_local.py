@@ -93,3 +93,32 @@ def test_a_run_directory_holding_another_training_config_is_refused_and_run_fres
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "the previous one moved to" in fresh.stderr
     assert len(list(tmp_path.glob("run.replaced-*"))) == 1
+
+
+def test_damaged_newest_checkpoints_are_skipped_with_the_reason_and_the_run_resumes_from_the_last_good_one(
+        tmp_path, reference_run):
+    args = [*TINY, "cluster=local", "run.dir=run", "checkpoint.save_every=2s", "checkpoint.keep_last=4"]
+    run_dir = tmp_path / "run"
+    proc = _start(args, tmp_path)
+    wait_until(lambda: len(list((run_dir / "checkpoints").glob("step-*/hpcrun-complete.json"))) >= 4,
+               what="four complete checkpoints")
+    proc.send_signal(signal.SIGINT)  # a clean stop: its save is a fifth checkpoint, the newest
+    proc.communicate(timeout=120)
+    steps = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
+    assert len(steps) == 4  # keep_last
+    good, missing_file, no_marker, truncated = (run_dir / "checkpoints" / f"step-{s}" for s in steps)
+    model = truncated / "model.safetensors"
+    with model.open("r+b") as f:  # a file cut short, as a full disk or a copy that died would leave it
+        cut = model.stat().st_size // 2
+        f.truncate(cut)
+    (no_marker / "hpcrun-complete.json").unlink()  # a save that never completed
+    (missing_file / "optimizer.pt").unlink()  # a shard lost (every file is listed in the marker)
+
+    out = run_hpcrun(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"skipping {truncated.name}: model.safetensors has {cut} bytes, the marker says" in out.stderr
+    assert f"skipping {no_marker.name}: no completion marker (the save was interrupted)" in out.stderr
+    assert f"skipping {missing_file.name}: missing file optimizer.pt" in out.stderr
+    assert f"resuming run tiny_llama from {good.name}" in out.stderr
+    assert state(run_dir)["starts"][-1]["resumed_from"] == steps[0]
+    assert_same_weights(run_dir / "final", reference_run / "final")

@@ -47,9 +47,11 @@ def test_the_rendered_script_is_exactly_what_was_submitted(hpcrun, tmp_path, slu
 
 
 def test_sbatch_refusing_a_job_is_one_clear_line_and_leaves_no_run_directory(hpcrun, tmp_path, slurm_cluster):
-    out = hpcrun("+experiment=tiny_llama", "cluster=slurm", "cluster.partition=nosuchpartition")
+    # A GPU type no node has: hpcrun's own site checks do not look at GPU types, sbatch does.
+    out = hpcrun("+experiment=tiny_llama", "cluster=slurm", "cluster.gpus_per_node=1", "cluster.gpu_type=v100")
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("hpcrun: error: sbatch refused the job") and "partition" in last.lower()
+    assert last == ("hpcrun: error: sbatch refused the job: sbatch: error: Batch job submission failed: "
+                    "Requested node configuration is not available")
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "runs" / "tiny_llama").exists()

@@ -44,3 +44,27 @@ def test_token_blocks_split_the_stream_into_train_and_eval():
     assert len(train) > 5 * len(evaluation) > 0
     item = train[0]
     assert item["input_ids"].shape == (64,) and (item["labels"] == item["input_ids"]).all()
+
+
+def test_the_token_cache_is_reused_only_for_the_same_corpus_and_tokenizer(tmp_path, caplog):
+    from hpcrun.tasks.text import stream_key, token_stream
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(load_corpus("shakespeare")[0][:50_000])
+    docs = load_corpus(str(corpus))
+    tok = train_bpe(docs, 400)
+    cache = tmp_path / "tokens.safetensors"
+    key = stream_key(str(corpus), tok)
+    first = token_stream(docs, tok, cache, key, write=True)
+    assert cache.exists()
+    # Same key: the cached stream, not the documents (given as nothing here), is what comes back.
+    assert (token_stream([], tok, cache, key) == first).all()
+    # Another tokenizer, or a changed corpus file, is another key: tokenized again.
+    assert stream_key(str(corpus), train_bpe(docs, 300)) != key
+    corpus.write_text(corpus.read_text() + "more")
+    assert stream_key(str(corpus), tok) != key
+    assert len(token_stream([], tok, cache, "other")) == 0  # EOS-free empty stream: it did not use the cache
+    # A damaged cache is only a slower start.
+    cache.write_bytes(b"not safetensors")
+    assert (token_stream(docs, tok, cache, key) == first).all()
+    assert "ignoring the token cache" in caplog.text

@@ -1,0 +1,134 @@
+"""Slurm's own daemons failing under hpcrun, on the real dev cluster: slurmctld down during submit and status,
+slurmdbd down during status, a sweep cut off half-way through its arrays.
+
+Each test kills a daemon and starts it again (tests/slurm.py::daemon_stopped), whatever happens in between.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.slurm import calls, counting_shims, daemon_stopped, job_id_from, restart_cluster, sacct_state
+from tests.training import wait_until
+
+pytestmark = pytest.mark.usefixtures("slurm_cluster")
+
+HELD = ["+experiment=tiny_llama", "cluster=slurm", "cluster.sbatch_extra.hold=true"]
+FAST_RETRIES = {"HPCRUN_SLURM_ATTEMPTS": "2", "HPCRUN_SLURM_BACKOFF": "1"}
+
+
+def _last_line(out) -> str:
+    return out.stderr.strip().splitlines()[-1]
+
+
+def _status(hpcrun, target, env=None) -> list:
+    out = hpcrun("status", str(target), "--json", env=env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_slurmctld_down_submit_retries_then_one_error_status_still_answers_and_a_restart_mid_retry_submits(
+        hpcrun, tmp_path):
+    shims = counting_shims(tmp_path, "sbatch")
+    held = hpcrun(*HELD, "run.dir=held")
+    assert held.returncode == 0, held.stderr
+    held_job = job_id_from(held.stdout)
+    wait_until(lambda: sacct_state(held_job) == "PENDING", 30, "accounting to know the job")
+    try:
+        with daemon_stopped("slurmctld"):
+            # status: accounting (slurmdbd) still answers
+            (row,) = _status(hpcrun, tmp_path / "held")
+            assert (row["state"], row["job_id"]) == ("PENDING", held_job)
+
+            # submit: bounded retries with back-off, then one line; nothing submitted, no run directory
+            started = time.monotonic()
+            out = hpcrun(*HELD, "run.dir=refused", env={**shims, **FAST_RETRIES})
+            took = time.monotonic() - started
+            assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+            assert "trying again in 1 s (attempt 2 of 2)" in out.stderr
+            last = _last_line(out)
+            assert last.startswith("hpcrun: error: sbatch failed 2 times over ") and "and submitted nothing" in last
+            assert "Unable to contact slurm controller" in last
+            assert len(calls(tmp_path, "sbatch")) == 2
+            assert not (tmp_path / "refused").exists()
+            assert took < 60, took  # bounded: Slurm's own ~9 s connect timeout twice, plus 1 s
+
+            # the controller comes back while hpcrun is backing off: the submission goes through
+            log = tmp_path / "retry.err"
+            with log.open("w") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "hpcrun", *HELD, "run.dir=retried"], cwd=tmp_path, stdout=subprocess.PIPE,
+                    stderr=err, text=True,
+                    env={**os.environ, "HPCRUN_SLURM_ATTEMPTS": "6", "HPCRUN_SLURM_BACKOFF": "3"})
+                wait_until(lambda: "trying again" in log.read_text(), 60, "hpcrun to back off")
+                restart_cluster()
+                stdout, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0, log.read_text()
+            retried_job = job_id_from(stdout)
+            subprocess.run(["scancel", retried_job], check=True)
+    finally:
+        subprocess.run(["scancel", held_job])
+
+
+def test_slurmdbd_down_status_answers_from_squeue_and_the_runs_own_files(hpcrun, tmp_path):
+    held = hpcrun(*HELD, "run.dir=held")
+    assert held.returncode == 0, held.stderr
+    job = job_id_from(held.stdout)
+    try:
+        with daemon_stopped("slurmdbd"):
+            out = hpcrun("status", "held", "--json")
+            assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+            assert "accounting did not answer" in out.stderr and "states from squeue" in out.stderr
+            (row,) = json.loads(out.stdout)
+            assert (row["state"], row["job_id"], row["status"]) == ("PENDING", job, "submitted")
+            assert row["max_steps"] == 300  # from the run's own config
+            out = hpcrun("status", "held")  # the table too
+            assert out.returncode == 0 and "PENDING" in out.stdout
+    finally:
+        subprocess.run(["scancel", job])
+
+
+def test_a_sweep_cut_off_by_a_controller_crash_says_which_points_went_in_and_the_same_command_finishes_it(
+        hpcrun, tmp_path):
+    # One point per array (as if MaxArraySize were 1), so the sweep takes two sbatch calls.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"slurm-config-{os.uname().nodename}.json").write_text(
+        json.dumps({"time": time.time(), "max_array_size": 1}))
+    shims = counting_shims(tmp_path, "sbatch")
+    # The second sbatch call finds the controller dead (killed just before it).
+    real = (tmp_path / "shims" / "sbatch").read_text()
+    (tmp_path / "shims" / "sbatch").write_text(real.replace(
+        "exec ", f'[ "$(wc -l < "{tmp_path}/sbatch.calls")" -eq 2 ] && pkill -x slurmctld && sleep 1\nexec ', 1))
+    env = {**shims, **FAST_RETRIES, "HPCRUN_CACHE_DIR": str(cache)}
+    sweep = ["-m", *HELD, "train.lr=1e-3,3e-3", "cluster.run_root=runs"]
+    jobs = []
+    try:
+        out = hpcrun(*sweep, env=env)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        last = _last_line(out)
+        record = json.loads(next((tmp_path / "runs" / "sweeps").iterdir()).joinpath("sweep.json").read_text())
+        (array,) = record["arrays"]
+        jobs.append(array["job_id"])
+        (went_in,) = array["tasks"]
+        assert "sbatch of an array of 1 point failed 2 times" in last
+        assert f"1 point went in before it, as job arrays {array['job_id']} (1 point): " in last
+        assert os.path.basename(went_in) in last and "the same command submits the rest" in last
+        other = [p["run_dir"] for p in record["points"] if p["run_dir"] != went_in]
+        assert len(other) == 1 and not os.path.exists(other[0])  # the refused point left no run directory
+    finally:
+        restart_cluster()
+    try:
+        out = hpcrun(*sweep, env={"HPCRUN_CACHE_DIR": str(cache)})
+        assert out.returncode == 0, out.stderr
+        assert "submitted 1 (0 resuming)" in out.stdout and "skipped 1" in out.stdout, out.stdout
+        record = json.loads(next((tmp_path / "runs" / "sweeps").iterdir()).joinpath("sweep.json").read_text())
+        jobs += [a["job_id"] for a in record["arrays"][1:]]
+        assert sorted(t for a in record["arrays"] for t in a["tasks"]) == sorted(p["run_dir"] for p in record["points"])
+    finally:
+        subprocess.run(["scancel", *jobs])
+

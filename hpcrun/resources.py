@@ -6,6 +6,7 @@ carries them inside the package (pyproject's force-include). Both layouts are lo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,3 +40,11 @@ def corpus_path(name: str) -> Path:
 def builtin_corpora() -> list[str]:
     """Names of the corpora shipped with hpcrun."""
     return sorted(p.name[: -len(".txt.gz")] for p in (PACKAGE_DIR / "data").glob("*.txt.gz"))
+
+
+def cache_dir() -> Path:
+    """hpcrun's cache (``$HPCRUN_CACHE_DIR``, else ``$XDG_CACHE_HOME/hpcrun``, else ``~/.cache/hpcrun``): the
+    cluster's MaxArraySize, trained tokenizers. Anything in it can be deleted; it is made again."""
+    base = os.environ.get("HPCRUN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpcrun")
+    return Path(base)

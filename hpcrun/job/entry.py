@@ -108,6 +108,17 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _close_process_group() -> None:
+    """Ends torch.distributed before the process exits: a process leaving with gloo's threads still running can
+    abort at exit ("terminate called without an active exception"), and Slurm then marks a finished job FAILED."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def wait_for_start(run_dir: Path, job_id: Optional[str], restart: int, timeout: float = 600) -> dict:
     """Waits until rank 0 has recorded this start of the job in state.json; returns that record."""
     from hpcrun.job.runstate import read_state
@@ -194,10 +205,13 @@ class JobEntry:
             flags.uninstall()
             return self._failed(cfg, ctx, state, exc)
         flags.uninstall()
-        if isinstance(result, Stopped):
-            return self._stopped(cfg, ctx, state, result)
-        state.end("completed", f"trained to step {cfg.train.max_steps}", cfg.train.max_steps)
-        return str(result)
+        try:
+            if isinstance(result, Stopped):
+                return self._stopped(cfg, ctx, state, result)
+            state.end("completed", f"trained to step {cfg.train.max_steps}", cfg.train.max_steps)
+            return str(result)
+        finally:
+            _close_process_group()
 
     @staticmethod
     def _triggers(cfg: Any, state: RunState, latest: Any, end_time: Optional[float], ledger: Any) -> Any:

@@ -19,22 +19,16 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from hpcrun.errors import SubmissionError, SubmissionUncertain
+from hpcrun.resources import cache_dir
 
 CACHE_TTL = 24 * 3600
 # Slurm states in which a job is still coming (or running).
 SLURM_ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
                           "COMPLETING", "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING"})
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("HPCRUN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpcrun")
-    return Path(base)
 
 
 # What Slurm's clients print when they could not reach the controller at all: nothing was done, a retry is safe.

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from hpcrun.errors import ConfigError
-from hpcrun.resources import builtin_corpora, corpus_path
+from hpcrun.resources import builtin_corpora, cache_dir, corpus_path
 
 log = logging.getLogger("hpcrun")
 EOS = "<|endoftext|>"
@@ -75,6 +75,33 @@ def load_pretrained(load: Any, key: str, source: str, **kwargs: Any) -> Any:
                           f"gated models; HF_HOME for the cache); loading said: {first}") from None
 
 
+def bpe_key(corpus: str, vocab_size: int) -> str:
+    """What a trained BPE depends on: the corpus files (path, size, mtime), the vocabulary size, the recipe and the
+    tokenizers library's version."""
+    import tokenizers
+
+    h = hashlib.sha256(f"bpe-v1|{vocab_size}|{tokenizers.__version__}\n".encode())
+    for path in corpus_files(corpus):
+        st = path.stat()
+        h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _save_atomically(tok: Any, folder: Path) -> None:
+    """Written aside, then renamed: another rank, run or start never reads half of it. A folder already there (put
+    by another process meanwhile) is kept; a cache that cannot be written is only a slower next run."""
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        tok.save_pretrained(staging)
+        os.rename(staging, folder)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / "tokenizer.json").exists():
+            log.warning("could not save the tokenizer in %s (%s)", folder, exc)
+
+
 def tokenizer_for(cfg: Any, documents: List[str], run_dir: Path, is_main: bool) -> Any:
     """The run's tokenizer. A trained BPE is saved in ``<run.dir>/tokenizer`` and reused by every restart."""
     from transformers import AutoTokenizer
@@ -84,13 +111,19 @@ def tokenizer_for(cfg: Any, documents: List[str], run_dir: Path, is_main: bool) 
         saved = run_dir / "tokenizer"
         if (saved / "tokenizer.json").exists():
             return AutoTokenizer.from_pretrained(saved)
-        tok = train_bpe(documents, cfg.data.vocab_size)  # every rank trains the same one (deterministic)
-        if is_main:  # written aside, then renamed: another rank or a later start never reads half of it
-            staging = run_dir / ".tokenizer.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            tok.save_pretrained(staging)
-            os.replace(staging, saved)
-        log.info("trained a %d-token byte-level BPE tokenizer on the corpus", len(tok))
+        # Training is deterministic: the same corpus files and vocabulary give the same tokenizer, so one trained
+        # before (by any run on this machine or home directory) is copied, not trained again.
+        shared = cache_dir() / "tokenizers" / bpe_key(cfg.data.corpus, cfg.data.vocab_size)
+        if (shared / "tokenizer.json").exists():
+            tok = AutoTokenizer.from_pretrained(shared)
+            log.info("byte-level BPE tokenizer (%d tokens) for this corpus from %s", len(tok), shared)
+        else:
+            tok = train_bpe(documents, cfg.data.vocab_size)  # every rank trains the same one (deterministic)
+            log.info("trained a %d-token byte-level BPE tokenizer on the corpus", len(tok))
+            if is_main:
+                _save_atomically(tok, shared)
+        if is_main:
+            _save_atomically(tok, saved)
         return tok
     source = cfg.model.name_or_path if kind == "model" else kind
     if not source:

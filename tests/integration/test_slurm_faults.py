@@ -12,8 +12,10 @@ import time
 
 import pytest
 
-from tests.slurm import calls, counting_shims, daemon_stopped, job_id_from, restart_cluster, sacct_state
-from tests.training import wait_until
+from hpcrun.job.checkpoint import CheckpointDir
+from tests.slurm import (calls, counting_shims, daemon_stopped, job_id_from, release_when_requeued, restart_cluster,
+                         sacct_runs, sacct_state, wait_for_end)
+from tests.training import TINY, assert_same_weights, state, wait_until
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")
 
@@ -132,3 +134,33 @@ def test_a_sweep_cut_off_by_a_controller_crash_says_which_points_went_in_and_the
     finally:
         subprocess.run(["scancel", *jobs])
 
+
+
+def test_a_node_failure_mid_job_requeues_the_job_and_it_resumes_from_its_last_checkpoint(hpcrun, tmp_path,
+                                                                                         reference_run):
+    """Power loss, as Slurm sees it: slurmd, the job's step daemons and its processes die at once (kill -9); the
+    controller declares the node DOWN after SlurmdTimeout, the job ends NODE_FAIL and is requeued; the node comes
+    back (slurmd restarted, ReturnToService=2) and the run resumes from its last complete checkpoint."""
+    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run", "checkpoint.save_every=2s")
+    assert out.returncode == 0, out.stderr
+    job = job_id_from(out.stdout)
+    run_dir = tmp_path / "run"
+    try:
+        wait_until(lambda: CheckpointDir(run_dir / "checkpoints").latest()[0] is not None, 300, "a checkpoint")
+        for pattern in (["-x", "slurmd"], ["-x", "slurmstepd"], ["-f", f"submitit.core._submit {run_dir}"],
+                        ["-f", f"job{job}/slurm_script"]):
+            subprocess.run(["pkill", "-9", *pattern])
+        saved = CheckpointDir(run_dir / "checkpoints").latest()[0].step
+        wait_until(lambda: "NODE_FAIL" in sacct_runs(job), 120, "the controller to declare the node failed")
+        restart_cluster()
+        release_when_requeued(job)
+        assert wait_for_end(job) == "COMPLETED"
+    finally:
+        subprocess.run(["scancel", job])
+    assert sacct_runs(job) == ["NODE_FAIL", "COMPLETED"]
+    starts = state(run_dir)["starts"]
+    assert len(starts) == 2 and "ended_at" not in starts[0] and starts[1]["resumed_from"] >= saved > 0
+    log = (run_dir / "logs" / "start-2.log").read_text()
+    assert f"ended without a clean stop (killed, node failure, or out of time before its save): falling back to " \
+           f"the last complete checkpoint, step-{starts[1]['resumed_from']}" in log
+    assert_same_weights(run_dir / "final", reference_run / "final")

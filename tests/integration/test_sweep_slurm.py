@@ -28,12 +28,12 @@ def _array_ids(stdout: str) -> list:
     return re.findall(r"(\d+) \(\d+ tasks\)", stdout)
 
 
-def test_a_six_point_sweep_is_one_throttled_array_and_rerunning_it_submits_nothing(hpcrun, tmp_path, slurm_cluster):
+def test_a_four_point_sweep_is_one_throttled_array_and_rerunning_it_submits_nothing(hpcrun, tmp_path, slurm_cluster):
     env = counting_shims(tmp_path, "sbatch", "sacct")
-    args = ["-m", *CHEAP, "train.lr=1e-4,3e-4,1e-3", "train.seed=0,1", "cluster.array_throttle=1"]
+    args = ["-m", *CHEAP, "train.lr=1e-4,1e-3", "train.seed=0,1", "cluster.array_throttle=1"]
     out = hpcrun(*args, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert len(calls(tmp_path, "sbatch")) == 1  # one sbatch call for the six points
+    assert len(calls(tmp_path, "sbatch")) == 1  # one sbatch call for the four points
     (array,) = _array_ids(out.stdout)
     sweep = _sweep_dir(out.stdout)
 
@@ -53,7 +53,7 @@ def test_a_six_point_sweep_is_one_throttled_array_and_rerunning_it_submits_nothi
     record = json.loads((sweep / "sweep.json").read_text())
     dirs = [Path(p["run_dir"]) for p in record["points"]]
     assert {d.name for d in dirs} == {f"data.vocab_size=300,train.lr={lr},train.max_steps=2,train.seed={s}"
-                                      for lr in ("0.0001", "0.0003", "0.001") for s in (0, 1)}
+                                      for lr in ("0.0001", "0.001") for s in (0, 1)}
     assert all(state(d)["status"] == "completed" for d in dirs)
 
     # status --json agrees with sacct, from ONE sacct call.
@@ -62,16 +62,16 @@ def test_a_six_point_sweep_is_one_throttled_array_and_rerunning_it_submits_nothi
     assert status.returncode == 0, status.stderr
     assert len(calls(tmp_path, "sacct")) == before + 1
     rows = json.loads(status.stdout)
-    assert len(rows) == 6
+    assert len(rows) == 4
     for row in rows:
         assert row["state"] == "COMPLETED" and row["step"] == 2 and row["max_steps"] == 2
         assert sacct_runs(row["job_id"])[-1] == row["slurm_state"] == "COMPLETED"
     table = hpcrun("status", str(sweep), env=env).stdout
-    assert table.splitlines()[0].split()[:2] == ["RUN", "STATE"] and table.count("COMPLETED") == 6
+    assert table.splitlines()[0].split()[:2] == ["RUN", "STATE"] and table.count("COMPLETED") == 4
 
     again = hpcrun(*args, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "submitted 0" in again.stdout and "skipped 6" in again.stdout
+    assert "submitted 0" in again.stdout and "skipped 4" in again.stdout
     assert len(calls(tmp_path, "sbatch")) == 1
     assert hpcrun("wait", str(sweep)).returncode == 0
 

@@ -1,4 +1,3 @@
-import os
 import stat
 
 from hpcrun.launch.choose import default_cluster

@@ -68,3 +68,30 @@ def test_the_token_cache_is_reused_only_for_the_same_corpus_and_tokenizer(tmp_pa
     cache.write_bytes(b"not safetensors")
     assert (token_stream(docs, tok, cache, key) == first).all()
     assert "ignoring the token cache" in caplog.text
+
+
+def test_a_trained_bpe_is_shared_through_the_cache_and_each_run_keeps_its_own_copy(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from hpcrun.tasks.text import tokenizer_for
+
+    caplog.set_level("INFO", logger="hpcrun")
+    monkeypatch.setenv("HPCRUN_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(load_corpus("shakespeare")[0][:50_000])
+    cfg = SimpleNamespace(data=SimpleNamespace(tokenizer="bpe", corpus=str(corpus), vocab_size=400))
+    docs = load_corpus(str(corpus))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = tokenizer_for(cfg, docs, tmp_path / "a", is_main=True)
+    assert "trained a 400-token" in caplog.text
+    caplog.clear()
+    second = tokenizer_for(cfg, [], tmp_path / "b", is_main=True)  # no documents: it cannot have trained
+    assert "from " + str(tmp_path / "cache" / "tokenizers") in caplog.text
+    assert second.get_vocab() == first.get_vocab()
+    assert (tmp_path / "a" / "tokenizer" / "tokenizer.json").exists() and (tmp_path / "b" / "tokenizer").is_dir()
+    # Another vocabulary size is another tokenizer.
+    caplog.clear()
+    tokenizer_for(SimpleNamespace(data=SimpleNamespace(tokenizer="bpe", corpus=str(corpus), vocab_size=300)), docs,
+                  tmp_path / "b2", is_main=False)
+    assert "trained a 300-token" in caplog.text

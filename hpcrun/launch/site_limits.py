@@ -24,12 +24,11 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpcrun.durations import format_slurm_time, parse_duration
-from hpcrun.errors import ConfigError
+from hpcrun.errors import ConfigError, SubmissionError
 
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:.]*)=")
 _UNLIMITED = ("UNLIMITED", "INFINITE", "NONE", "")
@@ -257,11 +256,12 @@ def _ask(command: List[str]) -> Optional[str]:
     ONE attempt, not run_slurm's retries: while the controller is away, retrying here would only double the wait
     before sbatch's own retries (which decide whether the job goes in); a check that could not ask steps aside.
     """
+    from hpcrun.launch.slurm_info import run_slurm
+
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT)
-    except (OSError, subprocess.SubprocessError):
+        return run_slurm(command, attempts=1, timeout=QUERY_TIMEOUT)
+    except SubmissionError:
         return None
-    return out.stdout if out.returncode == 0 else None
 
 
 def check_site_limits(cfgs: Sequence[Any], sweep: bool = False) -> None:

@@ -81,10 +81,15 @@ def bpe_key(corpus: str, vocab_size: int) -> str:
     import tokenizers
 
     h = hashlib.sha256(f"bpe-v1|{vocab_size}|{tokenizers.__version__}\n".encode())
+    _hash_corpus(h, corpus)
+    return h.hexdigest()[:32]
+
+
+def _hash_corpus(h: Any, corpus: str) -> None:
+    """Adds the corpus files' identity (resolved path, size, mtime) to the hash ``h``."""
     for path in corpus_files(corpus):
         st = path.stat()
         h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:32]
 
 
 def _save_atomically(tok: Any, folder: Path) -> None:
@@ -156,9 +161,7 @@ TOKENS_FILE = "tokens.safetensors"  # <run.dir>/tokens.safetensors: the tokenize
 def stream_key(corpus: str, tokenizer: Any) -> str:
     """What the token stream depends on: the corpus files (path, size, mtime) and the tokenizer's full definition."""
     h = hashlib.sha256()
-    for path in corpus_files(corpus):
-        st = path.stat()
-        h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    _hash_corpus(h, corpus)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h.update(backend.to_str().encode() if backend is not None else f"{tokenizer.name_or_path}|{len(tokenizer)}".encode())
     h.update(str(tokenizer.eos_token_id).encode())

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hpcrun.job.ledger import Ledger
+from hpcrun.rundir.ledger import Ledger
 
 
 def main() -> None:

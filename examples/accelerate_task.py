@@ -3,13 +3,18 @@
 A task is any importable function ``task(cfg, ctx)``. Run this one from the repository root (the directory hpcrun
 starts in is importable in the job, locally and on Slurm, as with ``python -m``):
 
-    hpcrun +experiment=tiny_llama task._target_=examples.accelerate_task.train run.name=accelerate_loop
+    hpcrun +experiment=tiny_llama task._target_=examples.accelerate_task.train \
+        task.settings=hpcrun.tasks.settings.CausalLMSettings run.name=accelerate_loop
 
 It trains the configured Llama on the configured text (hpcrun's data helpers; swap in your own). What makes it
 requeue-safe is four calls on ``ctx``: ``step_started``/``step_ended`` around each optimizer step, ``saving`` to
 write a checkpoint atomically, ``stopped`` to hand back after the final save. Resume is exact: accelerate's
 ``save_state`` keeps the model, optimizer, scheduler and every RNG; the data position is the step count (a seeded
 shuffle per epoch, then ``skip_first_batches``).
+
+A task owns its settings. This one reuses the built-in task's model, data and train sections, so it declares them
+with ``task.settings``: ``train.max_steps=...`` and ``model=NAME`` then work as for the built-in task. (Without it,
+``task._target_`` on the command line picks ``task=custom``, which has none of those sections.)
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ def train(cfg: Any, ctx: Any) -> Union[Path, Any]:
         log.info("resuming from %s", ctx.resume_from.path)
 
     model.train()
+    ctx.planned(cfg.train.max_steps)  # hpcrun status shows step N/max_steps
     while step < cfg.train.max_steps:
         epoch, skip = divmod(step, len(loader))
         loader.set_epoch(epoch)

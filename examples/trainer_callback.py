@@ -12,7 +12,7 @@ import argparse
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from hpcrun.job.callback import TimeTriggerCallback
+from hpcrun.frameworks.transformers.callback import TimeTriggerCallback
 from hpcrun.job.signals import StopFlags
 
 

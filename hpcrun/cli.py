@@ -178,35 +178,32 @@ def cmd_render(args: argparse.Namespace) -> int:
         overrides = ["cluster=slurm", *overrides]  # rendering is about sbatch: default to the generic Slurm
     if args.multirun and not args.standalone:
         raise UserError("render -m needs --standalone (hpcrun -m submits a sweep as job arrays itself)")
+    from hpcrun.launch.launchers import launcher_for
+
+    if args.multirun:
+        from hpcrun.launch.sweep import compose_sweep
+
+        cfgs = [p.cfg for p in compose_sweep(overrides, args.config_dir).points]
+    else:
+        cfgs = [compose(overrides, args.config_dir)]
+    launcher = launcher_for(cfgs[0])
+    if not launcher.submits:
+        launcher.render(cfgs[0])  # raises: a local cluster has no script to render
     if args.standalone:
         from hpcrun.launch.standalone import render_standalone
 
         command = shlex.join([PROG, *sys.argv[1:]])
-        if args.multirun:
-            from hpcrun.launch.sweep import plan
-
-            result = plan(overrides, args.config_dir)
-            cfgs = [p.cfg for p in result.points]
-            text = render_standalone(cfgs, command, args.template, cfgs[0].cluster.array_throttle)
-        else:
-            cfgs = [compose(overrides, args.config_dir)]
-            text = render_standalone(cfgs, command, args.template)
+        throttle = cfgs[0].cluster.array_throttle if args.multirun else 0
+        text = render_standalone(cfgs, command, args.template, throttle)
     else:
-        from hpcrun.launch.slurm import render
-
-        cfgs = [compose(overrides, args.config_dir)]
-        text = render(cfgs[0]) + "\n"
-    if cfgs[0].cluster.launcher != "slurm":
-        raise UserError(f"cluster={cfgs[0].cluster.name} runs locally (cluster.launcher=local): there is no sbatch "
-                        "script to render; pick a Slurm cluster, e.g. cluster=slurm")
+        text = launcher.render(cfgs[0]) + "\n"
     if args.output:
-        from hpcrun.launch.rundir import atomic_write_text
+        from hpcrun.rundir.atomic import atomic_write
 
         out = Path(args.output)
         if out.exists() and not args.output.endswith(".sbatch"):
             raise UserError(f"-o {args.output} exists and is not a .sbatch file: not overwritten")
-        atomic_write_text(out, text)
-        out.chmod(0o755)
+        atomic_write(out, text, mode=0o755)
         _say(f"wrote {out}; submit it with: sbatch {shlex.quote(str(out))}")
     else:
         sys.stdout.write(text)
@@ -229,11 +226,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpcrun.status import as_json, collect, resolve_targets, table
+    from hpcrun.observe.status import status_json, statuses, table
+    from hpcrun.rundir.index import resolve_targets
 
-    rows = collect(resolve_targets(args.target))
+    rows = statuses(resolve_targets(args.target))
     if args.json:
-        print(as_json(rows))
+        print(status_json(rows))
     elif not rows:
         _say("no runs yet (hpcrun status RUN_OR_SWEEP_DIR shows one)")
     else:
@@ -242,14 +240,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpcrun.report import as_json, as_text, collect, plot
-    from hpcrun.status import resolve_targets
+    from hpcrun.observe.report import plot, report_json, report_text, reports as run_reports
+    from hpcrun.rundir.index import resolve_targets
 
-    reports = collect(resolve_targets(args.target))
+    reports = run_reports(resolve_targets(args.target))
     if not reports:
         _say("no runs yet (hpcrun report RUN_OR_SWEEP_DIR reports one)")
         return 0
-    print(as_json(reports) if args.json else as_text(reports))
+    print(report_json(reports) if args.json else report_text(reports))
     if args.plot:
         if not any(r.starts for r in reports):
             raise UserError("nothing to plot: no run has started yet")
@@ -259,25 +257,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from hpcrun.launch.manage import logs
+    from hpcrun.observe.manage import logs
 
     return logs(args.target, args.follow, args.restart)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from hpcrun.launch.manage import cancel
+    from hpcrun.observe.manage import cancel
 
     return cancel(args.target)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from hpcrun.launch.manage import resume
+    from hpcrun.launch.runner import resume
 
     return resume(args.target, args.overrides)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from hpcrun.launch.manage import wait
+    from hpcrun.observe.manage import wait
 
     return wait(args.target, args.poll)
 

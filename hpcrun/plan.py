@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hpcrun.durations import format_human, parse_duration
-from hpcrun.errors import ConfigError
+from hpcrun.errors import ConfigError, UserError
 
 GB = 1e9
 # Memory of one GPU by cluster.gpu_type (GB). Greene's A100s are the 80 GB model; "a100_40" for the 40 GB one.
@@ -121,7 +121,14 @@ def activation_bytes(cfg: Any, vocab: int) -> float:
 
 def make_plan(cfg: Any, bandwidth: float, gpu_memory_gb: Optional[float] = None,
               counts: Optional[Dict[str, int]] = None) -> Plan:
-    """The plan for a composed config (``counts`` skips building the model, for tests of the arithmetic)."""
+    """The plan for a composed config (``counts`` skips building the model, for tests of the arithmetic).
+
+    Raises:
+        UserError: the config's task has no model (the built-in task's settings, or a task that declares them).
+    """
+    if not {"model", "data", "train"} <= set(cfg.sections()):
+        raise UserError(f"hpcrun plan forecasts the built-in causal-LM task (model, data, train settings); "
+                        f"task._target_={cfg.task._target_} declares none: nothing to forecast")
     c = cfg.cluster
     counts = counts or count_parameters(cfg)
     n, layer = counts["total"], counts["layer"]

@@ -13,18 +13,24 @@ primary config folder, which would let the packaged files win; the search path i
 
 from __future__ import annotations
 
-import difflib
 import os
-from dataclasses import fields, is_dataclass
+import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from hpcrun.config.identity import run_id
-from hpcrun.config.schema import GROUPS, Config, register
+from hpcrun.config.schema import BUILTIN_SETTINGS, BUILTIN_TASK, GROUPS, RESERVED, SECTIONS, Config, register
+from hpcrun.config.typed import (build, describe_type, from_container, is_known, one_line, section_types,
+                                 task_settings, to_container, typed_keys, unknown_key)
 from hpcrun.errors import ConfigError, UserError
 from hpcrun.resources import conf_dir
 
 PRIMARY = "hpcrun"
+_ABSENT = object()
+# Hydra's error for a group no config in the defaults list picks (e.g. model=NAME with task=custom).
+_NOT_PICKED = re.compile(r"^(?:In '(?P<where>[^']+)': )?Could not override '(?P<group>[^']+)'\. "
+                         r"No match in the defaults")
+__all__ = ["available", "compose", "from_container", "load_saved", "search_dirs", "to_container"]
 
 
 def search_dirs(config_dirs: Sequence[str | os.PathLike] = (), cwd: Optional[Path] = None) -> list[Path]:
@@ -54,50 +60,89 @@ def available(group: str, dirs: Iterable[Path]) -> list[str]:
     return sorted(names)
 
 
-def schema_keys(cls: type = Config, prefix: str = "") -> dict[str, type]:
-    """Every dotted key of the schema, mapped to its dataclass field type (for checking overrides)."""
-    keys: dict[str, type] = {}
-    for f in fields(cls):
-        key = f"{prefix}{f.name}"
-        sub = f.default_factory if f.default_factory is not None and is_dataclass(f.default_factory) else None  # type: ignore[misc]
-        if sub is not None:
-            keys[key] = dict
-            keys.update(schema_keys(sub, key + "."))
-        else:
-            keys[key] = f.type  # type: ignore[assignment]
-    return keys
+def _is_group(bare: str, dirs: list[Path]) -> bool:
+    """Whether an override's key names a config group (hpcrun's, or one in a user's conf/)."""
+    return bare in GROUPS or ("." not in bare and bool(available(bare, dirs)))
 
 
-def _check_override(text: str, dirs: list[Path]) -> None:
-    """Rejects an unknown key or group choice with a one-line error before Hydra sees it."""
+def _check_override(text: str, dirs: list[Path]) -> bool:
+    """Rejects an unknown key of hpcrun's own or an unknown group choice with a one-line error before Hydra sees it.
+
+    Returns:
+        True for an override Hydra applies (a group choice, a key of hpcrun's sections); False for a key of the
+        task's sections, which :func:`_apply_task_overrides` checks and applies once the task's settings are known.
+    """
     if "=" not in text:
         raise ConfigError(text, "", "KEY=VALUE (e.g. train.max_steps=100) or GROUP=CHOICE (e.g. cluster=slurm)")
     key, value = text.split("=", 1)
     bare = key.lstrip("+~")
     if bare.startswith("hydra.") or bare.startswith("hydra/"):
         raise ConfigError(bare, value, "an hpcrun key; hydra.* settings are hpcrun's own")
-    if bare in GROUPS:
+    if _is_group(bare, dirs):
         choices = available(bare, dirs)
         for v in value.split(","):
             if v and v not in choices:
                 raise ConfigError(bare, v, choices=choices)
         if bare == "experiment" and not key.startswith("+"):
             raise ConfigError(key, value, f"+experiment={value} (experiments are added with a leading +)")
-        return
-    keys = schema_keys()
+        return True
+    if bare.split(".", 1)[0] not in SECTIONS:
+        return False
+    keys = typed_keys(None)
     if bare in keys or bare.startswith("cluster.sbatch_extra."):  # sbatch_extra is a free-form dict
-        return
-    parent, _, leaf = bare.rpartition(".")
-    if parent and parent in keys:  # a known section: compare the last name with its siblings
-        siblings = sorted(k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent)
-    else:  # an unknown section: compare the whole key with every key of the same depth
-        siblings = sorted(k for k in keys if k.count(".") == bare.count("."))
-        leaf, parent = bare, ""
-    close = difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)
-    prefix = f"{parent}." if parent else ""
-    hint = f"did you mean {' or '.join(prefix + c for c in close)}?" if close else None
-    raise ConfigError(bare, value, problem="is an unknown key", hint=hint or "hpcrun --help lists the keys",
-                      choices=siblings if parent and not close else None)
+        return True
+    raise unknown_key(bare, value, keys)
+
+
+def _task_choice(overrides: Sequence[str]) -> Optional[str]:
+    """``task=custom`` when the command line names a task of one's own (task._target_ or task.settings) but no
+    ``task=`` group: the built-in task's groups (model, data) and settings are then left out. Declaring the built-in
+    settings (``task.settings=hpcrun.tasks.settings.CausalLMSettings``) keeps ``task=causal_lm`` and its groups."""
+    given = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1].strip("'\"") for o in overrides if "=" in o}
+    if "task" in given:
+        return None
+    target, settings = given.get("task._target_"), given.get("task.settings")
+    if settings == BUILTIN_SETTINGS or (settings is None and target in (None, BUILTIN_TASK)):
+        return None
+    return "task=custom"
+
+
+def _apply_task_overrides(cfg: Any, overrides: Sequence[str], settings: Optional[type], target: str) -> None:
+    """Checks the overrides of the task's sections against its settings and applies them, as Hydra would.
+
+    A key of a declared section is set whether or not a config file set it (the section's defaults come from its
+    dataclass, after composition); a free-form section follows Hydra's rules: ``+KEY=VALUE`` adds, ``KEY=VALUE``
+    changes what a config file set.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    # As Hydra does for its own: a comma list is a sweep, for `hpcrun -m` only.
+    ConfigLoaderImpl.validate_sweep_overrides_legal(parser.parse_overrides(list(overrides)), RunMode.RUN, True)
+    keys = typed_keys(settings)
+    declared = set(section_types(settings))
+    texts = []
+    for text in overrides:
+        key, value = text.split("=", 1)
+        bare = key.lstrip("+~")
+        head = bare.split(".", 1)[0]
+        if head in RESERVED:
+            raise ConfigError(bare, value, problem="is not a section name a task can use",
+                              hint=f"{', '.join(sorted(RESERVED))} are hpcrun's own")
+        if head in declared:
+            if not is_known(bare, keys):
+                raise unknown_key(bare, value, keys)
+            texts.append(text if key.startswith("~") else f"++{bare}={value}")
+        elif key.startswith("+") or key.startswith("~") or OmegaConf.select(cfg, bare, default=_ABSENT) is not _ABSENT:
+            texts.append(text)
+        else:
+            section = (f"task._target_={target} has no {head} section (its settings declare "
+                       f"{', '.join(sorted(declared)) or 'none'}); add one of its own with +{bare}={value}")
+            raise unknown_key(bare, value, keys, hint=section if head not in cfg else f"add it with +{bare}={value}")
+    ConfigLoaderImpl._apply_overrides_to_config(parser.parse_overrides(texts), cfg)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -110,13 +155,7 @@ def _one_line(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     if cause is not None and getattr(cause, "full_key", None):
         exc = cause  # Hydra's "Error merging override" hides OmegaConf's precise reason
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    first = lines[0] if lines else type(exc).__name__
-    key = getattr(exc, "full_key", None)
-    if key and key not in first:
-        first += f" (key: {key})"
-    return first
+    return one_line(exc)
 
 
 def compose(
@@ -131,8 +170,12 @@ def compose(
         config_dirs: extra config folders searched before ``./conf`` and the packaged one.
         cwd: the folder relative paths (``./conf``, ``run.dir``) are taken from; the working directory by default.
 
+    Hydra applies the group choices and hpcrun's own keys; the keys of the task's sections are applied after, once
+    ``task.settings`` is known (:func:`_apply_task_overrides`), then everything is typed and checked.
+
     Returns:
-        The composed config, checked, as dataclass instances (``run.dir`` made absolute).
+        The composed config, checked: hpcrun's sections and the task's declared ones as dataclass instances, its
+        free-form ones as given (``run.dir`` made absolute).
 
     Raises:
         ConfigError: an unknown key or choice, or a bad value; the message is one line naming both.
@@ -148,10 +191,12 @@ def compose(
     register()
     cwd = cwd or Path.cwd()
     dirs = search_dirs(config_dirs, cwd)
+    hydra_overrides, task_overrides = [], []
     for text in overrides:
-        _check_override(text, dirs)
+        (hydra_overrides if _check_override(text, dirs) else task_overrides).append(text)
+    choice = _task_choice(overrides)
     # cluster.sbatch_extra is a free-form dict: its keys may or may not exist yet, so add-or-override them.
-    overrides = [f"++{o}" if o.startswith("cluster.sbatch_extra.") else o for o in overrides]
+    hydra_overrides = [f"++{o}" if o.startswith("cluster.sbatch_extra.") else o for o in hydra_overrides]
 
     Plugins.instance()  # registers Hydra's config sources (pkg://, file://, structured://)
     search_path = ConfigSearchPathImpl()
@@ -161,45 +206,84 @@ def compose(
     search_path.append("schema", "structured://")
     loader = ConfigLoaderImpl(config_search_path=search_path)
     try:
-        cfg = loader.load_configuration(config_name=PRIMARY, overrides=list(overrides), run_mode=RunMode.RUN)
+        cfg = loader.load_configuration(config_name=PRIMARY, overrides=hydra_overrides + ([choice] if choice else []),
+                                        run_mode=RunMode.RUN)
         with open_dict(cfg):
             del cfg["hydra"]
         if not any(o.split("=", 1)[0].lstrip("+~") == "run.id" for o in overrides):
-            cfg.run.id = run_id(overrides)
-        OmegaConf.resolve(cfg)
+            cfg.run.id = run_id(overrides)  # the user's overrides: task=custom chosen here is no part of it
+        task, settings = task_settings(cfg, cwd)
+        _apply_task_overrides(cfg, task_overrides, settings, task._target_)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(_one_line(exc)) from None
-    run_dir = Path(os.path.expanduser(str(cfg.run.dir)))
-    cfg.run.dir = str(run_dir if run_dir.is_absolute() else (cwd / run_dir).resolve())
-    typed = check(cfg)
+        raise _hydra_error(exc, overrides, dirs) from None
+    typed = build(cfg, cwd, settings)
+    run_dir = Path(os.path.expanduser(str(typed.run.dir)))
+    typed.run.dir = str(run_dir if run_dir.is_absolute() else (cwd / run_dir).resolve())
+    typed.check()
     typed.task.check_importable(cwd)
     return typed
 
 
-def to_object(cfg: Any) -> Config:
-    """The typed view of a composed config (dataclass instances)."""
-    from omegaconf import OmegaConf
+def _given(key: str, overrides: Sequence[str]) -> Optional[str]:
+    """The value the command line gave ``key`` (the last one), or None."""
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    return given[-1] if given else None
 
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+def _pickers(group: str, dirs: list[Path]) -> list[str]:
+    """The task configs (conf/task/*.yaml) whose defaults pick ``group``, e.g. causal_lm for model."""
+    import yaml
+
+    found = []
+    for choice in available("task", dirs):
+        path = next(d / "task" / f"{choice}.yaml" for d in dirs if (d / "task" / f"{choice}.yaml").is_file())
+        try:
+            defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        names = [next(iter(d)) if isinstance(d, dict) else str(d) for d in defaults]
+        if any(n.split("@")[0].removeprefix("override ").strip().lstrip("/") == group for n in names):
+            found.append(f"task={choice}")
+    return found
 
 
-def check(cfg: Any) -> Config:
-    """Checks a composed config's values; raises ConfigError naming the first bad key."""
-    typed = to_object(cfg)
-    typed.check()
-    return typed
+def _hydra_error(exc: BaseException, overrides: Sequence[str], dirs: list[Path]) -> UserError:
+    """One line for a Hydra or OmegaConf error: a wrong type names the key, the value and the type expected; a
+    group the task does not use says which task uses it."""
+    from omegaconf.errors import ValidationError
+
+    cause = exc.__cause__ or exc.__context__
+    keys = typed_keys(None)
+    if isinstance(cause, ValidationError) and str(cause.full_key) in keys:
+        key = str(cause.full_key)
+        value = _given(key, overrides)
+        if value is not None:
+            return ConfigError(key, value, describe_type(keys[key]))
+    unused = _NOT_PICKED.match(str(exc))
+    if unused:
+        group, where = unused["group"], unused["where"]
+        users = " or ".join(_pickers(group, dirs))
+        picked = f"only {users} does" if users else "none does"
+        if where:
+            return UserError(f"{where} overrides /{group}, but this task's config picks no {group} ({picked}): "
+                             f"that experiment is for another task")
+        return ConfigError(group, _given(group, overrides), problem="is a choice this task does not use",
+                           hint=f"its config picks no {group} ({picked})")
+    return UserError(_one_line(exc))
 
 
 def load_saved(path: Path) -> Config:
-    """Loads a run's saved config.yaml and checks it against the schema."""
+    """Loads a run's saved config.yaml and checks it (hpcrun's sections against the schema, the task's against
+    its settings, imported from the working directory)."""
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    register()
     try:
         saved = OmegaConf.load(path)
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
     except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
         raise UserError(f"{path}: not a readable hpcrun config ({_one_line(exc)})") from None
-    return check(cfg)
+    try:
+        return from_container(saved)
+    except UserError as exc:
+        raise UserError(f"{path}: not a readable hpcrun config ({exc})") from None

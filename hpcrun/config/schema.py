@@ -1,17 +1,20 @@
-"""The config schema: one dataclass per component, stored in Hydra's ConfigStore.
+"""The config schema of hpcrun's own sections (run, cluster, checkpoint, task), stored in Hydra's ConfigStore.
 
 Values live in YAML under ``conf/``; these classes give every key its type, its default and a one-line
 description (the comment above it, which ``hpcrun --help`` and docs/configuration.md show). Each class checks its
 own values in ``check()`` and raises :class:`~hpcrun.errors.ConfigError` naming the full key and the bad value.
+Every other section belongs to the task: the built-in task's model/data/train are in hpcrun/tasks/settings.py, and
+:class:`Config` holds both (docs/custom-tasks.md).
 
 Submitting side: standard library, omegaconf and hydra only.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import signal as _signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hpcrun.durations import EXPECTED as DURATION_FORMS
@@ -19,8 +22,9 @@ from hpcrun.durations import parse_duration
 from hpcrun.errors import ConfigError
 
 LAUNCHERS = ("local", "slurm")
-PRECISIONS = ("fp32", "bf16", "fp16")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+BUILTIN_TASK = "hpcrun.tasks.causal_lm.train"
+# The built-in task's settings (model, data, train): hpcrun/tasks/settings.py, torch-free.
+BUILTIN_SETTINGS = "hpcrun.tasks.settings.CausalLMSettings"
 # sbatch options hpcrun writes itself; setting them through cluster.sbatch_extra would fight hpcrun.
 MANAGED_SBATCH = frozenset(
     {"time", "requeue", "signal", "output", "error", "array", "job-name", "open-mode", "nodes", "partition"}
@@ -235,151 +239,20 @@ class CheckpointConfig:
 
 
 @dataclass
-class ModelConfig:
-    """A Llama-architecture causal LM, built from LlamaConfig (random init) or loaded from pretrained weights."""
-
-    # Hub id or local path: where the tokenizer (data.tokenizer=model) and pretrained weights come from.
-    name_or_path: Optional[str] = None
-    # Load pretrained weights from model.name_or_path (false: random init from the architecture below).
-    pretrained: bool = False
-    # Width of the hidden states.
-    hidden_size: int = 192
-    # Width of the MLP.
-    intermediate_size: int = 512
-    # Number of transformer layers.
-    num_hidden_layers: int = 4
-    # Number of attention heads.
-    num_attention_heads: int = 6
-    # Number of key/value heads (grouped-query attention; equal to the heads for plain multi-head).
-    num_key_value_heads: int = 6
-    # Longest sequence the position embedding covers.
-    max_position_embeddings: int = 512
-    # RMSNorm epsilon.
-    rms_norm_eps: float = 1e-5
-    # RoPE base frequency.
-    rope_theta: float = 10000.0
-    # Share the input embedding with the output projection.
-    tie_word_embeddings: bool = False
-    # Dropout on attention probabilities.
-    attention_dropout: float = 0.0
-    # Recompute activations in the backward pass to save memory.
-    gradient_checkpointing: bool = False
-    # Vocabulary size, for `hpcrun plan` of a model whose tokenizer is not at hand (empty: data.vocab_size).
-    vocab_size: Optional[int] = None
-
-    def check(self) -> None:
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "max_position_embeddings"):
-            _positive_int(f"model.{key}", getattr(self, key))
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                "model.hidden_size", self.hidden_size,
-                f"a multiple of model.num_attention_heads={self.num_attention_heads}",
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(
-                "model.num_key_value_heads", self.num_key_value_heads,
-                f"a divisor of model.num_attention_heads={self.num_attention_heads}",
-            )
-        if self.pretrained and not self.name_or_path:
-            raise ConfigError("model.name_or_path", self.name_or_path, "a hub id or path when model.pretrained=true")
-        if self.vocab_size is not None:
-            _positive_int("model.vocab_size", self.vocab_size)
-        if not 0.0 <= self.attention_dropout < 1.0:
-            raise ConfigError("model.attention_dropout", self.attention_dropout, "a probability in [0, 1)")
-
-
-@dataclass
-class DataConfig:
-    """The training text and its tokenizer."""
-
-    # A built-in corpus name (shakespeare), or a path to a .txt/.txt.gz file or a folder of them.
-    corpus: str = "shakespeare"
-    # bpe: train a byte-level BPE tokenizer on the corpus (offline); model: the tokenizer of model.name_or_path;
-    # anything else: a tokenizer hub id or path.
-    tokenizer: str = "bpe"
-    # Vocabulary size of the trained BPE tokenizer.
-    vocab_size: int = 4096
-    # Tokens per training sequence.
-    seq_len: int = 128
-    # Share of the corpus held out for evaluation.
-    eval_fraction: float = 0.05
-
-    def check(self) -> None:
-        _positive_int("data.vocab_size", self.vocab_size)
-        if self.vocab_size < 300:
-            raise ConfigError("data.vocab_size", self.vocab_size, "at least 300 (256 bytes plus merges)")
-        _positive_int("data.seq_len", self.seq_len)
-        if not 0.0 < self.eval_fraction < 0.5:
-            raise ConfigError("data.eval_fraction", self.eval_fraction, "a fraction between 0 and 0.5")
-
-
-@dataclass
-class TrainConfig:
-    """The optimisation: steps, batch, learning rate, precision."""
-
-    # Optimizer steps to train for.
-    max_steps: int = 300
-    # Sequences per device per micro-batch.
-    batch_size: int = 16
-    # Micro-batches accumulated into one optimizer step.
-    grad_accum: int = 1
-    # Peak learning rate (AdamW).
-    lr: float = 1e-3
-    # AdamW weight decay.
-    weight_decay: float = 0.1
-    # Linear warm-up steps.
-    warmup_steps: int = 30
-    # Learning-rate schedule after warm-up.
-    lr_scheduler: str = "cosine"
-    # Gradient clipping norm (0: off).
-    max_grad_norm: float = 1.0
-    # Numeric precision: fp32, bf16 (GPUs from A100 on) or fp16.
-    precision: str = "fp32"
-    # Seed for the model init, data order and dropout.
-    seed: int = 0
-    # Log loss and learning rate every this many steps.
-    log_every: int = 10
-    # Also log every this much wall clock (e.g. 1m; empty: by steps only).
-    log_every_time: Optional[str] = None
-    # Evaluate on the held-out text every this many steps (0: only at the end).
-    eval_every: int = 0
-    # Also evaluate every this much wall clock (e.g. 30m; empty: by steps only).
-    eval_every_time: Optional[str] = None
-    # Data-loading worker processes per rank.
-    num_workers: int = 0
-    # Shard weights, gradients and optimizer state over the ranks (FSDP full shard through accelerate, sharded
-    # checkpoints); false: every rank holds a full replica (DDP). For models whose training state does not fit one GPU.
-    fsdp: bool = False
-
-    def check(self) -> None:
-        _positive_int("train.max_steps", self.max_steps)
-        _positive_int("train.batch_size", self.batch_size)
-        _positive_int("train.grad_accum", self.grad_accum)
-        _positive_int("train.log_every", self.log_every)
-        if not self.lr > 0:
-            raise ConfigError("train.lr", self.lr, "a positive learning rate")
-        if self.warmup_steps < 0:
-            raise ConfigError("train.warmup_steps", self.warmup_steps, "zero or more steps")
-        if self.eval_every < 0:
-            raise ConfigError("train.eval_every", self.eval_every, "zero (off) or a number of steps")
-        if self.num_workers < 0:
-            raise ConfigError("train.num_workers", self.num_workers, "zero or more workers")
-        if self.precision not in PRECISIONS:
-            raise ConfigError("train.precision", self.precision, choices=PRECISIONS)
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ConfigError("train.lr_scheduler", self.lr_scheduler, choices=LR_SCHEDULERS)
-        for key in ("log_every_time", "eval_every_time"):
-            if getattr(self, key) is not None:
-                _duration(f"train.{key}", getattr(self, key))
-
-
-@dataclass
 class TaskConfig:
-    """What the job runs: any importable function taking (config, context)."""
+    """What the job runs: any importable function taking (config, context), and the settings it declares."""
 
     # Dotted path of the task function, e.g. my_module.train (my_module.py in the directory hpcrun runs from).
-    _target_: str = "hpcrun.tasks.causal_lm.train"
+    _target_: str = BUILTIN_TASK
+    # Dotted path of a dataclass whose fields are the task's own sections, checked like hpcrun's (empty: the built-in
+    # task's for the built-in task; none for others: their sections are free-form). See docs/custom-tasks.md.
+    settings: Optional[str] = None
+
+    def settings_path(self) -> Optional[str]:
+        """The settings class the task declares; the built-in task's by default for the built-in task."""
+        if self.settings:
+            return self.settings
+        return BUILTIN_SETTINGS if self._target_ == BUILTIN_TASK else None
 
     def check_importable(self, cwd: Any) -> None:
         """The task's module can be found (not imported: that may load torch) from ``cwd``, as the job will."""
@@ -401,42 +274,83 @@ class TaskConfig:
                               f"a function in an importable module (no module {module} here, in {cwd}, or installed)")
 
 
+# hpcrun's own sections, which every run has; everything else in a config belongs to the task.
+SECTIONS: Dict[str, type] = {"run": RunConfig, "cluster": ClusterConfig, "checkpoint": CheckpointConfig,
+                             "task": TaskConfig}
+# Names a task's section cannot have: hpcrun's sections, Config's own attributes, Hydra's node.
+RESERVED = frozenset({*SECTIONS, "settings", "extra", "hydra"})
+
+
 @dataclass
 class Config:
-    """The whole composed config of one run."""
+    """The whole config of one run: hpcrun's sections, typed, and the task's sections.
+
+    The task's sections are attributes too: ``cfg.train.max_steps`` (a section of the declared settings, a
+    dataclass) or ``cfg.mytask.width`` (a free-form section, an OmegaConf DictConfig). Made by
+    :func:`hpcrun.config.compose.compose`, ``load_saved`` and ``from_container``; ``to_container`` turns it back.
+    """
 
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    # The task's declared settings: an instance of the task.settings dataclass (None: it declares none).
+    settings: Any = None
+    # The task's free-form sections, by name, as given (unchecked).
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def sections(self) -> Dict[str, Any]:
+        """The task's sections by name: the declared ones first, then the free-form ones."""
+        declared = {f.name: getattr(self.settings, f.name) for f in fields(self.settings)} if self.settings else {}
+        return {**declared, **self.extra}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails. Dunder names (copy, pickle probe for __deepcopy__, __setstate__
+        # before __dict__ is filled) must fail plainly rather than recurse into the sections.
+        if name.startswith("__") or "extra" not in self.__dict__:
+            raise AttributeError(name)
+        settings, extra = self.__dict__["settings"], self.__dict__["extra"]
+        if settings is not None and name in getattr(settings, "__dataclass_fields__", ()):
+            return getattr(settings, name)
+        if name in extra:
+            return extra[name]
+        have = ", ".join(self.sections()) or "none"
+        raise AttributeError(f"the config has no section {name!r} (task._target_={self.task._target_} has: {have})")
 
     def check(self) -> None:
-        """Checks every section; raises ConfigError naming the first bad key."""
-        for section in (self.run, self.cluster, self.model, self.data, self.train, self.checkpoint):
+        """Checks every section, then the settings' checks across sections; raises ConfigError naming the first bad
+        key."""
+        for section in (self.run, self.cluster, self.checkpoint):
             section.check()
-        if self.data.seq_len > self.model.max_position_embeddings:
-            raise ConfigError(
-                "data.seq_len", self.data.seq_len,
-                f"at most model.max_position_embeddings={self.model.max_position_embeddings}",
-            )
-        if self.train.precision == "bf16" and self.cluster.launcher == "slurm" and self.cluster.gpus_per_node == 0:
-            raise ConfigError("train.precision", self.train.precision, "fp32 on a CPU-only job (cluster.gpus_per_node=0)")
+        if self.settings is None:
+            return
+        for f in fields(self.settings):
+            check = getattr(getattr(self.settings, f.name), "check", None)
+            if callable(check):
+                check()
+        across = getattr(self.settings, "check", None)
+        if not callable(across):
+            return
+        if inspect.signature(across).parameters:  # check(self, cfg): across sections, or against hpcrun's keys
+            across(self)
+        else:
+            across()
 
 
 # The config groups users pick from (conf/<group>/<choice>.yaml); "experiment" is global (# @package _global_).
-GROUPS = ("cluster", "model", "data", "experiment")
+# task=causal_lm (the default) brings the model and data groups; a user's conf/ may add groups of its own.
+GROUPS = ("cluster", "task", "model", "data", "experiment")
 
 
 _registered = False
 
 
 def register() -> None:
-    """Stores the schema in Hydra's ConfigStore, once per process; conf/hpcrun.yaml extends it.
+    """Stores hpcrun's sections in Hydra's ConfigStore, once per process; conf/hpcrun.yaml extends them.
 
-    Once: storing converts the dataclasses to OmegaConf nodes, ~85 ms, which a 500-point sweep paid 500 times.
+    The root is a plain mapping, so a task's sections (from its conf/ files or ``+KEY=VALUE``) can sit beside
+    hpcrun's; they are typed after composition, by the task's settings class (hpcrun/config/typed.py).
+    Once: storing converts the dataclasses to OmegaConf nodes, which a 500-point sweep would pay 500 times.
     """
     global _registered
     if _registered:
@@ -446,7 +360,7 @@ def register() -> None:
 
     _registered = True
     cs = ConfigStore.instance()
-    cs.store(name="hpcrun_schema", node=Config)
+    cs.store(name="hpcrun_schema", node=dict(SECTIONS))
     # hpcrun composes with Hydra's config loader but never runs Hydra's app machinery (launchers, sweepers, job
     # logging, help). Hydra's own config would load those groups' YAML on every composition, about a third of
     # `hpcrun render`'s time on a login node; its bare schema is all the loader needs.

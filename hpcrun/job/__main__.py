@@ -24,7 +24,7 @@ def main() -> int:
 
     try:
         if args.command == "prepare":
-            from hpcrun.launch.standalone import prepare
+            from hpcrun.job.standalone import prepare
 
             job = os.environ.get("SLURM_JOB_ID", "")
             if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):

@@ -14,50 +14,20 @@ same signals and before the same deadline as hpcrun's Trainer task (see examples
         if decision.stop:
             return ctx.stopped(step + 1, decision)
 
+The decisions and the save sequence are :mod:`hpcrun.job.steps`'s, the same ones the Trainer adapter uses.
 No torch at import time: torch.distributed is used only when a process group is up.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, ContextManager, Mapping, Optional
 
 log = logging.getLogger("hpcrun")
-
-
-def _distributed() -> bool:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return False
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def barrier() -> None:
-    """Waits for every rank (no-op in a single process)."""
-    if _distributed():
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def share_max(flags: list) -> list:
-    """Element-wise max of integer flags over all ranks (identity in a single process)."""
-    if not _distributed():
-        return flags
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(flags, dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [int(x) for x in t.cpu().tolist()]
 
 
 @dataclass(frozen=True)
@@ -71,13 +41,13 @@ class JobContext:
         local_rank: rank on this node (``SLURM_LOCALID``; 0 locally).
         job_id: the Slurm job id (``<array>_<index>`` for array tasks), or None locally.
         restart: how many times Slurm restarted the job (``SLURM_RESTART_COUNT``; 0 for the first start).
-        checkpoints: the run's :class:`~hpcrun.job.checkpoint.CheckpointDir`.
+        checkpoints: the run's :class:`~hpcrun.rundir.checkpoints.CheckpointDir`.
         resume_from: the newest complete checkpoint to resume from (None: start from scratch).
         end_time: when the job ends, as a Unix time (None: unknown).
         stop_flags: the :class:`~hpcrun.job.signals.StopFlags` set by stop signals.
         triggers: the run's :class:`~hpcrun.job.triggers.TimeTriggers` (checkpoint.* and the deadline), restored
             from ``resume_from``.
-        ledger: the run's :class:`~hpcrun.job.ledger.Ledger` (``ledger.jsonl``, for ``hpcrun report``).
+        ledger: the run's :class:`~hpcrun.rundir.ledger.Ledger` (``ledger.jsonl``, for ``hpcrun report``).
     """
 
     run_dir: Path
@@ -128,56 +98,29 @@ class JobContext:
         """Call at the start of each optimizer step (times the steps for the deadline arithmetic)."""
         self.triggers.step_started()
 
+    def planned(self, steps: int) -> None:
+        """Tells hpcrun how many steps the run trains in all (``hpcrun status`` shows step N/steps)."""
+        if self.ledger is not None:
+            self.ledger.planned(steps)
+
     def step_ended(self, step: Optional[int] = None) -> Any:
         """Call after each optimizer step, on every rank, with the step count (for the ledger). Returns a
         :class:`~hpcrun.job.triggers.Decision`: ``save`` (checkpoint now: periodic, deadline or a stop signal) and
         ``stop`` (then return :meth:`stopped`), decided on rank 0 and by a signal on any rank, shared by all ranks.
         """
-        from hpcrun.job.triggers import Decision
+        from hpcrun.job.steps import decide
 
-        d = self.triggers.step_ended()
-        signalled = self.stop_flags.pending() if self.stop_flags else None
-        save, stop, sig = share_max([int(self.is_main and d.save), int(self.is_main and d.stop),
-                                     int(signalled is not None)])
-        decision = Decision(save=bool(save), stop=bool(stop), reason=d.reason if self.is_main else "")
-        if sig:
-            decision.save = decision.stop = True
-            decision.reason = f"signal {signalled[0]}" if signalled else "a stop signal (on another rank)"
-        elif stop and not self.is_main:
-            decision.reason = "deadline (decided on rank 0)"
-        if self.ledger is not None and step is not None:
-            self.ledger.step(step, force=decision.save)
-            if sig:
-                self.ledger.event("signal", step=step, signal=decision.reason[len("signal "):] if signalled else
-                                  decision.reason, received_at=signalled[1] if signalled else None)
-            elif stop:
-                self.ledger.event("deadline", step=step, reason=decision.reason)
-        self.triggers.save_why = "signal" if sig else "deadline" if stop else "periodic"
-        return decision
+        return decide(self.triggers, self.stop_flags, self.is_main, self.ledger, step)
 
-    @contextlib.contextmanager
-    def saving(self, step: int) -> Iterator[Path]:
+    def saving(self, step: int) -> ContextManager[Path]:
         """Yields the folder to write checkpoint ``step`` into, on every rank; on a clean exit the checkpoint is
         committed (marker, then rename to ``checkpoints/step-N``) once every rank has written its part, and old
-        ones pruned. An exception leaves only a staging folder, which the next start removes."""
-        started = time.monotonic()
-        folder = self.checkpoints.staging(step)
-        if self.is_main:
-            self.checkpoints.clear_staging()
-            folder.mkdir(parents=True)
-        barrier()
-        yield folder
-        barrier()  # every rank's part is written
-        if self.is_main:
-            path = self.checkpoints.commit(step, extra_state=self.triggers.state())
-            deleted = self.checkpoints.prune()
-            log.info("checkpoint %s complete%s", path.name,
-                     f"; deleted step {', '.join(map(str, deleted))}" if deleted else "")
-        barrier()  # nobody goes on (or exits) before the checkpoint is in place
-        seconds = time.monotonic() - started
-        self.triggers.saved(seconds)
-        if self.ledger is not None:
-            self.ledger.save(step, time.time() - seconds, seconds, getattr(self.triggers, "save_why", "periodic"))
+        ones pruned. An exception leaves only a staging folder, which the next start removes; a full disk raises
+        :class:`~hpcrun.errors.DiskFullError` (the run stops resumable)."""
+        from hpcrun.job.steps import checkpoint_save
+
+        return checkpoint_save(self.checkpoints, step, is_main=self.is_main, triggers=self.triggers,
+                               ledger=self.ledger)
 
     def stopped(self, step: int, decision: Any) -> "Stopped":
         """What to return after the save when ``decision.stop``: the job then requeues itself (Slurm) or says

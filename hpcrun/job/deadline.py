@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import time
-from datetime import datetime
 from typing import Mapping, Optional, Tuple
 
 log = logging.getLogger("hpcrun")
 
 
-def parse_slurm_timestamp(text: str) -> Optional[float]:
-    """``2026-11-25T10:40:00`` (Slurm prints local time) as a Unix time; None for ``N/A``, ``Unknown``, ``NONE``."""
-    text = text.strip()
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError:
-        return None
-
-
 def slurm_times(environ: Mapping[str, str], attempts: int = 3) -> Tuple[Optional[float], Optional[float], str]:
     """The running Slurm job's allocation start and end times, and where they came from.
 
-    ``SLURM_JOB_START_TIME``/``SLURM_JOB_END_TIME`` exist from Slurm 23.02 on; before that, ``squeue -j JOB -o
-    "%S %e"`` tells (a few tries with back-off: the controller may be busy). Every start of the job asks again, so a
-    requeued job gets its new times.
+    ``SLURM_JOB_START_TIME``/``SLURM_JOB_END_TIME`` exist from Slurm 23.02 on; before that, squeue tells
+    (:func:`hpcrun.slurm.jobs.allocation_times`). Every start of the job asks again, so a requeued job gets its new
+    times.
     """
     start, end = environ.get("SLURM_JOB_START_TIME", ""), environ.get("SLURM_JOB_END_TIME", "")
     if start.isdigit() and end.isdigit():
@@ -34,19 +22,11 @@ def slurm_times(environ: Mapping[str, str], attempts: int = 3) -> Tuple[Optional
     job = environ.get("SLURM_JOB_ID")
     if not job:
         return None, None, "not a Slurm job"
-    delay = 1.0
-    for attempt in range(attempts):
-        try:
-            out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%S %e"], capture_output=True, text=True,
-                                 timeout=30)
-            fields = out.stdout.split() if out.returncode == 0 else []
-            if len(fields) >= 2 and parse_slurm_timestamp(fields[1]) is not None:
-                return parse_slurm_timestamp(fields[0]), parse_slurm_timestamp(fields[1]), "squeue %e"
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        if attempt + 1 < attempts:
-            time.sleep(delay)
-            delay *= 2
+    from hpcrun.slurm.jobs import allocation_times
+
+    begun, ends = allocation_times(job, attempts)
+    if ends is not None:
+        return begun, ends, "squeue %e"
     return None, None, "squeue could not tell the end time"
 
 

@@ -26,11 +26,11 @@ from typing import Any, Callable, Optional
 from hpcrun.errors import DiskFullError, JobError
 from hpcrun.job import faults
 from hpcrun.job.context import JobContext, Stopped
-from hpcrun.job.runstate import RunState, mean_time_between_failures
+from hpcrun.job.ranks import barrier, close_process_group
+from hpcrun.rundir import RunDir
+from hpcrun.rundir.state import RunState, mean_time_between_failures
 
 log = logging.getLogger("hpcrun")
-FINAL_DIR = "final"
-LOG_DIR = "logs"
 
 
 def import_target(path: str) -> Callable[..., Any]:
@@ -52,14 +52,13 @@ def setup_logging(ctx: JobContext, start: Optional[int] = None) -> None:
     fmt = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list = [logging.StreamHandler(sys.stderr)]
     if start is not None:
-        logs = ctx.run_dir / LOG_DIR
-        logs.mkdir(exist_ok=True)
-        name = f"start-{start}.log" if ctx.is_main else f"start-{start}.rank-{ctx.rank}.log"
-        handlers.append(logging.FileHandler(logs / name))
+        rd = RunDir(ctx.run_dir)
+        rd.logs.mkdir(exist_ok=True)
+        path = rd.start_log(start, ctx.rank)
+        handlers.append(logging.FileHandler(path))
         if ctx.is_main:
-            latest = logs / "latest.log"
-            latest.unlink(missing_ok=True)
-            latest.symlink_to(name)
+            rd.latest_log.unlink(missing_ok=True)
+            rd.latest_log.symlink_to(path.name)
     for h in handlers:
         h.setFormatter(fmt)
     logging.basicConfig(level=level, handlers=handlers, force=True)
@@ -81,47 +80,9 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def requeue(job_id: str, attempts: int = 4) -> bool:
-    """``scontrol requeue JOB``, with back-off; True once Slurm took it (or had already requeued it)."""
-    import subprocess
-
-    delay = 2.0
-    for attempt in range(attempts):
-        out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-        if out.returncode == 0:
-            return True
-        err = out.stderr.strip()
-        if "already" in err.lower() or "pending" in err.lower():
-            return True
-        log.warning("scontrol requeue %s failed (%s)%s", job_id, err, "; retrying" if attempt + 1 < attempts else "")
-        time.sleep(delay)
-        delay *= 2
-    return False
-
-
-def _barrier() -> None:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _close_process_group() -> None:
-    """Ends torch.distributed before the process exits: a process leaving with gloo's threads still running can
-    abort at exit ("terminate called without an active exception"), and Slurm then marks a finished job FAILED."""
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def wait_for_start(run_dir: Path, job_id: Optional[str], restart: int, timeout: float = 600) -> dict:
     """Waits until rank 0 has recorded this start of the job in state.json; returns that record."""
-    from hpcrun.job.runstate import read_state
+    from hpcrun.rundir.state import read_state
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,11 +108,6 @@ class JobEntry:
 
     def __call__(self) -> str:
         from hpcrun.config.compose import load_saved
-        from hpcrun.job.checkpoint import CheckpointDir
-        from hpcrun.job.deadline import job_times
-        from hpcrun.job.ledger import Ledger
-        from hpcrun.job.signals import StopFlags, job_signals
-        from hpcrun.launch.rundir import CONFIG_FILE
 
         started = time.time()
         # The directory the job starts in (where hpcrun was run; sbatch's default) is importable, as with
@@ -159,6 +115,7 @@ class JobEntry:
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         run_dir = Path(self.run_dir)
+        rd = RunDir(run_dir)
         ctx = JobContext.from_env(run_dir)
         if ctx.world_size > 1 and ctx.on_slurm:
             from submitit.helpers import TorchDistributedEnvironment
@@ -166,13 +123,46 @@ class JobEntry:
             # Rank, world size, master address and port from Slurm (the port is derived from the job id).
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         setup_logging(ctx)
-        cfg = load_saved(run_dir / CONFIG_FILE)
+        cfg = load_saved(rd.config)
         state = RunState(run_dir, writer=ctx.is_main)
         if state.status == "completed":
-            log.info("run %s is complete (final weights in %s): nothing to train", cfg.run.name, run_dir / FINAL_DIR)
-            return str(run_dir / FINAL_DIR)
+            log.info("run %s is complete (its output in %s): nothing to train", cfg.run.name, rd.final)
+            return str(rd.final)
 
-        checkpoints = CheckpointDir(run_dir / "checkpoints", cfg.checkpoint.keep_last)
+        # One owner per run: a second process (another local run, a local run beside the Slurm job) is refused
+        # here, before it touches the state. Rank 0 owns the start; the other ranks follow its start record.
+        lock = self._lock(run_dir, ctx) if ctx.is_main else None
+        try:
+            return self._start(cfg, ctx, started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @staticmethod
+    def _lock(run_dir: Path, ctx: JobContext) -> Any:
+        """The run's lock for this start. A previous start of the same Slurm job may still be winding down
+        (requeued, its processes not yet gone): that one is waited for, briefly; anyone else is refused."""
+        from hpcrun.rundir.lock import RunBusy, RunLock
+
+        lock = RunLock(run_dir, "the job's start", ctx.job_id)
+        try:
+            return lock.acquire()
+        except RunBusy:
+            if not ctx.job_id or lock.holder_now().get("job_id") != ctx.job_id:
+                raise
+            return lock.acquire(wait=120)
+
+    def _start(self, cfg: Any, ctx: JobContext, started: float) -> str:
+        """One start of the run, with its lock held (rank 0)."""
+        from hpcrun.job.deadline import job_times
+        from hpcrun.job.signals import StopFlags, job_signals
+        from hpcrun.rundir.checkpoints import CheckpointDir
+        from hpcrun.rundir.ledger import Ledger
+
+        run_dir = ctx.run_dir
+        rd = RunDir(run_dir)
+        state = RunState(run_dir, writer=ctx.is_main)  # read again: it may have changed while the lock was held
+        checkpoints = CheckpointDir(rd.checkpoints, cfg.checkpoint.keep_last)
         if ctx.is_main:
             latest, start = self._begin_main(cfg, ctx, state, checkpoints)
         else:  # rank 0 decides; the others follow its start record, so every rank resumes from the same step
@@ -208,17 +198,18 @@ class JobEntry:
         try:
             if isinstance(result, Stopped):
                 return self._stopped(cfg, ctx, state, result)
-            state.end("completed", f"trained to step {cfg.train.max_steps}", cfg.train.max_steps)
+            step = ledger.last_step
+            state.end("completed", f"trained to step {step}" if step is not None else "done", step)
             return str(result)
         finally:
-            _close_process_group()
+            close_process_group()
 
     @staticmethod
     def _triggers(cfg: Any, state: RunState, latest: Any, end_time: Optional[float], ledger: Any) -> Any:
         """The run's time triggers, continued from the checkpoint and the run's history (save times, MTBF)."""
-        from hpcrun.job.checkpoint import CheckpointDir
-        from hpcrun.job.ledger import read_ledger
         from hpcrun.job.triggers import TimeTriggers
+        from hpcrun.rundir.checkpoints import CheckpointDir
+        from hpcrun.rundir.ledger import read_ledger
 
         triggers = TimeTriggers.from_config(cfg, end_time, mtbf=mean_time_between_failures(state.data))
         if latest is not None:
@@ -265,7 +256,7 @@ class JobEntry:
 
     def _stopped(self, cfg: Any, ctx: JobContext, state: RunState, stop: Stopped) -> str:
         """After the save on a signal or the deadline: requeue on Slurm, or tell the user how to resume."""
-        _barrier()
+        barrier()
         if not ctx.on_slurm:
             command = shlex.join(["hpcrun", *sys.argv[1:]])
             state.end("stopped", stop.reason, stop.step)
@@ -275,7 +266,7 @@ class JobEntry:
             return f"stopped at step {stop.step}"
         # scancel sends SIGTERM too, and a cancelled job must stay cancelled (its checkpoint stays, to resume
         # later). A preempted job reads RUNNING here, one at its time limit TIMEOUT: those requeue.
-        from hpcrun.launch.slurm_info import job_states
+        from hpcrun.slurm.jobs import job_states, requeue
 
         if stop.signal == "SIGTERM" and job_states([ctx.job_id or ""]).get(ctx.job_id or "") == "CANCELLED":
             state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step)
@@ -307,6 +298,8 @@ class JobEntry:
         if ctx.on_slurm and is_transient(exc) and state.data["requeues"] < cfg.run.max_requeues:
             log.exception("transient error; requeueing (the crash-loop breaker stops repeated restarts "
                           "without progress)")
+            from hpcrun.slurm.jobs import requeue
+
             if ctx.is_main and requeue(ctx.job_id or ""):
                 state.end("requeued", f"transient error: {type(exc).__name__}: {exc}", step)
                 return "requeued after a transient error"

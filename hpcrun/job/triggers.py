@@ -1,6 +1,6 @@
 """Wall-clock triggers: periodic intervals and the deadline. Pure logic with an injectable clock.
 
-Used by the Trainer callback (:mod:`hpcrun.job.callback`) and by custom training loops (:class:`TimeTriggers`):
+Used by the Trainer callback (:mod:`hpcrun.frameworks.transformers.callback`) and by custom training loops (:class:`TimeTriggers`):
 
     triggers = TimeTriggers(save_every=1800, end_time=deadline.end_time)
     for batch in loader:
@@ -128,6 +128,7 @@ class Decision:
     evaluate: bool = False
     stop: bool = False
     reason: str = ""
+    why: str = ""  # the kind of save asked for: periodic, deadline or signal (hpcrun.job.steps.decide)
 
 
 class TimeTriggers:
@@ -172,18 +173,21 @@ class TimeTriggers:
 
     @classmethod
     def from_config(cls, cfg: Any, end_time: Optional[float], mtbf: Optional[float] = None) -> "TimeTriggers":
-        """The run's triggers: checkpoint.*, train.log_every_time/eval_every_time, and the job's end (``mtbf``:
-        the run's observed mean time between unannounced interruptions, for save_every=auto)."""
+        """The run's triggers from checkpoint.* and the job's end (``mtbf``: the run's observed mean time between
+        unannounced interruptions, for save_every=auto). Logging and evaluation intervals are the task's: see
+        :meth:`set_intervals`."""
         from hpcrun.durations import parse_duration
 
-        def seconds(value: Any) -> Optional[float]:
-            return float(parse_duration(value)) if value not in (None, "") else None
-
         c = cfg.checkpoint
-        return cls(save_every=c.save_every_seconds(), log_every=seconds(cfg.train.log_every_time),
-                   eval_every=seconds(cfg.train.eval_every_time), end_time=end_time,
+        return cls(save_every=c.save_every_seconds(), end_time=end_time,
                    margin=float(parse_duration(c.deadline_margin)), save_guess=float(parse_duration(c.save_time_guess)),
                    auto_save=c.save_every_auto, mtbf=mtbf)
+
+    def set_intervals(self, log_every: Optional[float] = None, eval_every: Optional[float] = None) -> None:
+        """Wall-clock logging and evaluation intervals (seconds; None: off), a task's own settings. Keeps the time
+        elapsed since the last log and evaluation (restored from the checkpoint)."""
+        self.log_interval.seconds = log_every or None
+        self.eval_interval.seconds = eval_every or None
 
     def update_auto_interval(self) -> None:
         """save_every=auto: recompute the interval from the current save-time estimate (at start, after saves)."""

@@ -1,6 +1,2 @@
-"""Launching a composed run: in the foreground here (local) or through sbatch (Slurm). Submitting side: no torch."""
-
-from hpcrun.launch.choose import default_cluster
-from hpcrun.launch.rundir import prepare_run_dir
-
-__all__ = ["default_cluster", "prepare_run_dir"]
+"""Launching runs, on the login node: compose the config, prepare the run directory, hand it to a launcher
+(the foreground here, or sbatch), render scripts. Never imports torch or a training framework."""

@@ -1,126 +1,127 @@
-"""Launching a composed run or sweep: in the foreground here, or through sbatch. What `hpcrun [-m]` does."""
+"""The launching commands: ``hpcrun [-m] OVERRIDES`` and ``hpcrun resume RUN``. Login node (no torch).
+
+compose -> check the site -> prepare the run directory -> the launcher (foreground here, or sbatch).
+"""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import List, Sequence
 
 from hpcrun.errors import UserError
+from hpcrun.launch.launchers import launcher_for
 
 
 def _say(message: str) -> None:
     print(f"hpcrun: {message}", file=sys.stderr, flush=True)
 
 
-def run_here(run_dir: Path) -> int:
-    """Runs the run in the foreground, exactly as the Slurm job would (same JobEntry); returns the exit status."""
-    from hpcrun.job.entry import JobEntry
-    from hpcrun.job.runstate import read_state
+def _wait(target: Path) -> int:
+    from hpcrun.observe.manage import wait
 
-    _say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
-    result = JobEntry(run_dir)()
-    state = read_state(run_dir)
-    if state.get("status") == "stopped":
-        # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).
-        _say(f"stopped: {state.get('reason')}; the same command resumes it")
-        return 130 if "SIGINT" in str(state.get("reason")) else 75
-    _say(f"done: final weights in {result}")
-    return 0
-
-
-def submit_one(cfg: Any, prepared: Any) -> str:
-    """sbatch for one prepared run; a refused new run leaves no directory behind."""
-    from hpcrun.errors import SubmissionUncertain
-    from hpcrun.launch.rundir import record_submission
-    from hpcrun.launch.slurm import submit
-
-    try:
-        job_id = submit(cfg)
-    except SubmissionUncertain:
-        raise  # the job may exist and will need its run directory
-    except UserError:
-        if prepared.created:
-            shutil.rmtree(prepared.created, ignore_errors=True)
-        raise
-    record_submission(prepared.run_dir, job_id)
-    return job_id
+    return wait(str(target))
 
 
 def launch(overrides: Sequence[str], config_dirs: Sequence[str], wait: bool = False) -> int:
     """``hpcrun OVERRIDES``: one run."""
     from hpcrun.config.compose import compose
-    from hpcrun.launch.rundir import prepare_run_dir
+    from hpcrun.launch.prepare import claimed
 
     cfg = compose(overrides, config_dirs)
-    if cfg.cluster.launcher == "slurm":  # the site's own limits, before anything is written
-        from hpcrun.launch.site_limits import check_site_limits
-
-        check_site_limits([cfg])
-    prepared = prepare_run_dir(cfg)
-    _say(prepared.message)
-    if prepared.kind in ("complete", "active"):
-        return 0
+    launcher = launcher_for(cfg)
+    launcher.check([cfg])  # the site's own limits, before anything is written
+    with claimed(cfg) as prepared:
+        _say(prepared.message)
+        if not prepared.launchable:
+            return 0
+        if launcher.submits:
+            job_id = launcher.launch(cfg, prepared)
+    if not launcher.submits:
+        return launcher.launch(cfg, prepared)  # the job's start takes the run's lock itself
     run_dir = prepared.run_dir
-    if cfg.cluster.launcher != "slurm":
-        return run_here(run_dir)
-    job_id = submit_one(cfg, prepared)
     print(textwrap.dedent(f"""\
         submitted Slurm job {job_id} for run {cfg.run.name} on {cfg.cluster.name}
           run dir: {run_dir}
           status:  hpcrun status {run_dir}
           logs:    hpcrun logs -f {run_dir}
           cancel:  hpcrun cancel {run_dir}"""), flush=True)
-    if wait:
-        from hpcrun.launch.manage import wait as wait_for
-
-        return wait_for(str(run_dir))
-    return 0
+    return _wait(run_dir) if wait else 0
 
 
 def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: str, wait: bool = False) -> int:
     """``hpcrun -m OVERRIDES``: every point, as job arrays on Slurm or one after another here."""
-    from hpcrun.launch.sweep import plan, submit
+    from hpcrun.launch.prepare import write_prepared
+    from hpcrun.launch.sweep import compose_sweep, submit_arrays
 
-    result = plan(overrides, config_dirs)
-    points = result.points
+    sweep = compose_sweep(overrides, config_dirs)
+    points = sweep.points
     skipped: List[str] = []
     for kind, label in (("complete", "complete"), ("active", "already queued or running")):
-        for p in result.by_kind(kind):
+        for p in sweep.by_kind(kind):
             skipped.append(f"{p.cfg.run.name}/{p.cfg.run.id} ({label})")
-    if points[0].cfg.cluster.launcher != "slurm":
-        from hpcrun.launch.rundir import write_run_dir
-
+    launcher = launcher_for(points[0].cfg)
+    if not launcher.submits:
         status = 0
         for p in points:
-            if p.prepared.kind in ("new", "resume"):
-                write_run_dir(p.cfg, p.prepared)
+            if p.prepared.launchable:
+                write_prepared(p.cfg, p.prepared)
                 _say(f"point {p.cfg.run.id}: {p.prepared.message}")
-                status = max(status, run_here(p.prepared.run_dir))
+                status = max(status, launcher.launch(p.cfg, p.prepared))
         if skipped:
             _say(f"skipped {len(skipped)}: {', '.join(skipped)}")
         return status
-    from hpcrun.launch.site_limits import check_site_limits
-
     # The site's own limits (each partition once, the job limit), before anything is written or submitted.
-    check_site_limits([p.cfg for p in points if p.prepared.kind in ("new", "resume")], sweep=True)
-    submit(result, command)
-    resumed = len(result.by_kind("resume"))
-    submitted = sum(len(a["tasks"]) for a in result.arrays)
-    arrays = ", ".join(f"{a['job_id']} ({len(a['tasks'])} tasks)" for a in result.arrays) or "none"
+    launcher.check([p.cfg for p in points if p.prepared.launchable], sweep=True)
+    submit_arrays(sweep, command, launcher)
+    resumed = len(sweep.by_kind("resume"))
+    submitted = sum(len(a["tasks"]) for a in sweep.arrays)
+    arrays = ", ".join(f"{a['job_id']} ({len(a['tasks'])} tasks)" for a in sweep.arrays) or "none"
     print(textwrap.dedent(f"""\
-        sweep {result.sweep_dir.name}: {len(points)} points; submitted {submitted} ({resumed} resuming) as job \
+        sweep {sweep.sweep_dir.name}: {len(points)} points; submitted {submitted} ({resumed} resuming) as job \
 arrays {arrays}; skipped {len(skipped)}
-          sweep dir: {result.sweep_dir}
-          status:    hpcrun status {result.sweep_dir}
-          wait:      hpcrun wait {result.sweep_dir}
-          cancel:    hpcrun cancel {result.sweep_dir}"""), flush=True)
+          sweep dir: {sweep.sweep_dir}
+          status:    hpcrun status {sweep.sweep_dir}
+          wait:      hpcrun wait {sweep.sweep_dir}
+          cancel:    hpcrun cancel {sweep.sweep_dir}"""), flush=True)
     for s in skipped:
         print(f"  skipped: {s}")
-    if wait:
-        from hpcrun.launch.manage import wait as wait_for
+    return _wait(sweep.sweep_dir) if wait else 0
 
-        return wait_for(str(result.sweep_dir))
+
+def resume(target: str, overrides: Sequence[str]) -> int:
+    """``hpcrun resume RUN``: resubmits a stopped or failed run from its saved config; only launcher keys change."""
+    from omegaconf import OmegaConf
+
+    from hpcrun.config.compose import from_container, load_saved, to_container
+    from hpcrun.config.identity import is_launch_key
+    from hpcrun.launch.prepare import claimed
+    from hpcrun.observe.manage import run_dir_of
+    from hpcrun.rundir import RunDir
+    from hpcrun.rundir.state import read_state, write_state
+
+    run_dir = run_dir_of(target)
+    saved = load_saved(RunDir(run_dir).config)
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" not in o or not is_launch_key(key) or key in ("run.dir", "run.name", "run.id"):
+            raise UserError(f"{o!r}: resume takes launcher keys only (cluster.*, checkpoint.*, run.max_requeues, "
+                            "run.max_restarts_without_progress); a run with other training keys is a new run")
+    merged = OmegaConf.merge(OmegaConf.create(to_container(saved)), OmegaConf.from_dotlist(list(overrides)))
+    cfg = from_container(merged)
+    launcher = launcher_for(cfg)
+    with claimed(cfg) as prepared:
+        _say(prepared.message)
+        if not prepared.launchable:
+            return 0
+        state = read_state(run_dir)
+        if state.get("no_progress_restarts"):
+            state["no_progress_restarts"] = 0  # the user looked at it: the crash-loop budget starts again
+            write_state(run_dir, state)
+        if launcher.submits:
+            job_id = launcher.launch(cfg, prepared)
+    if not launcher.submits:
+        return launcher.launch(cfg, prepared)
+    print(f"submitted Slurm job {job_id} to resume {run_dir}", flush=True)
     return 0

@@ -24,8 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hpcrun.config.identity import is_launch_key
 from hpcrun.errors import SubmissionError, SubmissionUncertain, UserError
+from hpcrun.rundir import RunDir
+from hpcrun.rundir.index import SWEEP_FILE, read_sweep, write_sweep
 
-SWEEP_FILE = "sweep.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
 
@@ -61,7 +62,7 @@ class Point:
 
 
 @dataclass
-class SweepResult:
+class Sweep:
     sweep_dir: Path
     points: List[Point]
     arrays: List[Dict[str, Any]] = field(default_factory=list)
@@ -71,17 +72,17 @@ class SweepResult:
 
 
 def _group_key(cfg: Any) -> str:
-    from hpcrun.launch.slurm import executor_parameters, python_command
+    from hpcrun.slurm.sbatch import executor_parameters, python_command
 
     params = executor_parameters(cfg)
     params.pop("job_name", None)
     return json.dumps([params, python_command(cfg.cluster)], sort_keys=True, default=str)
 
 
-def plan(overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> SweepResult:
+def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> Sweep:
     """Composes, checks and classifies every point; writes nothing."""
     from hpcrun.config.compose import compose
-    from hpcrun.launch.rundir import inspect_run_dir
+    from hpcrun.launch.prepare import inspect_run_dir
 
     points = [Point(o, compose(o, config_dirs)) for o in expand(overrides)]
     dirs = [p.cfg.run.dir for p in points]
@@ -91,21 +92,22 @@ def plan(overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> SweepResu
     for p in points:
         p.prepared = inspect_run_dir(p.cfg)
     root = Path(points[0].cfg.cluster.run_root).expanduser()
-    return SweepResult(root.resolve() / "sweeps" / sweep_id(overrides), points)
+    return Sweep(root.resolve() / "sweeps" / sweep_id(overrides), points)
 
 
-def submit(result: SweepResult, command: str) -> SweepResult:
-    """Writes the points' run directories and submits the new and resumable points as job arrays."""
-    from hpcrun.job.entry import JobEntry
-    from hpcrun.launch.rundir import record_submission, write_run_dir
-    from hpcrun.launch.slurm import make_executor
-    from hpcrun.launch.slurm_info import chunks, max_array_size, submit_with_retries
+def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
+    """Writes the points' run directories and submits the new and resumable points as job arrays (one sbatch
+    call per array). A point whose array sbatch refused leaves no run directory behind; a sweep directory that
+    holds no submitted point is removed again."""
+    from hpcrun.launch.prepare import write_prepared
+    from hpcrun.rundir.create import highest_missing, record_submission
+    from hpcrun.slurm.jobs import chunks, max_array_size
 
-    todo = [p for p in result.points if p.prepared.kind in ("new", "resume")]
-    result.sweep_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    record = _read_record(result.sweep_dir)
+    todo = [p for p in sweep.points if p.prepared.launchable]
+    sweep_created = highest_missing(sweep.sweep_dir)
+    record = read_sweep(sweep.sweep_dir)
     record.update(command=command, points=[{"overrides": p.overrides, "run_dir": p.cfg.run.dir}
-                                           for p in result.points])
+                                           for p in sweep.points])
     if todo:
         limit = max_array_size()
         groups: Dict[str, List[Point]] = {}
@@ -114,34 +116,31 @@ def submit(result: SweepResult, command: str) -> SweepResult:
         for members in groups.values():
             for chunk in chunks(members, limit):
                 for p in chunk:
-                    write_run_dir(p.cfg, p.prepared)
-                executor = make_executor(chunk[0].cfg, folder=result.sweep_dir / "slurm")
-                executor.update_parameters(array_parallelism=chunk[0].cfg.cluster.array_throttle or len(chunk))
-
-                def submit_array() -> List[Any]:
-                    with executor.batch():
-                        return [executor.submit(JobEntry(p.cfg.run.dir)) for p in chunk]
-
+                    write_prepared(p.cfg, p.prepared)
                 try:
-                    jobs = submit_with_retries(submit_array, what=f"sbatch of an array of {_points(len(chunk))}")
+                    job_ids = launcher.launch_array([p.cfg for p in chunk], sweep.sweep_dir / RunDir.SLURM,
+                                                    what=f"sbatch of an array of {_points(len(chunk))}")
                 except SubmissionError as exc:
                     if not isinstance(exc, SubmissionUncertain):
                         for p in chunk:
                             if p.prepared.created:  # this point's own folder only: others share its parents
                                 shutil.rmtree(p.cfg.run.dir, ignore_errors=True)
-                    _write_record(result.sweep_dir, record, result.arrays)
-                    raise SubmissionError(f"{exc}; {_submitted_so_far(result)}") from None
-                array_id = str(jobs[0].job_id).split("_")[0]
-                for p, job in zip(chunk, jobs):
-                    p.job_id = str(job.job_id)
-                    record_submission(Path(p.cfg.run.dir), p.job_id)
-                result.arrays.append({"job_id": array_id, "submitted_at": time.time(),
-                                      "tasks": [p.cfg.run.dir for p in chunk]})
-    _write_record(result.sweep_dir, record, result.arrays)
-    return result
+                    if sweep.arrays or isinstance(exc, SubmissionUncertain) or sweep_created is None:
+                        _write_record(sweep.sweep_dir, record, sweep.arrays)
+                    else:  # nothing of this sweep went in: leave nothing behind
+                        shutil.rmtree(sweep_created, ignore_errors=True)
+                    raise SubmissionError(f"{exc}; {_submitted_so_far(sweep)}") from None
+                array_id = job_ids[0].split("_")[0]
+                for p, job_id in zip(chunk, job_ids):
+                    p.job_id = job_id
+                    record_submission(Path(p.cfg.run.dir), job_id)
+                sweep.arrays.append({"job_id": array_id, "submitted_at": time.time(),
+                                     "tasks": [p.cfg.run.dir for p in chunk]})
+    _write_record(sweep.sweep_dir, record, sweep.arrays)
+    return sweep
 
 
-def _submitted_so_far(result: SweepResult) -> str:
+def _submitted_so_far(result: Sweep) -> str:
     """Which points went in before a failed array, for the error message (sweep.json lists them too)."""
     done = [t for a in result.arrays for t in a["tasks"]]
     if not done:
@@ -156,23 +155,6 @@ def _points(n: int) -> str:
     return f"{n} point" if n == 1 else f"{n} points"
 
 
-def _read_record(sweep_dir: Path) -> Dict[str, Any]:
-    try:
-        return json.loads((sweep_dir / SWEEP_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _write_record(sweep_dir: Path, record: Dict[str, Any], arrays: List[Dict[str, Any]]) -> None:
-    from hpcrun.launch.rundir import atomic_write_text
-
     record.setdefault("arrays", []).extend(arrays)
-    atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(record, indent=1))
-
-
-def sweep_run_dirs(sweep_dir: Path) -> List[Path]:
-    """The run directories of a sweep, in point order."""
-    record = _read_record(Path(sweep_dir))
-    if not record:
-        raise UserError(f"{sweep_dir} is not a sweep directory (no readable {SWEEP_FILE})")
-    return [Path(p["run_dir"]) for p in record.get("points", [])]
+    write_sweep(sweep_dir, record)

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, Union
 
-from hpcrun.config.schema import Config
 from hpcrun.job.context import JobContext, Stopped
-from hpcrun.job.entry import FINAL_DIR
+from hpcrun.rundir import RunDir
 from hpcrun.tasks.text import TOKENS_FILE, load_corpus, load_pretrained, stream_key, token_blocks, tokenizer_for
 
 log = logging.getLogger("hpcrun")
-METRICS_FILE = "metrics.jsonl"
+Config = Any  # the composed config: run/cluster/checkpoint plus this task's model/data/train (hpcrun.tasks.settings)
+TRAINER_DIR = "trainer"  # the Trainer's own output_dir (hpcrun, not the Trainer, owns the checkpoints)
 
 
 def build_model(cfg: Config, tokenizer: Any) -> Any:
@@ -108,7 +108,7 @@ def training_arguments(cfg: Config, ctx: JobContext) -> Any:
     on_cpu = not torch.cuda.is_available()
     return TrainingArguments(
         **fsdp_arguments(cfg, ctx),
-        output_dir=str(ctx.run_dir / "trainer"),
+        output_dir=str(RunDir(ctx.run_dir).task_file(TRAINER_DIR)),
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -151,15 +151,21 @@ def metrics_callback(path: Path) -> Any:
 
 def time_triggers(cfg: Config, ctx: JobContext) -> Any:
     """The wall-clock save/log/eval triggers and the deadline (the run's own, restored by the job entry)."""
-    from hpcrun.job.callback import TimeTriggerCallback
-    from hpcrun.job.checkpoint import CheckpointDir
+    from hpcrun.durations import parse_duration
+    from hpcrun.frameworks.transformers import TimeTriggerCallback
     from hpcrun.job.triggers import TimeTriggers
+    from hpcrun.rundir.checkpoints import CheckpointDir
 
     triggers = ctx.triggers
     if triggers is None:  # called outside JobEntry
         triggers = TimeTriggers.from_config(cfg, ctx.end_time)
         if ctx.resume_from is not None:
             triggers.restore(CheckpointDir.read_state(ctx.resume_from))
+
+    def seconds(value: Any) -> Any:
+        return float(parse_duration(value)) if value not in (None, "") else None
+
+    triggers.set_intervals(log_every=seconds(cfg.train.log_every_time), eval_every=seconds(cfg.train.eval_every_time))
     return TimeTriggerCallback(triggers=triggers, stop_flags=ctx.stop_flags, ledger=ctx.ledger)
 
 
@@ -187,14 +193,15 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     """
     from transformers import set_seed
 
-    from hpcrun.job.checkpoint import CheckpointDir
-    from hpcrun.job.trainer import HpcrunTrainer
+    from hpcrun.frameworks.transformers import HpcrunTrainer
+    from hpcrun.rundir.checkpoints import CheckpointDir
 
     set_seed(cfg.train.seed)  # before the model is built: the random init depends on it
     documents = load_corpus(cfg.data.corpus)
     tokenizer = tokenizer_for(cfg, documents, ctx.run_dir, ctx.is_main)
+    rd = RunDir(ctx.run_dir)
     train_set, eval_set = token_blocks(documents, tokenizer, cfg.data.seq_len, cfg.data.eval_fraction,
-                                       cache=ctx.run_dir / TOKENS_FILE, key=stream_key(cfg.data.corpus, tokenizer),
+                                       cache=rd.task_file(TOKENS_FILE), key=stream_key(cfg.data.corpus, tokenizer),
                                        write=ctx.is_main)
     model = build_model(cfg, tokenizer)
 
@@ -207,8 +214,8 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
         args=training_arguments(cfg, ctx),
         train_dataset=train_set,
         eval_dataset=eval_set,
-        callbacks=[metrics_callback(ctx.run_dir / METRICS_FILE), triggers],
-        checkpoints=ctx.checkpoints or CheckpointDir(ctx.run_dir / "checkpoints", cfg.checkpoint.keep_last),
+        callbacks=[metrics_callback(rd.metrics), triggers],
+        checkpoints=ctx.checkpoints or CheckpointDir(rd.checkpoints, cfg.checkpoint.keep_last),
         triggers=triggers,
     )
     start = time.monotonic()
@@ -220,7 +227,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
 
     metrics = trainer.evaluate()
     log.info("eval loss %.4f", metrics["eval_loss"])
-    final = ctx.run_dir / FINAL_DIR
+    final = rd.final
     save_final(trainer, final, ctx)
     if ctx.is_main:
         tokenizer.save_pretrained(final)

@@ -12,6 +12,10 @@ from typing import Any, List, Optional
 
 from hpcrun.errors import ConfigError
 from hpcrun.resources import builtin_corpora, cache_dir, corpus_path
+from hpcrun.rundir import RunDir
+from hpcrun.rundir.atomic import publish_folder
+
+TOKENIZER_DIR = "tokenizer"  # <run.dir>/tokenizer: the run's trained BPE tokenizer, reused by every restart
 
 log = logging.getLogger("hpcrun")
 EOS = "<|endoftext|>"
@@ -100,7 +104,7 @@ def _save_atomically(tok: Any, folder: Path) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         tok.save_pretrained(staging)
-        os.rename(staging, folder)
+        publish_folder(staging, folder)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if not (folder / "tokenizer.json").exists():
@@ -113,7 +117,7 @@ def tokenizer_for(cfg: Any, documents: List[str], run_dir: Path, is_main: bool) 
 
     kind = cfg.data.tokenizer
     if kind == "bpe":
-        saved = run_dir / "tokenizer"
+        saved = RunDir(run_dir).task_file(TOKENIZER_DIR)
         if (saved / "tokenizer.json").exists():
             return AutoTokenizer.from_pretrained(saved)
         # Training is deterministic: the same corpus files and vocabulary give the same tokenizer, so one trained

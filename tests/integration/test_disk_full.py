@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from hpcrun.job.checkpoint import CheckpointDir
+from hpcrun.rundir.checkpoints import CheckpointDir
 from tests.conftest import run_hpcrun
 from tests.training import TINY, assert_same_weights, state
 

@@ -40,7 +40,9 @@ def test_the_custom_loop_example_saves_periodically_and_stops_cleanly_on_sigusr2
     assert (tmp_path / "out" / f"step-{last}" / "model.safetensors").exists()
 
 
-ACCELERATE_RUN = ["+experiment=tiny_llama", "task._target_=my_loop.train", "train.max_steps=20", "train.log_every=1",
+# The example reuses the built-in task's settings (model, data, train), so it declares them.
+ACCELERATE_RUN = ["+experiment=tiny_llama", "task._target_=my_loop.train",
+                  "task.settings=hpcrun.tasks.settings.CausalLMSettings", "train.max_steps=20", "train.log_every=1",
                   "model.attention_dropout=0.1", "checkpoint.save_every=0"]
 
 

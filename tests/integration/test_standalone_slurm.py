@@ -34,7 +34,7 @@ def test_a_standalone_script_sbatched_by_hand_saves_on_the_signal_requeues_and_r
     assert_same_weights(run_dir / "final", reference_run / "final")
     # The run is an ordinary hpcrun run: status finds it, and submitting it again through hpcrun does nothing.
     status = hpcrun("status", "run", "--json")
-    assert json.loads(status.stdout)[0]["status"] == "completed"
+    assert json.loads(status.stdout)[0]["recorded"] == "completed"
     again = hpcrun(*TINY, "cluster=slurm", "run.dir=run")
     assert again.returncode == 0 and "already complete" in again.stderr
 

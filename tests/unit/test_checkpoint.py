@@ -2,7 +2,7 @@
 
 import json
 
-from hpcrun.job.checkpoint import MARKER, CheckpointDir
+from hpcrun.rundir.checkpoints import MARKER, CheckpointDir
 
 
 def _save(ckpts: CheckpointDir, step: int, payload: bytes = b"weights") -> None:

@@ -1,14 +1,20 @@
-"""Composition of every experiment with every cluster, user config folders, and value checks."""
+"""Composition of every experiment with every cluster, user config folders, value checks, and tasks that own
+their settings (declared in a dataclass, or free-form)."""
 
+import copy
+import pickle
+import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from hpcrun.config.compose import available, compose, load_saved, search_dirs
+from hpcrun.config.compose import available, compose, from_container, load_saved, search_dirs, to_container
 from hpcrun.config.describe import key_docs
+from hpcrun.config.identity import training_differences
 from hpcrun.errors import ConfigError, UserError
-from hpcrun.launch.rundir import config_yaml
 from hpcrun.resources import conf_dir
+from hpcrun.tasks.settings import CausalLMSettings
 
 EXPERIMENTS = available("experiment", [conf_dir()])
 CLUSTERS = available("cluster", [conf_dir()])
@@ -119,11 +125,31 @@ def test_a_missing_config_dir_is_a_clear_error(tmp_path):
         compose([], config_dirs=[tmp_path / "nope"], cwd=tmp_path)
 
 
+def _save(cfg, path: Path) -> Path:
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
+    return path
+
+
 def test_the_saved_config_reloads_to_the_same_values(tmp_path):
     cfg = compose(["+experiment=tiny_llama", "cluster=slurm", "train.max_steps=12"], cwd=tmp_path)
-    path = tmp_path / "config.yaml"
-    path.write_text(config_yaml(cfg))
-    assert load_saved(path) == cfg
+    assert load_saved(_save(cfg, tmp_path / "config.yaml")) == cfg
+    assert from_container(to_container(cfg)) == cfg
+    assert isinstance(cfg.settings, CausalLMSettings) and cfg.train is cfg.settings.train
+
+
+def test_a_config_survives_deepcopy_and_pickle(tmp_path):
+    cfg = compose(["+experiment=tiny_llama", "cluster=local", "+notes.text=hello"], cwd=tmp_path)
+    for copied in (copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg))):
+        assert copied == cfg
+        assert (copied.train.max_steps, copied.notes.text) == (300, "hello")
+
+
+def test_a_config_saved_before_tasks_declared_settings_reads_as_the_built_in_task(tmp_path):
+    saved = to_container(compose(["+experiment=tiny_llama", "cluster=local"], cwd=tmp_path))
+    del saved["task"]["settings"]  # config.yaml written before task.settings existed
+    cfg = from_container(saved)
+    assert isinstance(cfg.settings, CausalLMSettings) and cfg.model.hidden_size == 192
+    assert training_differences(saved, to_container(cfg)) == []  # the same command still resumes that run
 
 
 def test_a_corrupted_saved_config_is_a_clear_error(tmp_path):
@@ -145,3 +171,128 @@ def test_the_configuration_reference_in_docs_is_generated_from_the_schema():
 
     path = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert path.read_text() == markdown(), "regenerate: python -m hpcrun.config.describe > docs/configuration.md"
+
+
+def test_the_reference_lists_hpcrun_s_own_keys_first_then_the_built_in_task_s():
+    heads = list(dict.fromkeys(d.key.split(".")[0] for d in key_docs()))
+    assert heads == ["run", "cluster", "checkpoint", "task", "model", "data", "train"]
+
+
+# A task of one's own, as a user writes it beside their project: its function, and a settings dataclass.
+MYTASK = '''\
+"""A task of one's own (imported on the submitting side for its settings: no torch here)."""
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def train(cfg, ctx):
+    return None
+
+
+@dataclass
+class Layers:
+    # How wide each layer is.
+    width: int = 3
+    # A label.
+    name: Optional[str] = None
+
+
+@dataclass
+class MySettings:
+    # The layers.
+    layers: Layers = field(default_factory=Layers)
+'''
+DECLARED = ["task._target_=mytask.train", "task.settings=mytask.MySettings", "cluster=local"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project folder holding mytask.py (the working directory of the compositions)."""
+    (tmp_path / "mytask.py").write_text(MYTASK)
+    yield tmp_path
+    sys.modules.pop("mytask", None)  # the next test's mytask.py is another file
+
+
+def test_a_task_of_ones_own_has_free_form_sections_and_none_of_the_built_in_tasks(project):
+    cfg = compose(["task._target_=mytask.train", "+mytask.width=7", "+mytask.name=abc", "cluster=local"], cwd=project)
+    assert (cfg.mytask.width, cfg.mytask.name) == (7, "abc")
+    assert cfg.settings is None and not hasattr(cfg, "train")
+    saved = to_container(cfg)
+    assert set(saved) == {"run", "cluster", "checkpoint", "task", "mytask"}
+    assert saved["mytask"] == {"width": 7, "name": "abc"}
+    assert cfg.run.id == "mytask.name=abc,mytask.width=7,task._target_=mytask.train"
+    assert load_saved(_save(cfg, project / "config.yaml")) == cfg
+
+
+def test_the_built_in_tasks_keys_are_not_checked_for_a_task_of_ones_own(project):
+    # Refused for the built-in task (seq_len over max_position_embeddings, fp8): here they are the task's own.
+    cfg = compose(["task._target_=mytask.train", "+data.seq_len=100000", "+train.precision=fp8"], cwd=project)
+    assert (cfg.data.seq_len, cfg.train.precision) == (100000, "fp8")
+    assert "model" not in to_container(cfg)
+
+
+def test_a_key_of_the_built_in_task_is_not_one_of_a_task_of_ones_own(project):
+    with pytest.raises(ConfigError, match=r"^train.lr='1e-4' is an unknown key; task._target_=mytask.train has no "
+                                          r"train section .*\+train.lr=1e-4$"):
+        compose(["task._target_=mytask.train", "train.lr=1e-4"], cwd=project)
+    with pytest.raises(ConfigError, match=r"^model='llama2_7b' is a choice this task does not use; .*task=causal_lm"):
+        compose(["task._target_=mytask.train", "model=llama2_7b"], cwd=project)
+    assert not (project / "runs").exists()
+
+
+def test_declared_settings_are_typed_and_a_wrong_type_is_refused_naming_the_key(project):
+    cfg = compose([*DECLARED, "layers.width=8"], cwd=project)
+    assert (cfg.layers.width, cfg.layers.name, type(cfg.settings).__name__) == (8, None, "MySettings")
+    assert cfg.run.id == "layers.width=8,task._target_=mytask.train,task.settings=mytask.MySettings"
+    assert load_saved(_save(cfg, project / "config.yaml")) == cfg
+    with pytest.raises(ConfigError) as info:
+        compose([*DECLARED, "layers.width=wide"], cwd=project)
+    assert str(info.value) == "layers.width='wide' is invalid: expected an integer"
+    assert not (project / "runs").exists()
+
+
+def test_an_unknown_key_in_a_declared_section_gets_did_you_mean_from_the_command_line_and_from_a_file(project):
+    with pytest.raises(ConfigError, match=r"^layers.widht='4' is an unknown key; did you mean layers.width\?$"):
+        compose([*DECLARED, "layers.widht=4"], cwd=project)
+    (project / "conf" / "experiment").mkdir(parents=True)
+    (project / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /task: custom\nrun:\n  name: mine\n"
+        "task:\n  _target_: mytask.train\n  settings: mytask.MySettings\nlayers:\n  widht: 9\n")
+    with pytest.raises(ConfigError, match=r"^layers.widht=9 is an unknown key; did you mean layers.width\?$"):
+        compose(["+experiment=mine"], cwd=project)
+    assert not (project / "runs").exists()
+
+
+def test_an_experiment_for_a_task_of_ones_own_overrides_the_task_group(project):
+    (project / "conf" / "experiment").mkdir(parents=True)
+    (project / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /task: custom\nrun:\n  name: mine\n"
+        "task:\n  _target_: mytask.train\n  settings: mytask.MySettings\nlayers:\n  width: 9\n"
+        "notes:\n  width_again: ${layers.width}\n")
+    cfg = compose(["+experiment=mine", "cluster=local"], cwd=project)
+    assert (cfg.run.name, cfg.run.id, cfg.layers.width, cfg.notes.width_again) == ("mine", "default", 9, 9)
+    assert set(to_container(cfg)) == {"run", "cluster", "checkpoint", "task", "layers", "notes"}
+
+
+def test_a_task_of_ones_own_may_reuse_the_built_in_settings_and_their_groups(project):
+    cfg = compose(["task._target_=mytask.train", "task.settings=hpcrun.tasks.settings.CausalLMSettings",
+                   "model=llama2_7b", "train.lr=1e-4", "cluster=local"], cwd=project)
+    assert (cfg.task._target_, cfg.model.hidden_size, cfg.train.lr) == ("mytask.train", 4096, 1e-4)
+    with pytest.raises(ConfigError, match="did you mean train.lr"):
+        compose(["task._target_=mytask.train", "task.settings=hpcrun.tasks.settings.CausalLMSettings",
+                 "train.lrr=1"], cwd=project)
+
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ("mytask.Nope", "task.settings='mytask.Nope' is invalid: expected a dataclass (no dataclass Nope in mytask)"),
+        ("nomodule.MySettings", "expected a dataclass in a module importable from"),
+        ("mytask.Layers", "expected a dataclass whose fields are sections (dataclasses); its field width is"),
+    ],
+)
+def test_a_settings_class_that_cannot_be_used_is_one_clear_line(project, settings, fragment):
+    with pytest.raises(ConfigError) as info:
+        compose(["task._target_=mytask.train", f"task.settings={settings}"], cwd=project)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert not (project / "runs").exists()

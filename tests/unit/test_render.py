@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpcrun.config.compose import compose
-from hpcrun.launch.slurm import python_command, render
+from hpcrun.slurm.sbatch import python_command, render
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 # Fixed so the golden file does not depend on the machine: the user and the python on the compute nodes.

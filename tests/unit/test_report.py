@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hpcrun.report import as_json, run_report, start_segments, totals
+from hpcrun.observe.report import report_json, run_report, start_segments, totals
 
 T0 = 1_000_000.0
 
@@ -65,6 +65,6 @@ def test_a_run_sums_its_starts_and_the_queue_wait_between_them(tmp_path):
     assert round(r.total("training"), 6) == 180 and round(r.total("startup"), 6) == 30
     assert r.goodput == pytest.approx(180 / 225)
     assert r.recomputed_steps == 0
-    data = json.loads(as_json([r]))
+    data = json.loads(report_json([r]))
     assert data["total"]["goodput"] == round(180 / 225, 4) and len(data["runs"][0]["per_start"]) == 2
     assert totals([r, r])["allocated_s"] == 450

@@ -1,6 +1,6 @@
 """The run's state across starts: the crash-loop count and the requeue count."""
 
-from hpcrun.job.runstate import RunState, read_state
+from hpcrun.rundir.state import RunState, read_state
 
 
 def test_restarts_without_progress_are_counted_and_progress_resets_the_count(tmp_path):

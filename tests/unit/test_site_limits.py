@@ -8,8 +8,8 @@ import pytest
 
 from hpcrun.config.schema import ClusterConfig
 from hpcrun.errors import ConfigError
-from hpcrun.launch import site_limits
-from hpcrun.launch.site_limits import (check_job_limit, check_request, check_site_limits, default_partition,
+from hpcrun.slurm import site as site_limits
+from hpcrun.slurm.site import (check_job_limit, check_request, check_site_limits, default_partition,
                                        parse_associations, parse_fields, parse_partitions)
 
 # `scontrol --all --oneliner show partition` on the dev cluster.

@@ -5,7 +5,7 @@ import pytest
 import submitit
 
 from hpcrun.errors import SubmissionError, SubmissionUncertain
-from hpcrun.launch import slurm_info
+from hpcrun.slurm import client as slurm_info
 
 UNREACHABLE = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
 TIMED_OUT = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"

@@ -3,9 +3,10 @@
 import json
 import os
 
-from hpcrun.job.runstate import RunState
-from hpcrun.launch.slurm_info import job_states
-from hpcrun.status import run_status, table
+from hpcrun.rundir.ledger import Ledger
+from hpcrun.rundir.state import RunState
+from hpcrun.slurm.jobs import job_states
+from hpcrun.observe.status import run_status, table
 
 
 def _fake(tmp_path, name, output, exit_code=0):
@@ -30,9 +31,13 @@ def test_job_states_come_from_one_sacct_call_with_the_current_run_of_requeued_jo
 def _run(tmp_path, status, job="5"):
     run_dir = tmp_path / "exp" / "default"
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("train:\n  max_steps: 100\n")
+    (run_dir / "config.yaml").write_text("run:\n  name: exp\n")  # no train section: progress is the ledger's
     s = RunState(run_dir)
+    s.ledger = Ledger(run_dir, 1)
     s.begin(job, 0, 0)
+    s.ledger.event("start", job_id=job, restart=0, resumed_from=0)
+    s.ledger.planned(100)
+    s.ledger.step(1)
     if status != "running":
         s.end(status, "why", 40)
     return run_dir
@@ -40,7 +45,12 @@ def _run(tmp_path, status, job="5"):
 
 def test_the_runs_own_state_wins_once_it_has_ended(tmp_path):
     row = run_status(_run(tmp_path, "completed"), {"5": "COMPLETED"})
-    assert (row.state, row.max_steps, row.restarts) == ("COMPLETED", 100, 0)
+    assert (row.state, row.step, row.max_steps, row.restarts) == ("COMPLETED", 40, 100, 0)
+
+
+def test_progress_comes_from_the_tasks_ledger_for_any_task(tmp_path):
+    row = run_status(_run(tmp_path, "running"), {"5": "RUNNING"})
+    assert (row.state, row.step, row.max_steps) == ("RUNNING", 1, 100)
 
 
 def test_a_job_that_died_without_telling_its_run_shows_slurms_state(tmp_path):

@@ -147,7 +147,7 @@ def daly(d, m):
 
 
 def test_the_mtbf_counts_only_starts_that_ended_without_a_clean_stop():
-    from hpcrun.job.runstate import mean_time_between_failures
+    from hpcrun.rundir.state import mean_time_between_failures
 
     starts = [{"started_at": 0, "ended_at": 1000, "end": "requeued: signal"},  # announced: not a failure
               {"started_at": 1100},                                          # killed (no ended_at)

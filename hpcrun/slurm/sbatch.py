@@ -1,6 +1,8 @@
-"""Slurm through submitit: the cluster config becomes sbatch options, the job becomes ``srun python -m submitit``.
+"""The batch script: the cluster config becomes sbatch options, for submitit's script and for the standalone one.
 
-The same executor renders (``hpcrun render``) and submits, so the printed script is the one sbatch gets.
+The same executor renders (``hpcrun render``) and submits (:mod:`hpcrun.launch.launchers`), so the printed script is
+the one sbatch gets. Every value bound for an ``#SBATCH`` line passes :func:`sbatch_value`, the one check.
+A new sbatch option goes into :func:`executor_parameters`.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from hpcrun.config.schema import ClusterConfig
 from hpcrun.durations import format_slurm_time
 from hpcrun.errors import ConfigError, SubmissionError
+from hpcrun.rundir import RunDir
 
-SLURM_SUBDIR = "slurm"  # <run.dir>/slurm/: the batch script, submitit's pickles, and %j_%t_log.{out,err}
 
 
 def python_command(cluster: ClusterConfig) -> str:
@@ -44,14 +46,33 @@ def python_command(cluster: ClusterConfig) -> str:
 # sbatch reads each '#SBATCH' line by itself, shell quotes included (submitit quotes every value), but drops
 # backslashes: a line break would end the line and bash would run the rest; a backslash would change the value.
 _NOT_ON_SBATCH_LINE = re.compile(r"[\x00-\x1f\x7f\\]")
+# What sbatch reads from an unquoted #SBATCH line (the standalone scripts) without surprises: no whitespace, quotes,
+# backslashes or '#'. Matched with fullmatch: a pattern ending in '$' also accepts a value that ends in a line break.
+_UNQUOTED_SAFE = re.compile(r"[A-Za-z0-9_.,:=%@+\-/\[\]|&!*()~]+")
+# sbatch option -> the config key it comes from (for error messages).
+SBATCH_KEYS = {
+    "job-name": "run.name", "partition": "cluster.partition", "account": "cluster.account", "qos": "cluster.qos",
+    "mem": "cluster.mem", "constraint": "cluster.constraint", "output": "run.dir", "error": "run.dir",
+}
 
 
-def _sbatch_line_safe(key: str, value: Any) -> Any:
-    """``value``, or a ConfigError naming ``key`` if it cannot stand on an ``#SBATCH`` line."""
+def sbatch_value(key: str, value: Any, quoted: bool = True) -> Any:
+    """``value``, or a ConfigError naming ``key`` if it cannot stand on an ``#SBATCH`` line: with ``quoted``
+    (submitit's script quotes every value) no line break, control character or backslash; unquoted (the standalone
+    scripts) nothing but plain characters either."""
     if _NOT_ON_SBATCH_LINE.search(str(value)):
         raise ConfigError(key, value, "no line break, control character or backslash (the value goes on an "
                           "'#SBATCH' line, which sbatch reads to the line's end and without backslashes)")
+    if not quoted and not _UNQUOTED_SAFE.fullmatch(str(value)):
+        raise ConfigError(key, value, f"a value sbatch reads verbatim in '#SBATCH --{_option_of(key)}=' (no "
+                          "spaces, quotes, '#' or backslashes)")
     return value
+
+
+def _option_of(key: str) -> str:
+    if key.startswith("cluster.sbatch_extra."):
+        return key[len("cluster.sbatch_extra."):].replace("_", "-")
+    return next((o for o, k in SBATCH_KEYS.items() if k == key), key.rpartition(".")[2].replace("_", "-"))
 
 
 def executor_parameters(cfg: Any) -> Dict[str, Any]:
@@ -62,14 +83,14 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
         option = str(key).replace("_", "-")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", option):
             raise ConfigError(f"cluster.sbatch_extra.{key}", value, "an sbatch option name (letters, digits, '-')")
-        extra[option] = _sbatch_line_safe(f"cluster.sbatch_extra.{key}", value)
+        extra[option] = sbatch_value(f"cluster.sbatch_extra.{key}", value)
     # --requeue always: a site with JobRequeue=0 would otherwise refuse the job's own `scontrol requeue`.
     extra["requeue"] = True
     extra["time"] = format_slurm_time(cluster.time_seconds())
     # No "B:": the signal goes to every job step, i.e. to the python under srun, not only to the batch shell.
     extra["signal"] = f"{cluster.signal}@{cluster.signal_delay_seconds()}"
     params: Dict[str, Any] = {
-        "job_name": _sbatch_line_safe("run.name", cfg.run.name),
+        "job_name": sbatch_value("run.name", cfg.run.name),
         "nodes": cluster.nodes,
         "ntasks_per_node": cluster.tasks_per_node,
         "cpus_per_task": cluster.cpus_per_task,
@@ -79,14 +100,14 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
         "additional_parameters": extra,
         "stderr_to_stdout": False,
     }
-    _sbatch_line_safe("run.dir", cfg.run.dir)  # submitit's --output and --error are <run.dir>/slurm/...
+    sbatch_value("run.dir", cfg.run.dir)  # submitit's --output and --error are <run.dir>/slurm/...
     for key in ("partition", "account", "qos", "mem", "constraint"):
         value = getattr(cluster, key)
         if value is not None:
-            params[key] = str(_sbatch_line_safe(f"cluster.{key}", value))
+            params[key] = str(sbatch_value(f"cluster.{key}", value))
     if cluster.gpus_per_node:
         params["gpus_per_node"] = (
-            f"{_sbatch_line_safe('cluster.gpu_type', cluster.gpu_type)}:{cluster.gpus_per_node}"
+            f"{sbatch_value('cluster.gpu_type', cluster.gpu_type)}:{cluster.gpus_per_node}"
             if cluster.gpu_type else cluster.gpus_per_node
         )
     return params
@@ -104,7 +125,7 @@ def make_executor(cfg: Any, render_only: bool = False, folder: Any = None) -> An
             return 1
 
     cls = RenderOnlyExecutor if render_only else submitit.SlurmExecutor
-    folder = Path(folder) if folder is not None else Path(cfg.run.dir) / SLURM_SUBDIR
+    folder = Path(folder) if folder is not None else RunDir(cfg.run.dir).slurm
     try:
         executor = cls(folder=folder, python=python_command(cfg.cluster), max_num_timeout=0)
     except RuntimeError as exc:  # "Could not detect srun": not on a Slurm machine
@@ -119,11 +140,33 @@ def render(cfg: Any) -> str:
     return executor._make_submission_file_text(executor._submitit_command_str, "render")
 
 
-def submit(cfg: Any) -> str:
-    """Submits the run's job with sbatch and returns the Slurm job id. Returns at once."""
-    from hpcrun.job.entry import JobEntry
-    from hpcrun.launch.slurm_info import submit_with_retries
+def standalone_options(cfg: Any, array: str = "") -> List[Tuple[str, str]]:
+    """The ``#SBATCH`` options, from the same mapping the submitit path uses (:func:`executor_parameters`).
 
-    executor = make_executor(cfg)
-    job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
-    return str(job.job_id)
+    Slurm's own output goes to ``<job name>-<job id>.out`` in the directory sbatch runs from: Slurm opens it before
+    the script runs, when the run directory may not exist yet. hpcrun's log of each start is in ``RUN_DIR/logs/``.
+    """
+    p = executor_parameters(cfg)
+    pattern = "%x-%A_%a" if array else "%x-%j"
+    opts: Dict[str, Any] = {
+        "job-name": p["job_name"], "nodes": p["nodes"], "ntasks-per-node": p["ntasks_per_node"],
+        "cpus-per-task": p["cpus_per_task"],
+    }
+    for key in ("partition", "account", "qos", "mem", "constraint", "gpus_per_node"):
+        if key in p:
+            opts[key.replace("_", "-")] = p[key]
+    opts.update(p["additional_parameters"])
+    opts["open-mode"] = "append"  # a requeued job appends to the same log
+    opts["output"] = f"{pattern}.out"
+    opts["error"] = f"{pattern}.err"
+    if array:
+        opts["array"] = array
+    out = []
+    for option in sorted(opts):
+        value = opts[option]
+        if value is True:
+            out.append((option, ""))
+        elif value not in (False, None):
+            key = SBATCH_KEYS.get(option, f"cluster.sbatch_extra.{option}")
+            out.append((option, str(sbatch_value(key, value, quoted=False))))
+    return out

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from hpcrun.rundir.atomic import fsync_dir, write_synced
+
 log = logging.getLogger("hpcrun")
 
 MARKER = "hpcrun-complete.json"
@@ -29,24 +31,8 @@ STATE_FILE = "hpcrun-state.json"  # hpcrun's own state inside a checkpoint (time
 _STEP = re.compile(r"^step-(\d+)$")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json_synced(path: Path, data: Dict[str, Any]) -> None:
-    with path.open("w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -139,14 +125,14 @@ class CheckpointDir:
                     os.fsync(fh.fileno())
                 files[str(f.relative_to(staging))] = f.stat().st_size
         _write_json_synced(staging / MARKER, {"step": step, "time": time.time(), "files": files})
-        _fsync_dir(staging)
+        fsync_dir(staging)
         final = self.root / f"step-{step}"
         if final.exists():  # e.g. the same step saved again after a resume: keep the newer write
             trash = self.staging_root / f"replaced-step-{step}"
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(staging, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         try:
             self.staging_root.rmdir()  # only when empty: another save may be staging
         except OSError:

@@ -12,15 +12,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hpcrun.durations import format_human
-from hpcrun.errors import UserError
-from hpcrun.job.checkpoint import CheckpointDir
-from hpcrun.job.runstate import read_state
-from hpcrun.launch.slurm_info import SLURM_ACTIVE
-
-FINISHED = {"completed", "failed", "stopped"}
+from hpcrun.rundir import RunDir
+from hpcrun.rundir.checkpoints import MARKER, CheckpointDir
+from hpcrun.rundir.ledger import progress, read_ledger
+from hpcrun.rundir.state import FINISHED, read_state
+from hpcrun.slurm.jobs import SLURM_ACTIVE
 
 
 @dataclass
@@ -31,7 +30,7 @@ class RunStatus:
     name: str
     id: str
     state: str  # what to tell the user: PENDING, RUNNING, REQUEUED, COMPLETED, FAILED, STOPPED, CANCELLED, ...
-    status: Optional[str]  # the run's own status (state.json): submitted/running/requeued/stopped/completed/failed
+    recorded: Optional[str]  # what the run recorded (state.json): submitted/running/requeued/stopped/completed/failed
     slurm_state: Optional[str]  # sacct's state of its current job, when it has one
     reason: str
     restarts: int
@@ -45,29 +44,33 @@ class RunStatus:
     goodput: Optional[float]  # training time over allocated time so far, from the run's ledger (hpcrun report)
 
 
-def _last_logged_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
+def _last_logged(run_dir: Path) -> Tuple[float, int]:
+    """(time, step) of the last record in metrics.jsonl, for a task that writes one (finer than the ledger's
+    minute-apart progress events); (0, 0) without."""
+    path = RunDir(run_dir).metrics
     try:
         with path.open("rb") as f:
             f.seek(max(0, path.stat().st_size - 4096))
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
-        return 0
+        return 0.0, 0
     for line in reversed(lines):
         try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError):
+            r = json.loads(line)
+            return float(r.get("time", 0)), int(r["step"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
-    return 0
+    return 0.0, 0
 
 
-def _max_steps(run_dir: Path) -> int:
-    try:
-        import yaml
-
-        return int(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["max_steps"])
-    except Exception:  # noqa: BLE001 - a status line never fails on one odd run
-        return 0
+def _progress(run_dir: Path, events: List[Dict[str, Any]]) -> Tuple[int, int]:
+    """(step, steps planned): from the ledger, which every task has; a newer metrics.jsonl record refines it."""
+    step, planned = progress(events)
+    last_event = max((float(e["t"]) for e in events if e.get("step") is not None), default=0.0)
+    logged_at, logged = _last_logged(run_dir)
+    if logged_at > last_event:
+        step = logged
+    return step, planned or 0
 
 
 def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float] = None) -> RunStatus:
@@ -77,11 +80,11 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
     job = state.get("job_id")
     slurm = slurm_states.get(str(job)) if job else None
     status = state.get("status")
-    latest, _ = CheckpointDir(run_dir / "checkpoints").latest()
+    latest, _ = CheckpointDir(RunDir(run_dir).checkpoints).latest()
     ckpt_age = None
     if latest is not None:
         try:
-            ckpt_age = now - (latest.path / "hpcrun-complete.json").stat().st_mtime
+            ckpt_age = now - (latest.path / MARKER).stat().st_mtime
         except OSError:
             pass
     elapsed = sum((s.get("ended_at") or now) - s["started_at"] for s in starts if "started_at" in s)
@@ -98,44 +101,30 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
     time_left = None
     if shown == "RUNNING" and starts and starts[-1].get("end_time"):
         time_left = max(0.0, starts[-1]["end_time"] - now)
-    step = max(_last_logged_step(run_dir), latest.step if latest else 0)
+    events = read_ledger(run_dir)
+    step, planned = _progress(run_dir, events)
     name, rid = run_dir.parent.name, run_dir.name
     try:
-        from hpcrun.report import run_report
+        from hpcrun.observe.report import run_report
 
-        goodput = run_report(run_dir, None).goodput  # the ledger's own times: no extra sacct call
+        goodput = run_report(run_dir, None, events).goodput  # the ledger's own times: no extra sacct call
     except Exception:  # noqa: BLE001 - a status line never fails on one odd run
         goodput = None
     return RunStatus(
-        run_dir=str(run_dir), name=name, id=rid, state=shown, status=status, slurm_state=slurm,
-        reason=state.get("reason", ""), restarts=max(0, len(starts) - 1), step=step, max_steps=_max_steps(run_dir),
+        run_dir=str(run_dir), name=name, id=rid, state=shown, recorded=status, slurm_state=slurm,
+        reason=state.get("reason", ""), restarts=max(0, len(starts) - 1), step=step, max_steps=planned,
         last_checkpoint_step=latest.step if latest else None, last_checkpoint_age_s=ckpt_age, elapsed_s=elapsed,
         time_left_s=time_left, job_id=job, goodput=None if goodput is None else round(goodput, 4),
     )
 
 
-def collect(run_dirs: List[Path]) -> List[RunStatus]:
+def statuses(run_dirs: List[Path]) -> List[RunStatus]:
     """Status of many runs with one sacct call for all their jobs."""
-    from hpcrun.launch.slurm_info import job_states
+    from hpcrun.slurm.jobs import job_states
 
     jobs = [read_state(d).get("job_id") for d in run_dirs]
     states = job_states([j for j in jobs if j]) if any(jobs) else {}
     return [run_status(d, states) for d in run_dirs]
-
-
-def resolve_targets(target: Optional[str]) -> List[Path]:
-    """A run directory, a sweep directory, or (None) the user's recent runs."""
-    from hpcrun.launch.rundir import CONFIG_FILE, recent_runs
-    from hpcrun.launch.sweep import SWEEP_FILE, sweep_run_dirs
-
-    if target is None:
-        return recent_runs()
-    path = Path(target).expanduser().resolve()
-    if (path / SWEEP_FILE).exists():
-        return sweep_run_dirs(path)
-    if (path / CONFIG_FILE).exists():
-        return [path]
-    raise UserError(f"{target} is neither a run directory (no {CONFIG_FILE}) nor a sweep directory (no {SWEEP_FILE})")
 
 
 COLUMNS = ("RUN", "STATE", "RESTARTS", "STEP", "CKPT AGE", "ELAPSED", "LEFT", "GOODPUT", "JOB")
@@ -164,5 +153,5 @@ def table(rows: List[RunStatus], colour: Optional[bool] = None) -> str:
     return "\n".join(lines)
 
 
-def as_json(rows: List[RunStatus]) -> str:
+def status_json(rows: List[RunStatus]) -> str:
     return json.dumps([asdict(r) for r in rows], indent=1)

@@ -256,7 +256,7 @@ def _ask(command: List[str]) -> Optional[str]:
     ONE attempt, not run_slurm's retries: while the controller is away, retrying here would only double the wait
     before sbatch's own retries (which decide whether the job goes in); a check that could not ask steps aside.
     """
-    from hpcrun.launch.slurm_info import run_slurm
+    from hpcrun.slurm.client import run_slurm
 
     try:
         return run_slurm(command, attempts=1, timeout=QUERY_TIMEOUT)

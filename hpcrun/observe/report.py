@@ -1,6 +1,6 @@
 """``hpcrun report RUN_OR_SWEEP``: where the allocated wall clock went, per start, per run, summed over a sweep.
 
-From each run's ledger (``ledger.jsonl``, hpcrun.job.ledger) and ONE ``sacct`` call for all the runs' jobs (the
+From each run's ledger (``ledger.jsonl``, hpcrun.rundir.ledger) and ONE ``sacct`` call for all the runs' jobs (the
 allocation's real start and end, and the queue waits between restarts; without sacct, the ledger's own times).
 Each start of a run is cut into segments (docs/goodput.md):
 
@@ -179,8 +179,8 @@ def _split(b: float, e: float, cut: float) -> List[Segment]:
 def sacct_runs(job_ids: Sequence[str]) -> Optional[Dict[str, List[Tuple[float, float, Optional[float]]]]]:
     """Every run (requeue) of each job: (start, end, submit), oldest first, from ONE sacct call; None if sacct
     cannot answer (no Slurm here, slurmdbd down)."""
-    from hpcrun.job.deadline import parse_slurm_timestamp
-    from hpcrun.launch.slurm_info import run_slurm
+    from hpcrun.slurm.client import run_slurm
+    from hpcrun.slurm.jobs import parse_slurm_timestamp
 
     ids = sorted({j for j in job_ids if j})
     if not ids:
@@ -203,11 +203,14 @@ def sacct_runs(job_ids: Sequence[str]) -> Optional[Dict[str, List[Tuple[float, f
     return runs
 
 
-def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float, Optional[float]]]]]) -> RunReport:
-    from hpcrun.job.ledger import read_ledger
-    from hpcrun.job.runstate import read_state
+def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float, Optional[float]]]]],
+               events: Optional[List[Dict[str, Any]]] = None) -> RunReport:
+    """One run's report from its ledger (``events``: already read) and the sacct rows of its jobs (None: the
+    ledger's own times)."""
+    from hpcrun.rundir.ledger import read_ledger
+    from hpcrun.rundir.state import read_state
 
-    groups = _by_start(read_ledger(run_dir))
+    groups = _by_start(read_ledger(run_dir) if events is None else events)
     state = read_state(run_dir)
     logged = _logged_steps(Path(run_dir))
     heads = [next(e for e in g if e["event"] == "start") for g in groups]
@@ -227,8 +230,11 @@ def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float,
 
 
 def _logged_steps(run_dir: Path) -> List[Tuple[float, int]]:
-    """(time, step) of every training-loss record in metrics.jsonl (the built-in task writes one per log)."""
-    path = run_dir / "metrics.jsonl"
+    """(time, step) of every training-loss record in metrics.jsonl, when the task writes one (the built-in task
+    does, one per log): finer than the ledger's minute-apart progress events, which every task has."""
+    from hpcrun.rundir import RunDir
+
+    path = RunDir(run_dir).metrics
     out = []
     try:
         lines = path.read_text().splitlines()
@@ -258,8 +264,8 @@ def _allocation(events: List[Dict[str, Any]], head: Dict[str, Any],
     return (begin, max(float(e["t"]) for e in events)), "ledger"
 
 
-def collect(run_dirs: Sequence[Path], use_sacct: bool = True) -> List[RunReport]:
-    from hpcrun.job.ledger import read_ledger
+def reports(run_dirs: Sequence[Path], use_sacct: bool = True) -> List[RunReport]:
+    from hpcrun.rundir.ledger import read_ledger
 
     jobs = set()
     for d in run_dirs:
@@ -282,7 +288,7 @@ def totals(reports: Sequence[RunReport]) -> Dict[str, Any]:
     }
 
 
-def as_json(reports: Sequence[RunReport]) -> str:
+def report_json(reports: Sequence[RunReport]) -> str:
     runs = []
     for r in reports:
         d = r.summary()
@@ -297,7 +303,7 @@ def _pct(x: float, whole: float) -> str:
     return f"{100 * x / whole:5.1f}%" if whole > 0 else "    -"
 
 
-def as_text(reports: Sequence[RunReport]) -> str:
+def report_text(reports: Sequence[RunReport]) -> str:
     lines = []
     for r in reports:
         alloc = r.allocated

@@ -2,15 +2,15 @@
 
 Works on its own with a stock ``Trainer`` (saves then go through the Trainer's usual checkpointing):
 
-    from hpcrun.job.callback import TimeTriggerCallback
+    from hpcrun.frameworks.transformers import TimeTriggerCallback
 
     trainer = Trainer(model, args, train_dataset=ds,
                       callbacks=[TimeTriggerCallback(save_every="30m", log_every="1m", end_time="slurm")])
 
-hpcrun's own task pairs it with :class:`hpcrun.job.trainer.HpcrunTrainer`, which makes each save atomic.
+hpcrun's own task pairs it with :class:`hpcrun.frameworks.transformers.HpcrunTrainer`, which makes each save atomic.
 
-Every rank runs the callback; the time decisions are taken on rank 0 and a stop signal seen by any rank counts.
-One small all-reduce per optimizer step shares both, so all ranks save at the same step and stop together.
+The decision at each step's end is :func:`hpcrun.job.steps.decide`, the same one a custom loop gets: taken on
+rank 0, a stop signal seen by any rank counts, shared by all ranks so they save at the same step and stop together.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, Optional, Union
 from transformers import TrainerCallback
 
 from hpcrun.durations import parse_duration
-from hpcrun.job.context import share_max
 from hpcrun.job.signals import StopFlags
+from hpcrun.job.steps import decide
 from hpcrun.job.triggers import Clock, TimeTriggers
 
 log = logging.getLogger("hpcrun")
@@ -50,7 +50,7 @@ class TimeTriggerCallback(TrainerCallback):
         stop_flags: a :class:`StopFlags` whose signals stop training after a save (None: signals are not handled).
         triggers: ready-made :class:`TimeTriggers` (hpcrun's job passes the run's own); the interval and deadline
             arguments are then ignored.
-        ledger: where steps, saves, signals and the deadline are recorded (``hpcrun.job.ledger.Ledger``).
+        ledger: where steps, saves, signals and the deadline are recorded (``hpcrun.rundir.ledger.Ledger``).
         clock, wall: monotonic and Unix clocks (tests pass fakes).
     """
 
@@ -69,7 +69,7 @@ class TimeTriggerCallback(TrainerCallback):
         ledger: Any = None,
     ) -> None:
         self.stop_flags = stop_flags
-        self.ledger = ledger  # a hpcrun.job.ledger.Ledger (hpcrun's job passes the run's), or None
+        self.ledger = ledger  # a hpcrun.rundir.ledger.Ledger (hpcrun's job passes the run's), or None
         self._save_why = ""
         self._save_wall = 0.0
         self.stop_reason: Optional[str] = None
@@ -91,43 +91,22 @@ class TimeTriggerCallback(TrainerCallback):
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.triggers.step_started()
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.ledger is not None and state.is_world_process_zero and state.max_steps:
+            self.ledger.planned(int(state.max_steps))
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        d = self.triggers.step_ended()
-        main = state.is_world_process_zero
-        signalled = self.stop_flags.pending() if self.stop_flags else None
-        save, log_, evaluate, deadline, sig = share_max([
-            int(main and d.save), int(main and d.log), int(main and d.evaluate), int(main and d.stop),
-            int(signalled is not None),
-        ])
-        if log_:
+        d = decide(self.triggers, self.stop_flags, state.is_world_process_zero, self.ledger, state.global_step)
+        if d.log:
             control.should_log = True
-        if evaluate:
+        if d.evaluate:
             control.should_evaluate = True
-        ledger = self.ledger
-        if ledger is not None:
-            ledger.step(state.global_step, force=bool(save or sig or deadline))
-        if sig or deadline:
-            if sig:
-                name = signalled[0] if signalled else "a stop signal (on another rank)"
-                self.stop_reason = f"signal {name}" if signalled else name
-                self._save_why = "signal"
-                if ledger is not None:
-                    ledger.event("signal", step=state.global_step, signal=name,
-                                 received_at=signalled[1] if signalled else None)
-            else:
-                self.stop_reason = d.reason if main else "deadline (decided on rank 0)"
-                self._save_why = "deadline"
-                if ledger is not None:
-                    ledger.event("deadline", step=state.global_step, reason=self.stop_reason)
+        if d.stop:
+            self.stop_reason = d.reason
             self.stop_step = state.global_step
             control.should_training_stop = True
-            save = True
-            log.info("stopping after step %d: %s; saving now", state.global_step, self.stop_reason)
-        elif save:
-            self._save_why = "periodic"
-            if main:
-                log.info("step %d: %s", state.global_step, d.reason)
-        if save:
+        if d.save:
+            self._save_why = d.why
             control.should_save = True
             self._save_started = self.triggers.clock()
             self._save_wall = time.time()

@@ -11,33 +11,28 @@ submitting side (is the run complete? is it queued?), and by people.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-STATE_FILE = "state.json"
+from hpcrun.rundir.atomic import atomic_write_json, read_json
+from hpcrun.rundir.layout import RunDir
+
+# A run in one of these is coming back (or running): its job, if any, may still be in Slurm.
 ACTIVE = ("running", "submitted", "requeued")
+# A run in one of these has ended until somebody acts (resume, run again).
+FINISHED = ("completed", "failed", "stopped")
 
 
 def read_state(run_dir: Path) -> Dict[str, Any]:
     """The run's state, or {} for a run that never started (or whose state file is unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_json(RunDir(run_dir).state, {})
+    return data if isinstance(data, dict) else {}
 
 
 def write_state(run_dir: Path, state: Dict[str, Any]) -> None:
-    path = Path(run_dir) / STATE_FILE
-    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
-    with tmp.open("w") as f:
-        json.dump(state, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(RunDir(run_dir).state, state)
 
 
 class RunState:
@@ -50,7 +45,7 @@ class RunState:
         self.data.setdefault("starts", [])
         self.data.setdefault("requeues", 0)
         self.data.setdefault("no_progress_restarts", 0)
-        self.ledger: Any = None  # a hpcrun.job.ledger.Ledger: end() records there too
+        self.ledger: Any = None  # a hpcrun.rundir.ledger.Ledger: end() records there too
 
     def save(self) -> None:
         if self.writer:

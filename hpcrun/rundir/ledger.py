@@ -7,6 +7,7 @@ One JSON object per line, appended by global rank 0 only, each with ``event``, `
                 resumed_from (the checkpoint's step), end_time
     first_step  the first optimizer step of this start ended: step
     progress    a training step ended: step (at most one a minute, and before every save)
+    planned     the task says how many steps the run trains in all: steps (hpcrun status shows step N/steps)
     save        a checkpoint was written: step, began, seconds (the time training was blocked), why
     signal      a stop signal was noticed at a step boundary: signal, received_at
     deadline    the deadline stop fired: step, reason
@@ -23,9 +24,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-LEDGER_FILE = "ledger.jsonl"
+from hpcrun.rundir.layout import RunDir
+
 PROGRESS_EVERY = 60.0  # seconds between progress events
 
 
@@ -33,11 +35,12 @@ class Ledger:
     """Appends events for one start of the run; does nothing when ``writer`` is false (ranks other than 0)."""
 
     def __init__(self, run_dir: Path, start: int = 0, writer: bool = True) -> None:
-        self.path = Path(run_dir) / LEDGER_FILE
+        self.path = RunDir(run_dir).ledger
         self.start = start
         self.writer = writer
         self._first_step_seen = False
         self._last_progress = float("-inf")
+        self.last_step: Optional[int] = None  # the newest step this start recorded (for "trained to step N")
 
     def event(self, event: str, t: Optional[float] = None, **fields: Any) -> None:
         if not self.writer:
@@ -53,6 +56,7 @@ class Ledger:
     def step(self, step: int, force: bool = False) -> None:
         """A training step ended: the first one of this start, then at most one progress event a minute."""
         now = time.time()
+        self.last_step = step
         if not self._first_step_seen:
             self._first_step_seen = True
             self._last_progress = now
@@ -61,13 +65,17 @@ class Ledger:
             self._last_progress = now
             self.event("progress", now, step=step)
 
+    def planned(self, steps: int) -> None:
+        """The task's total number of steps (once per start; the task may change it between starts)."""
+        self.event("planned", steps=int(steps))
+
     def save(self, step: int, began: float, seconds: float, why: str) -> None:
         self.event("save", began + seconds, step=step, began=began, seconds=round(seconds, 4), why=why)
 
 
 def read_ledger(run_dir: Path) -> List[Dict[str, Any]]:
     """Every event of the run, oldest first; a torn last line (a kill mid-write) is skipped."""
-    path = Path(run_dir) / LEDGER_FILE
+    path = RunDir(run_dir).ledger
     return list(_parse(path.read_text().splitlines())) if path.exists() else []
 
 
@@ -79,3 +87,23 @@ def _parse(lines: List[str]) -> Iterator[Dict[str, Any]]:
             continue
         if isinstance(record, dict) and "event" in record and "t" in record:
             yield record
+
+
+def progress(events: List[Dict[str, Any]]) -> Tuple[int, Optional[int]]:
+    """(the step the run is at, the steps planned) from a run's events; (0, None) before any.
+
+    The step is the last one recorded, not the highest: a start killed after its last checkpoint recorded steps
+    that the next start computes again."""
+    step, planned = 0, None
+    for e in events:
+        if e["event"] == "planned":
+            planned = int(e.get("steps") or 0) or planned
+        elif e["event"] == "start":
+            step = int(e.get("resumed_from") or 0)
+        elif e.get("step") is not None and e["event"] in ("first_step", "progress", "save", "signal", "deadline",
+                                                          "end"):
+            try:
+                step = int(e["step"])
+            except (TypeError, ValueError):
+                continue
+    return step, planned

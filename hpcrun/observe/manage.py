@@ -1,4 +1,4 @@
-"""Steering runs after launch: ``hpcrun logs``, ``cancel``, ``resume`` and ``wait``. Submitting side."""
+"""Watching and steering launched runs: ``hpcrun logs``, ``cancel`` and ``wait``. Login node (no torch)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,29 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from hpcrun.config.identity import is_launch_key
 from hpcrun.errors import UserError
-from hpcrun.job.runstate import read_state, write_state
+from hpcrun.rundir import RunDir
+from hpcrun.rundir.state import read_state
 
 
 def _say(message: str) -> None:
     print(f"hpcrun: {message}", file=sys.stderr, flush=True)
 
 
-def _run_dir(target: str) -> Path:
-    from hpcrun.launch.rundir import CONFIG_FILE
-
+def run_dir_of(target: str) -> Path:
+    """The run directory ``target`` names, or a UserError."""
     path = Path(target).expanduser().resolve()
-    if not (path / CONFIG_FILE).exists():
-        raise UserError(f"{target} is not a run directory (no {CONFIG_FILE})")
+    if not RunDir(path).is_run():
+        raise UserError(f"{target} is not a run directory (no {RunDir.CONFIG})")
     return path
 
 
 def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> int:
     """Prints a run's log: the newest start's, or start ``restart + 1``'s; ``follow`` keeps printing."""
-    run_dir = _run_dir(target)
-    logs_dir = run_dir / "logs"
-    path = logs_dir / ("latest.log" if restart is None else f"start-{restart + 1}.log")
+    run_dir = run_dir_of(target)
+    rd = RunDir(run_dir)
+    logs_dir = rd.logs
+    path = rd.latest_log if restart is None else rd.start_log(restart + 1)
     if not path.exists():
         starts = sorted(p.name for p in logs_dir.glob("start-*.log")) if logs_dir.exists() else []
         if restart is not None:
@@ -46,7 +46,7 @@ def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> in
 
 
 def _job_ids(run_dirs: Sequence[Path]) -> List[str]:
-    from hpcrun.launch.slurm_info import SLURM_ACTIVE, job_states
+    from hpcrun.slurm.jobs import SLURM_ACTIVE, job_states
 
     jobs = {str(j) for j in (read_state(d).get("job_id") for d in run_dirs) if j}
     states = job_states(jobs)
@@ -55,65 +55,33 @@ def _job_ids(run_dirs: Sequence[Path]) -> List[str]:
 
 def cancel(target: str) -> int:
     """Cancels every active job of a run or sweep with one scancel call. Each running job saves first."""
-    from hpcrun.launch.slurm_info import run_slurm
-    from hpcrun.status import resolve_targets
+    from hpcrun.rundir.index import resolve_targets
+    from hpcrun.slurm.jobs import cancel as scancel
 
     jobs = _job_ids(resolve_targets(target))
     if not jobs:
         _say(f"nothing to cancel: no pending or running job for {target}")
         return 0
-    run_slurm(["scancel", *jobs])
+    scancel(jobs)
     _say(f"cancelled {len(jobs)} job(s): {' '.join(jobs)} (running ones save before they stop; "
          f"`hpcrun resume RUN` continues one later)")
     return 0
 
 
-def resume(target: str, overrides: Sequence[str]) -> int:
-    """Resubmits a stopped or failed run from its saved config; only launcher keys may change."""
-    from omegaconf import OmegaConf
-
-    from hpcrun.config.compose import check, load_saved
-    from hpcrun.launch.rundir import CONFIG_FILE, inspect_run_dir, write_run_dir
-    from hpcrun.launch.runner import run_here, submit_one
-
-    run_dir = _run_dir(target)
-    saved = load_saved(run_dir / CONFIG_FILE)
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        if "=" not in o or not is_launch_key(key) or key in ("run.dir", "run.name", "run.id"):
-            raise UserError(f"{o!r}: resume takes launcher keys only (cluster.*, checkpoint.*, run.max_requeues, "
-                            "run.max_restarts_without_progress); a run with other training keys is a new run")
-    merged = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(list(overrides)))
-    cfg = check(merged)
-    prepared = inspect_run_dir(cfg)
-    if prepared.kind in ("complete", "active"):
-        _say(prepared.message)
-        return 0
-    state = read_state(run_dir)
-    if state.get("no_progress_restarts"):
-        state["no_progress_restarts"] = 0  # the user looked at it: the crash-loop budget starts again
-        write_state(run_dir, state)
-    write_run_dir(cfg, prepared)
-    _say(prepared.message)
-    if cfg.cluster.launcher != "slurm":
-        return run_here(run_dir)
-    job_id = submit_one(cfg, prepared)
-    print(f"submitted Slurm job {job_id} to resume {run_dir}", flush=True)
-    return 0
-
-
 def wait(target: str, poll: float = 15.0) -> int:
     """Blocks until every run of ``target`` has ended, showing progress; non-zero if any did not complete."""
-    from hpcrun.launch.slurm_info import SLURM_ACTIVE
-    from hpcrun.status import FINISHED, collect, resolve_targets
+    from hpcrun.observe.status import statuses
+    from hpcrun.rundir.index import resolve_targets
+    from hpcrun.rundir.state import FINISHED
+    from hpcrun.slurm.jobs import SLURM_ACTIVE
 
     run_dirs = resolve_targets(target)
     tty = sys.stderr.isatty()
     delay = poll
     while True:
-        rows = collect(run_dirs)
+        rows = statuses(run_dirs)
         # Ended: the run says so, or its job is over in Slurm's eyes (killed before it could say so).
-        done = [r for r in rows if r.status in FINISHED or (r.slurm_state and r.slurm_state not in SLURM_ACTIVE)]
+        done = [r for r in rows if r.recorded in FINISHED or (r.slurm_state and r.slurm_state not in SLURM_ACTIVE)]
         counts = {}
         for r in rows:
             counts[r.state] = counts.get(r.state, 0) + 1

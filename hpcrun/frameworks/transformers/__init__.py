@@ -1,0 +1,7 @@
+"""The transformers adapter: any ``Trainer`` gets hpcrun's wall-clock saves, signals and deadline
+(:class:`TimeTriggerCallback`), and atomic ``step-N`` checkpoints (:class:`HpcrunTrainer`)."""
+
+from hpcrun.frameworks.transformers.callback import TimeTriggerCallback
+from hpcrun.frameworks.transformers.trainer import HpcrunTrainer
+
+__all__ = ["HpcrunTrainer", "TimeTriggerCallback"]

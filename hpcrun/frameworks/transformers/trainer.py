@@ -1,0 +1,53 @@
+"""A transformers Trainer whose checkpoints are atomic ``step-N`` folders (see :mod:`hpcrun.rundir.checkpoints`).
+
+Everything a checkpoint holds is the Trainer's own (model in safetensors, optimizer, scheduler, grad scaler, one
+RNG file per rank, trainer state with the global step, from which the Trainer restores the data position), plus
+hpcrun's time-trigger state. Only where it goes changes: into a staging folder, then renamed into place once every
+rank has written its part and the completion marker is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from transformers import Trainer
+
+from hpcrun.frameworks.transformers.callback import TimeTriggerCallback
+from hpcrun.job.steps import checkpoint_save
+from hpcrun.job.triggers import TimeTriggers
+from hpcrun.rundir.checkpoints import CheckpointDir
+
+log = logging.getLogger("hpcrun")
+
+
+class HpcrunTrainer(Trainer):
+    """``Trainer`` with atomic checkpoints in ``checkpoints`` and the time triggers of ``triggers``."""
+
+    def __init__(self, *args: Any, checkpoints: CheckpointDir, triggers: Optional[TimeTriggerCallback] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoints = checkpoints
+        self.triggers = triggers
+        self._staging = False
+
+    def _get_output_dir(self, trial: Any) -> str:
+        if self._staging:
+            return str(self.checkpoints.staging_root)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's own save, written into the staging folder of hpcrun's save sequence and committed there
+        (:func:`hpcrun.job.steps.checkpoint_save`): marker last, then the rename to ``step-N``."""
+        callback = self.triggers
+        triggers = callback.triggers if callback else TimeTriggers()
+        why = callback._save_why if callback else "periodic"
+        with checkpoint_save(self.checkpoints, self.state.global_step, is_main=self.is_world_process_zero(),
+                             triggers=triggers, ledger=callback.ledger if callback else None, why=why):
+            self._staging = True
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = False
+        if callback is not None:
+            callback._save_started = None  # recorded by the save sequence; on_save has nothing left to time

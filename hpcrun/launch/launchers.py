@@ -1,0 +1,108 @@
+"""Where a prepared run goes: the foreground here (local) or sbatch (Slurm). One small interface, two launchers.
+
+A launcher takes runs whose directories are written (:mod:`hpcrun.launch.prepare`) and starts their job entry
+(:class:`hpcrun.job.entry.JobEntry`, the one job code path). A new launcher (another scheduler) is a class here with
+the same four methods; the commands in :mod:`hpcrun.launch.runner` never ask which launcher they hold.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from hpcrun.errors import SubmissionUncertain, UserError
+
+
+def _say(message: str) -> None:
+    print(f"hpcrun: {message}", file=sys.stderr, flush=True)
+
+
+class LocalLauncher:
+    """Runs each run in the foreground, exactly as the Slurm job would (the same JobEntry)."""
+
+    submits = False
+
+    def check(self, cfgs: Sequence[Any]) -> None:
+        """Nothing to check: the machine is here."""
+
+    def render(self, cfg: Any) -> str:
+        raise UserError(f"cluster={cfg.cluster.name} runs locally (cluster.launcher=local): there is no sbatch "
+                        "script to render; pick a Slurm cluster, e.g. cluster=slurm")
+
+    def launch(self, cfg: Any, prepared: Any) -> int:
+        """Runs the job here and returns the exit status (0 done, 130 after Ctrl-C, 75 stopped resumable)."""
+        from hpcrun.job.entry import JobEntry
+        from hpcrun.rundir.state import read_state
+
+        run_dir = prepared.run_dir
+        _say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
+        result = JobEntry(run_dir)()
+        state = read_state(run_dir)
+        if state.get("status") == "stopped":
+            # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).
+            _say(f"stopped: {state.get('reason')}; the same command resumes it")
+            return 130 if "SIGINT" in str(state.get("reason")) else 75
+        _say(f"done: final weights in {result}")
+        return 0
+
+    def launch_array(self, cfgs: Sequence[Any], folder: Path) -> List[str]:
+        raise NotImplementedError("a local sweep runs its points one after another (launch)")
+
+
+class SlurmLauncher:
+    """Submits each run with sbatch through submitit; returns at once."""
+
+    submits = True
+
+    def check(self, cfgs: Sequence[Any], sweep: bool = False) -> None:
+        """The site's own limits, before anything is written (one query per submission)."""
+        from hpcrun.slurm.site import check_site_limits
+
+        check_site_limits(list(cfgs), sweep=sweep)
+
+    def render(self, cfg: Any) -> str:
+        from hpcrun.slurm.sbatch import render
+
+        return render(cfg)
+
+    def launch(self, cfg: Any, prepared: Any) -> str:
+        """sbatch for one prepared run; returns the job id. A refused new run leaves no directory behind."""
+        from hpcrun.job.entry import JobEntry
+        from hpcrun.rundir.create import record_submission
+        from hpcrun.slurm.client import submit_with_retries
+        from hpcrun.slurm.sbatch import make_executor
+
+        try:
+            executor = make_executor(cfg)
+            job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
+        except SubmissionUncertain:
+            raise  # the job may exist and will need its run directory
+        except UserError:
+            if prepared.created:
+                shutil.rmtree(prepared.created, ignore_errors=True)
+            raise
+        job_id = str(job.job_id)
+        record_submission(prepared.run_dir, job_id)
+        return job_id
+
+    def launch_array(self, cfgs: Sequence[Any], folder: Path, what: str = "sbatch") -> List[str]:
+        """ONE sbatch call for a job array of runs whose sbatch options are the same; returns the task ids."""
+        from hpcrun.job.entry import JobEntry
+        from hpcrun.slurm.client import submit_with_retries
+        from hpcrun.slurm.sbatch import make_executor
+
+        executor = make_executor(cfgs[0], folder=folder)
+        executor.update_parameters(array_parallelism=cfgs[0].cluster.array_throttle or len(cfgs))
+
+        def submit_array() -> List[Any]:
+            with executor.batch():
+                return [executor.submit(JobEntry(c.run.dir)) for c in cfgs]
+
+        return [str(j.job_id) for j in submit_with_retries(submit_array, what=what)]
+
+
+def launcher_for(cfg: Any) -> Any:
+    """The launcher of ``cluster.launcher``."""
+    return SlurmLauncher() if cfg.cluster.launcher == "slurm" else LocalLauncher()

@@ -1,0 +1,129 @@
+"""What launching a config does with its run directory: a new run, a resume, complete, or already queued.
+
+Running the same command again (same experiment and training overrides) finds the same ``run.dir`` (see
+:mod:`hpcrun.config.identity`) and resumes it; launcher keys (time, partition, account, save interval) may change
+between starts and are updated in its ``config.yaml``. A run whose training config differs is refused, not
+overwritten; ``run.fresh=true`` moves the old run aside and starts over. The files themselves are written by
+:mod:`hpcrun.rundir.create`; this module only decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from hpcrun.rundir import RunDir
+from hpcrun.rundir.state import ACTIVE, read_state
+
+
+@dataclass
+class Prepared:
+    """What :func:`inspect_run_dir` found (and, once written, did)."""
+
+    run_dir: Path
+    kind: str  # "new", "resume", "complete", "active"
+    message: str
+    created: Optional[Path] = None  # the highest folder launching creates (removed again if sbatch refuses)
+
+    @property
+    def launchable(self) -> bool:
+        return self.kind in ("new", "resume")
+
+
+def _queued_job(state: dict) -> Optional[str]:
+    """The run's Slurm job id when that job is still pending or running."""
+    from hpcrun.slurm.jobs import SLURM_ACTIVE, job_states
+
+    job = state.get("job_id")
+    if not job or state.get("status") not in ACTIVE:
+        return None
+    slurm = job_states([str(job)]).get(str(job))
+    return f"{job} ({slurm.lower()})" if slurm in SLURM_ACTIVE else None
+
+
+def _newest_checkpoint(run_dir: Path) -> str:
+    from hpcrun.rundir.checkpoints import CheckpointDir
+
+    latest, _ = CheckpointDir(RunDir(run_dir).checkpoints).latest()
+    return f"from {latest.path.name}" if latest else "from the start (no complete checkpoint yet)"
+
+
+def inspect_run_dir(cfg: Any) -> Prepared:
+    """What launching ``cfg`` would do with its run directory; writes nothing.
+
+    Raises:
+        UserError: the directory is not an hpcrun run (and not empty), holds a different run (its training config
+            differs), or is unreadable.
+    """
+    from hpcrun.rundir.create import highest_missing, refuse_another_run, refuse_foreign
+
+    run_dir = Path(cfg.run.dir)
+    refuse_foreign(run_dir)
+    if not RunDir(run_dir).is_run():
+        return Prepared(run_dir, "new", f"new run {cfg.run.name}", created=highest_missing(run_dir))
+    if cfg.run.fresh:
+        return Prepared(run_dir, "new", f"new run {cfg.run.name} (run.fresh=true: the previous one is moved aside)")
+    refuse_another_run(cfg, run_dir)
+    state = read_state(run_dir)
+    if state.get("status") == "completed":
+        return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
+                        f"weights in {RunDir(run_dir).final}. Nothing to do (run.fresh=true starts over)")
+    job = _queued_job(state)
+    if job:
+        return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "
+                        f"{job}: nothing submitted")
+    return Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}")
+
+
+def write_prepared(cfg: Any, prepared: Prepared) -> None:
+    """Writes what :func:`inspect_run_dir` decided: moves an old run aside for run.fresh, creates the run
+    directory with its config, and adds it to the user's index of runs."""
+    from hpcrun.rundir.create import move_aside, write_run_dir
+    from hpcrun.rundir.index import remember
+
+    run_dir = prepared.run_dir
+    if cfg.run.fresh and RunDir(run_dir).is_run():
+        aside = move_aside(run_dir)
+        prepared.message = f"new run {cfg.run.name} (run.fresh=true: the previous one moved to {aside})"
+        prepared.created = run_dir
+    write_run_dir(cfg, run_dir)
+    remember(run_dir)
+
+
+@contextlib.contextmanager
+def claimed(cfg: Any) -> Iterator[Prepared]:
+    """Holds the run's lock while a command decides and writes (and, for Slurm, submits): two ``hpcrun`` commands
+    for one run started together cannot both find it new and submit a job each; the second is refused with one
+    line, or finds the first one's job queued. Yields what :func:`inspect_run_dir` found, written when launchable.
+    Release it before running the job here: the job's start takes the lock itself."""
+    import shutil
+
+    from hpcrun.rundir.create import highest_missing, refuse_foreign
+    from hpcrun.rundir.lock import RunLock
+
+    run_dir = Path(cfg.run.dir)
+    refuse_foreign(run_dir)  # never a lock file in a folder that is not a run
+    created = highest_missing(run_dir)
+    lock = RunLock(run_dir, "hpcrun launching it")
+    try:
+        lock.acquire()
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    try:
+        try:
+            prepared = inspect_run_dir(cfg)
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        if prepared.kind == "new" and created is not None:
+            prepared.created = created
+        if prepared.launchable:
+            write_prepared(cfg, prepared)
+        yield prepared
+    finally:
+        lock.release()

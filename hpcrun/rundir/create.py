@@ -1,0 +1,124 @@
+"""Making and claiming run directories: the only code that creates one, writes its config, or moves one aside.
+
+hpcrun never writes into, moves or deletes a folder that is not one of its runs (a folder with the run marker, or
+with the config.yaml of a run made before the marker existed) or an empty folder: ``run.dir=.`` in a project
+folder, or ``run.dir=$HOME``, is refused with one line instead of filling or renaming it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hpcrun.errors import UserError
+from hpcrun.rundir.atomic import atomic_write
+from hpcrun.rundir.layout import RunDir
+from hpcrun.rundir.state import read_state, write_state
+
+
+def config_yaml(cfg: Any) -> str:
+    """The YAML of a typed config (what ``config.yaml`` holds)."""
+    from omegaconf import OmegaConf
+
+    from hpcrun.config.compose import to_container
+
+    return OmegaConf.to_yaml(OmegaConf.create(to_container(cfg)))
+
+
+def _looks_like_a_run(path: Path) -> bool:
+    rd = RunDir(path)
+    if not rd.config.is_file():
+        return False
+    import yaml
+
+    try:  # a run made before the marker existed: its config has hpcrun's own sections
+        data = yaml.safe_load(rd.config.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("run"), dict) and isinstance(data.get("cluster"), dict)
+
+
+def is_hpcrun_run(path: Path) -> bool:
+    """Whether ``path`` holds an hpcrun run: its marker, or a run's config.yaml from before the marker."""
+    return RunDir(path).marker.is_file() or _looks_like_a_run(path)
+
+
+def refuse_foreign(path: Path, key: str = "run.dir") -> None:
+    """Raises UserError unless ``path`` is missing, empty, or an hpcrun run: hpcrun never writes into, moves or
+    deletes anything else."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"{key}={str(path)!r} is a file, not a run directory: choose another {key}")
+    if is_hpcrun_run(path):
+        return
+    if any(p.name != RunDir.LOCK for p in path.iterdir()):
+        raise UserError(f"{key}={str(path)!r} is a folder that is not an hpcrun run and is not empty: hpcrun never "
+                        f"writes into, moves or deletes it; choose another {key} (or leave it out: the default is "
+                        "<cluster.run_root>/<run.name>/<run.id>)")
+
+
+def refuse_another_run(cfg: Any, run_dir: Path) -> None:
+    """Raises UserError when ``run_dir/config.yaml`` is unreadable or holds another training config than ``cfg``."""
+    import yaml
+
+    from hpcrun.config.compose import to_container
+    from hpcrun.config.identity import training_differences
+
+    saved_path = RunDir(run_dir).config
+    try:
+        saved = yaml.safe_load(saved_path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a mapping")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
+    diffs = training_differences(saved, to_container(cfg))
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
+                        "unchanged, start over with run.fresh=true, or choose another run.dir")
+
+
+def highest_missing(path: Path) -> Optional[Path]:
+    """The highest folder of ``path`` that does not exist yet (what creating it would add), or None."""
+    if path.exists():
+        return None
+    created = path
+    while not created.parent.exists():
+        created = created.parent
+    return created
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Moves a previous run out of the way (``run.fresh=true``) and returns where it went. Only an hpcrun run
+    is ever moved."""
+    if not is_hpcrun_run(run_dir):
+        raise UserError(f"run.dir={str(run_dir)!r} is not an hpcrun run: run.fresh=true moves only runs aside")
+    aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(run_dir, aside)
+    return aside
+
+
+def write_run_dir(cfg: Any, run_dir: Path) -> None:
+    """Creates the run directory if needed, marks it as a run, and saves the config in it.
+
+    The job reads ``config.yaml`` at every start: nothing about the run is baked into the submission, so a
+    requeued job finds the same config and its newest checkpoint on disk. A new folder is private to the user
+    (0700): configs and logs may hold paths and tokens.
+    """
+    refuse_foreign(run_dir)
+    rd = RunDir(run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not rd.marker.exists():
+        atomic_write(rd.marker, "hpcrun run directory: hpcrun may write, move and delete what is in it\n")
+    atomic_write(rd.config, config_yaml(cfg))
+
+
+def record_submission(run_dir: Path, job_id: str) -> None:
+    """Notes the submitted job in the run's state (the job overwrites it with "running" when it starts)."""
+    state = read_state(run_dir)
+    state.update(status="submitted", job_id=job_id, reason="")
+    write_state(run_dir, state)

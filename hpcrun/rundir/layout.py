@@ -1,0 +1,106 @@
+"""Where everything of a run lives on disk: the one place that spells the run directory's file names.
+
+    <run.dir>/.hpcrun-run        marks the folder as an hpcrun run (written when hpcrun creates it)
+    <run.dir>/.hpcrun-lock       held by the start (or submission) that owns the run right now
+    <run.dir>/config.yaml        the composed config (what the job reads at every start)
+    <run.dir>/state.json         status, reason, and every start with how it ended (state.py)
+    <run.dir>/ledger.jsonl       where the allocated time went, event by event (ledger.py)
+    <run.dir>/logs/              start-N.log per start (start-N.rank-R.log for other ranks), latest.log
+    <run.dir>/checkpoints/       step-N/ (complete ones only count), .staging/ while a save runs (checkpoints.py)
+    <run.dir>/slurm/             the sbatch script, submitit's pickles, Slurm's output
+    <run.dir>/final/             the task's final output (the built-in task: weights in save_pretrained format)
+    <run.dir>/metrics.jsonl      one JSON record per logged step (optional: tasks that log write it)
+
+A task keeps its own files under the run directory too (the built-in one: tokenizer/, tokens.safetensors,
+trainer/); it asks :meth:`RunDir.task_file` for their paths.
+
+Both sides use this module (standard library only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+PathLike = Union[str, Path]
+
+
+class RunDir:
+    """The paths of one run directory. Creates nothing: see :mod:`hpcrun.rundir.create` for that."""
+
+    MARKER = ".hpcrun-run"
+    LOCK = ".hpcrun-lock"
+    CONFIG = "config.yaml"
+    STATE = "state.json"
+    LEDGER = "ledger.jsonl"
+    METRICS = "metrics.jsonl"
+    LOGS = "logs"
+    CHECKPOINTS = "checkpoints"
+    SLURM = "slurm"
+    FINAL = "final"
+    LATEST_LOG = "latest.log"
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def marker(self) -> Path:
+        return self.path / self.MARKER
+
+    @property
+    def lock(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def state(self) -> Path:
+        return self.path / self.STATE
+
+    @property
+    def ledger(self) -> Path:
+        return self.path / self.LEDGER
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def logs(self) -> Path:
+        return self.path / self.LOGS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def slurm(self) -> Path:
+        return self.path / self.SLURM
+
+    @property
+    def final(self) -> Path:
+        return self.path / self.FINAL
+
+    @property
+    def latest_log(self) -> Path:
+        return self.logs / self.LATEST_LOG
+
+    def start_log(self, start: int, rank: int = 0) -> Path:
+        """The log of start ``start`` (1-based) of rank ``rank``."""
+        return self.logs / (f"start-{start}.log" if rank == 0 else f"start-{start}.rank-{rank}.log")
+
+    def task_file(self, name: str) -> Path:
+        """A file or folder the task keeps for itself (a cache, its framework's own output)."""
+        return self.path / name
+
+    def is_run(self) -> bool:
+        """Whether this folder holds an hpcrun run (its config; runs made before the marker existed count)."""
+        return self.config.is_file()

@@ -1,0 +1,109 @@
+"""One owner per run at a time: the start that trains it, or the command that is launching it.
+
+Two processes writing one run directory overwrite each other's checkpoints and state (two local runs of the same
+command; a local run beside its Slurm job; two ``hpcrun`` commands started together, each submitting a job). The
+owner holds an advisory lock (``flock``) on ``<run.dir>/.hpcrun-lock`` for as long as it owns the run, and writes
+who it is into the file, so the second one is refused with one line saying who holds it.
+
+The kernel drops an ``flock`` when its holder dies (kill -9, OOM, a node failure on a local disk; on NFS the
+server does once the client is gone), so a lock left by a dead process never blocks the next start. On a
+filesystem without ``flock`` (some parallel filesystems mounted without it) the run goes on unlocked, with a
+warning: the lock protects against mistakes, it is not what makes saves safe.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from hpcrun.errors import UserError
+from hpcrun.rundir.layout import RunDir
+
+log = logging.getLogger("hpcrun")
+
+
+class RunBusy(UserError):
+    """Another process owns the run right now."""
+
+
+def _holder_text(holder: Dict[str, Any]) -> str:
+    where = f"{holder.get('what', 'a process')} on {holder.get('host', '?')} (pid {holder.get('pid', '?')}"
+    if holder.get("job_id"):
+        where += f", Slurm job {holder['job_id']}"
+    return where + ")"
+
+
+class RunLock:
+    """The lock of one run directory.
+
+    Args:
+        run_dir: the run directory (created if missing: the lock file lives in it).
+        what: who takes it, for the other side's message ("the job's start", "hpcrun launching it").
+        job_id: this process's Slurm job, if any.
+    """
+
+    def __init__(self, run_dir: Path, what: str, job_id: Optional[str] = None) -> None:
+        self.path = RunDir(run_dir).lock
+        self.holder = {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
+                       "since": time.time()}
+        self._fd: Optional[int] = None
+
+    def holder_now(self) -> Dict[str, Any]:
+        """Who wrote the lock file last (the holder, while it is held)."""
+        try:
+            data = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def acquire(self, wait: float = 0.0) -> "RunLock":
+        """Takes the lock, waiting up to ``wait`` seconds for it.
+
+        Raises:
+            RunBusy: another process holds it; the message says who.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    log.warning("%s: this filesystem refuses locks (%s); going on unlocked", self.path, exc)
+                    os.close(fd)
+                    return self
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise RunBusy(f"{self.path.parent} is in use by {_holder_text(self.holder_now())}: two processes "
+                              "must not train one run at once; wait until it ends (hpcrun status), or cancel it")
+            time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.holder).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -1,0 +1,147 @@
+"""What hpcrun asks of Slurm about jobs: states (one batched call), requeue, a job's times, MaxArraySize.
+
+Every call goes through :func:`hpcrun.slurm.client.run_slurm` and its one retry policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from datetime import datetime
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from hpcrun.errors import SubmissionError
+from hpcrun.resources import cache_dir
+from hpcrun.rundir.atomic import atomic_write_json
+from hpcrun.slurm.client import run_slurm
+
+CACHE_TTL = 24 * 3600
+# Slurm states in which a job is still coming (or running).
+SLURM_ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                          "COMPLETING", "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING"})
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(f"hpcrun: {message}", file=sys.stderr, flush=True)
+
+
+def max_array_size(refresh: bool = False) -> int:
+    """The cluster's MaxArraySize (an array holds at most this many tasks), cached for a day per cluster."""
+    # Keyed by the login node: one login node talks to one cluster.
+    cache = cache_dir() / f"slurm-config-{os.uname().nodename}.json"
+    try:
+        cached = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not refresh and time.time() - cached.get("time", 0) < CACHE_TTL and "max_array_size" in cached:
+        return int(cached["max_array_size"])
+    out = run_slurm(["scontrol", "show", "config"])
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    value = int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, {"time": time.time(), "max_array_size": value})
+    except OSError:
+        pass  # an unwritable cache only costs the next call a query
+    return value
+
+
+def expand_job_ids(text: str) -> List[str]:
+    """``55_[0-3,7%2]`` (an array's pending tasks, as sacct and squeue collapse them) as ``55_0 ... 55_7``."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", text.strip())
+    if not m:
+        return [text.strip()]
+    ids = []
+    for part in m.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
+
+
+def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
+    """The current state of each job id (``123`` or ``123_4``), from one sacct call.
+
+    For a requeued job sacct lists every run; the last row is the current one. Jobs accounting does not know yet
+    (just submitted) are asked of squeue, in one call. Unknown ids are left out.
+    """
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        return {}
+    states: Dict[str, str] = {}
+    # An array's tasks that never started exist in accounting only as one collapsed row of the array
+    # (55_[0-3]): ask for the array ids as well, still in the one call.
+    query = sorted(set(ids) | {j.split("_")[0] for j in ids if "_" in j})
+    try:
+        out = run_slurm(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(query)], attempts=2,
+                        first_delay=1.0)
+        for line in out.splitlines():
+            if "|" in line:
+                jid, state = line.split("|", 1)
+                for one in expand_job_ids(jid):
+                    states[one] = state.split()[0].rstrip("+") if state.strip() else ""
+    except SubmissionError as exc:
+        _say(f"accounting did not answer ({exc}); states from squeue and the runs' own files")
+    for j in ids:  # an array cancelled before any task started has one row under the bare array id
+        if j not in states and "_" in j and j.split("_")[0] in states:
+            states[j] = states[j.split("_")[0]]
+    missing = [j for j in ids if j not in states]
+    if missing:
+        try:
+            out = run_slurm(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(missing)], attempts=2)
+            for line in out.splitlines():
+                if "|" in line:
+                    jid, state = line.split("|", 1)
+                    states.setdefault(jid.strip(), state.strip())
+        except SubmissionError as exc:
+            _say(f"the controller did not answer ({exc}); {len(missing)} job(s) shown from the runs' own files")
+    return {j: states[j] for j in ids if j in states}
+
+
+def chunks(items: List, size: int) -> List[List]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+
+
+
+def requeue(job_id: str) -> bool:
+    """``scontrol requeue JOB`` under the retry policy; True once Slurm took it (or had already requeued it)."""
+    import logging
+
+    try:
+        run_slurm(["scontrol", "requeue", job_id], done_if=("already", "pending"))
+        return True
+    except SubmissionError as exc:
+        logging.getLogger("hpcrun").warning("scontrol requeue %s failed: %s", job_id, exc)
+        return False
+
+
+def cancel(job_ids: List[str]) -> None:
+    """``scancel`` of every job in one call (running ones get SIGTERM and save first)."""
+    run_slurm(["scancel", *job_ids])
+
+
+def parse_slurm_timestamp(text: str) -> Optional[float]:
+    """``2026-11-25T10:40:00`` (Slurm prints local time) as a Unix time; None for ``N/A``, ``Unknown``, ``NONE``."""
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def allocation_times(job_id: str, attempts: int = 3) -> Tuple[Optional[float], Optional[float]]:
+    """A running job's allocation start and end (``squeue -j JOB -o "%S %e"``), or (None, None)."""
+    try:
+        out = run_slurm(["squeue", "-h", "-j", job_id, "-o", "%S %e"], attempts=attempts, first_delay=1.0,
+                        timeout=30)
+    except SubmissionError:
+        return None, None
+    fields = out.split()
+    if len(fields) >= 2 and parse_slurm_timestamp(fields[1]) is not None:
+        return parse_slurm_timestamp(fields[0]), parse_slurm_timestamp(fields[1])
+    return None, None

@@ -1,0 +1,201 @@
+"""The built-in task's settings: the model, data and train sections of ``hpcrun.tasks.causal_lm.train``.
+
+A task owns its settings: ``task.settings`` names a dataclass whose fields are the task's top-level sections
+(``model``, ``data``, ``train`` here). hpcrun composes them from ``conf/`` and the command line, refuses unknown keys
+and wrong types naming the key, calls each section's ``check()`` and then the settings' ``check(cfg)`` (for checks
+across sections, or against hpcrun's own keys such as ``cluster.*``). The comment above each field is its
+description (``hpcrun --help``, docs/configuration.md). The built-in task's settings are also the default for
+``task._target_=hpcrun.tasks.causal_lm.train``; a task of one's own may reuse them with
+``task.settings=hpcrun.tasks.settings.CausalLMSettings`` (examples/accelerate_task.py does).
+
+This module is imported on the submitting side: the standard library, hpcrun.errors and hpcrun.durations only,
+never torch or transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hpcrun.durations import EXPECTED as DURATION_FORMS
+from hpcrun.durations import parse_duration
+from hpcrun.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "a positive integer")
+
+
+def _duration(key: str, value: Any) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ConfigError(key, value, DURATION_FORMS) from None
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-architecture causal LM, built from LlamaConfig (random init) or loaded from pretrained weights."""
+
+    # Hub id or local path: where the tokenizer (data.tokenizer=model) and pretrained weights come from.
+    name_or_path: Optional[str] = None
+    # Load pretrained weights from model.name_or_path (false: random init from the architecture below).
+    pretrained: bool = False
+    # Width of the hidden states.
+    hidden_size: int = 192
+    # Width of the MLP.
+    intermediate_size: int = 512
+    # Number of transformer layers.
+    num_hidden_layers: int = 4
+    # Number of attention heads.
+    num_attention_heads: int = 6
+    # Number of key/value heads (grouped-query attention; equal to the heads for plain multi-head).
+    num_key_value_heads: int = 6
+    # Longest sequence the position embedding covers.
+    max_position_embeddings: int = 512
+    # RMSNorm epsilon.
+    rms_norm_eps: float = 1e-5
+    # RoPE base frequency.
+    rope_theta: float = 10000.0
+    # Share the input embedding with the output projection.
+    tie_word_embeddings: bool = False
+    # Dropout on attention probabilities.
+    attention_dropout: float = 0.0
+    # Recompute activations in the backward pass to save memory.
+    gradient_checkpointing: bool = False
+    # Vocabulary size, for `hpcrun plan` of a model whose tokenizer is not at hand (empty: data.vocab_size).
+    vocab_size: Optional[int] = None
+
+    def check(self) -> None:
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "max_position_embeddings"):
+            _positive_int(f"model.{key}", getattr(self, key))
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                "model.hidden_size", self.hidden_size,
+                f"a multiple of model.num_attention_heads={self.num_attention_heads}",
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                "model.num_key_value_heads", self.num_key_value_heads,
+                f"a divisor of model.num_attention_heads={self.num_attention_heads}",
+            )
+        if self.pretrained and not self.name_or_path:
+            raise ConfigError("model.name_or_path", self.name_or_path, "a hub id or path when model.pretrained=true")
+        if self.vocab_size is not None:
+            _positive_int("model.vocab_size", self.vocab_size)
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ConfigError("model.attention_dropout", self.attention_dropout, "a probability in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    """The training text and its tokenizer."""
+
+    # A built-in corpus name (shakespeare), or a path to a .txt/.txt.gz file or a folder of them.
+    corpus: str = "shakespeare"
+    # bpe: train a byte-level BPE tokenizer on the corpus (offline); model: the tokenizer of model.name_or_path;
+    # anything else: a tokenizer hub id or path.
+    tokenizer: str = "bpe"
+    # Vocabulary size of the trained BPE tokenizer.
+    vocab_size: int = 4096
+    # Tokens per training sequence.
+    seq_len: int = 128
+    # Share of the corpus held out for evaluation.
+    eval_fraction: float = 0.05
+
+    def check(self) -> None:
+        _positive_int("data.vocab_size", self.vocab_size)
+        if self.vocab_size < 300:
+            raise ConfigError("data.vocab_size", self.vocab_size, "at least 300 (256 bytes plus merges)")
+        _positive_int("data.seq_len", self.seq_len)
+        if not 0.0 < self.eval_fraction < 0.5:
+            raise ConfigError("data.eval_fraction", self.eval_fraction, "a fraction between 0 and 0.5")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: steps, batch, learning rate, precision."""
+
+    # Optimizer steps to train for.
+    max_steps: int = 300
+    # Sequences per device per micro-batch.
+    batch_size: int = 16
+    # Micro-batches accumulated into one optimizer step.
+    grad_accum: int = 1
+    # Peak learning rate (AdamW).
+    lr: float = 1e-3
+    # AdamW weight decay.
+    weight_decay: float = 0.1
+    # Linear warm-up steps.
+    warmup_steps: int = 30
+    # Learning-rate schedule after warm-up.
+    lr_scheduler: str = "cosine"
+    # Gradient clipping norm (0: off).
+    max_grad_norm: float = 1.0
+    # Numeric precision: fp32, bf16 (GPUs from A100 on) or fp16.
+    precision: str = "fp32"
+    # Seed for the model init, data order and dropout.
+    seed: int = 0
+    # Log loss and learning rate every this many steps.
+    log_every: int = 10
+    # Also log every this much wall clock (e.g. 1m; empty: by steps only).
+    log_every_time: Optional[str] = None
+    # Evaluate on the held-out text every this many steps (0: only at the end).
+    eval_every: int = 0
+    # Also evaluate every this much wall clock (e.g. 30m; empty: by steps only).
+    eval_every_time: Optional[str] = None
+    # Data-loading worker processes per rank.
+    num_workers: int = 0
+    # Shard weights, gradients and optimizer state over the ranks (FSDP full shard through accelerate, sharded
+    # checkpoints); false: every rank holds a full replica (DDP). For models whose training state does not fit one GPU.
+    fsdp: bool = False
+
+    def check(self) -> None:
+        _positive_int("train.max_steps", self.max_steps)
+        _positive_int("train.batch_size", self.batch_size)
+        _positive_int("train.grad_accum", self.grad_accum)
+        _positive_int("train.log_every", self.log_every)
+        if not self.lr > 0:
+            raise ConfigError("train.lr", self.lr, "a positive learning rate")
+        if self.warmup_steps < 0:
+            raise ConfigError("train.warmup_steps", self.warmup_steps, "zero or more steps")
+        if self.eval_every < 0:
+            raise ConfigError("train.eval_every", self.eval_every, "zero (off) or a number of steps")
+        if self.num_workers < 0:
+            raise ConfigError("train.num_workers", self.num_workers, "zero or more workers")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("train.precision", self.precision, choices=PRECISIONS)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError("train.lr_scheduler", self.lr_scheduler, choices=LR_SCHEDULERS)
+        for key in ("log_every_time", "eval_every_time"):
+            if getattr(self, key) is not None:
+                _duration(f"train.{key}", getattr(self, key))
+
+
+@dataclass
+class CausalLMSettings:
+    """The sections of the built-in causal-LM task (and of tasks that reuse them)."""
+
+    # The model: its architecture, or the pretrained weights to start from.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # The training text and its tokenizer.
+    data: DataConfig = field(default_factory=DataConfig)
+    # The optimisation: steps, batch, learning rate, precision.
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self, cfg: Any) -> None:
+        """Checks across sections, after each section's own ``check()``; ``cfg`` is the whole config."""
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ConfigError(
+                "data.seq_len", self.data.seq_len,
+                f"at most model.max_position_embeddings={self.model.max_position_embeddings}",
+            )
+        cluster = cfg.cluster
+        if self.train.precision == "bf16" and cluster.launcher == "slurm" and cluster.gpus_per_node == 0:
+            raise ConfigError("train.precision", self.train.precision,
+                              "fp32 on a CPU-only job (cluster.gpus_per_node=0)")

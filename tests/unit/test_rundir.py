@@ -1,0 +1,96 @@
+"""The run directory's owner: its lock, its marker, and the folders it refuses to touch."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hpcrun.errors import UserError
+from hpcrun.rundir import RunDir
+from hpcrun.rundir.atomic import atomic_write, atomic_write_json, read_json
+from hpcrun.rundir.create import is_hpcrun_run, move_aside, refuse_foreign
+from hpcrun.rundir.lock import RunBusy, RunLock
+
+HOLD = """
+import sys, time
+from hpcrun.rundir.lock import RunLock
+RunLock(sys.argv[1], "a test holder", job_id="77").acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _holder(run_dir):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_owner_is_refused_with_who_holds_the_run(tmp_path):
+    proc = _holder(tmp_path / "run")
+    try:
+        with pytest.raises(RunBusy) as err:
+            RunLock(tmp_path / "run", "another start").acquire()
+        text = str(err.value)
+        assert f"pid {proc.pid}" in text and "Slurm job 77" in text and "a test holder" in text
+        assert "\n" not in text
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_left_by_a_process_killed_with_sigkill_does_not_block_the_next_start(tmp_path):
+    proc = _holder(tmp_path / "run")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lock = RunLock(tmp_path / "run", "the next start").acquire()
+    assert lock.holder_now()["pid"] == os.getpid()
+    lock.release()
+
+
+def test_the_lock_waits_for_its_holder_when_asked(tmp_path):
+    proc = _holder(tmp_path / "run")
+    started = time.monotonic()
+    subprocess.Popen(["sh", "-c", f"sleep 1; kill {proc.pid}"])
+    RunLock(tmp_path / "run", "a requeued start").acquire(wait=30).release()
+    assert time.monotonic() - started < 20
+    proc.wait()
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_into_or_moved(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('mine')\n")
+    (project / "config.yaml").write_text("learning_rate: 0.1\n")  # a user's own config, not a run's
+    before = sorted(p.name for p in project.iterdir())
+    with pytest.raises(UserError, match="is a folder that is not an hpcrun run and is not empty"):
+        refuse_foreign(project)
+    with pytest.raises(UserError, match="moves only runs aside"):
+        move_aside(project)
+    assert sorted(p.name for p in project.iterdir()) == before and not is_hpcrun_run(project)
+
+
+def test_an_empty_folder_a_missing_one_and_a_run_are_fine(tmp_path):
+    (tmp_path / "empty").mkdir()
+    refuse_foreign(tmp_path / "empty")
+    refuse_foreign(tmp_path / "missing")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.marker.write_text("")
+    (run.path / "anything").write_text("")
+    refuse_foreign(run.path)
+    old = tmp_path / "old"  # a run made before the marker existed: its config has hpcrun's sections
+    old.mkdir()
+    (old / "config.yaml").write_text("run:\n  name: x\ncluster:\n  name: local\n")
+    assert is_hpcrun_run(old)
+
+
+def test_atomic_writes_leave_the_old_content_or_the_new_and_no_temporary_files(tmp_path):
+    target = tmp_path / "state.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write(target, '{"a": 2}')
+    assert read_json(target) == {"a": 2} and read_json(tmp_path / "missing", {}) == {}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

@@ -55,7 +55,8 @@ def refuse_foreign(path: Path, key: str = "run.dir") -> None:
         raise UserError(f"{key}={str(path)!r} is a file, not a run directory: choose another {key}")
     if is_hpcrun_run(path):
         return
-    if any(p.name != RunDir.LOCK for p in path.iterdir()):
+    # hpcrun's own files (the lock, a marker being written by a launch running now) do not make a folder foreign.
+    if any(not p.name.startswith(".hpcrun-") for p in path.iterdir()):
         raise UserError(f"{key}={str(path)!r} is a folder that is not an hpcrun run and is not empty: hpcrun never "
                         f"writes into, moves or deletes it; choose another {key} (or leave it out: the default is "
                         "<cluster.run_root>/<run.name>/<run.id>)")

@@ -150,6 +150,7 @@ def test_when_slurm_cannot_be_asked_the_checks_step_aside_and_sbatch_says_why(hp
 def test_a_corrupted_saved_config_is_refused_and_left_as_it_was(hpcrun, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
+    (run / ".hpcrun-run").write_text("")  # a run of hpcrun's whose config.yaml was damaged
     (run / "config.yaml").write_text("train: [unclosed\n")
     out = hpcrun("resume", "run")
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -157,5 +158,6 @@ def test_a_corrupted_saved_config_is_refused_and_left_as_it_was(hpcrun, tmp_path
     assert (run / "config.yaml").read_text() == "train: [unclosed\n"
     out = hpcrun("cluster=local", "run.dir=run")
     assert out.returncode == 2 and "unreadable" in out.stderr.strip().splitlines()[-1]
+    # Nothing written but the lock hpcrun held while it looked.
     assert (run / "config.yaml").read_text() == "train: [unclosed\n" and sorted(p.name for p in run.iterdir()) == [
-        "config.yaml"]
+        ".hpcrun-lock", ".hpcrun-run", "config.yaml"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from hpcrun.rundir.state import read_state
 from tests.training import state, wait_until
 
 CHEAP = ["+experiment=tiny_llama", "train.max_steps=400", "data.vocab_size=300", "train.log_every=1"]
@@ -40,7 +40,7 @@ def test_a_second_local_start_of_a_running_run_is_refused_and_a_killed_one_block
     first = _start([*CHEAP, "cluster=local", "run.dir=run"], tmp_path)
     run = tmp_path / "run"
     try:
-        wait_until(lambda: state(run).get("status") == "running", timeout=180, what="the first start")
+        wait_until(lambda: read_state(run).get("status") == "running", timeout=180, what="the first start")
         second = hpcrun(*CHEAP, "cluster=local", "run.dir=run")
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"is in use by the job's start on {os.uname().nodename} (pid {first.pid})" in second.stderr

@@ -17,8 +17,8 @@ import signal as _signal
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-from hpcrun.durations import EXPECTED as DURATION_FORMS
-from hpcrun.durations import parse_duration
+from hpcrun.config.checks import duration as _duration
+from hpcrun.config.checks import positive_int as _positive_int
 from hpcrun.errors import ConfigError
 
 LAUNCHERS = ("local", "slurm")
@@ -30,19 +30,6 @@ MANAGED_SBATCH = frozenset(
     {"time", "requeue", "signal", "output", "error", "array", "job-name", "open-mode", "nodes", "partition"}
 )
 _MEM = re.compile(r"^\d+[KMGT]?$")
-
-
-def _positive_int(key: str, value: int, upper: Optional[int] = None) -> None:
-    if not isinstance(value, int) or value < 1 or (upper is not None and value > upper):
-        bound = f"an integer from 1 to {upper}" if upper else "a positive integer"
-        raise ConfigError(key, value, bound)
-
-
-def _duration(key: str, value: Any) -> int:
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise ConfigError(key, value, DURATION_FORMS) from None
 
 
 @dataclass

@@ -8,8 +8,8 @@ description (``hpcrun --help``, docs/configuration.md). The built-in task's sett
 ``task._target_=hpcrun.tasks.causal_lm.train``; a task of one's own may reuse them with
 ``task.settings=hpcrun.tasks.settings.CausalLMSettings`` (examples/accelerate_task.py does).
 
-This module is imported on the submitting side: the standard library, hpcrun.errors and hpcrun.durations only,
-never torch or transformers.
+This module is imported on the submitting side: the standard library, hpcrun.errors and hpcrun.config.checks
+only, never torch or transformers.
 """
 
 from __future__ import annotations
@@ -17,24 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hpcrun.durations import EXPECTED as DURATION_FORMS
-from hpcrun.durations import parse_duration
+from hpcrun.config.checks import duration as _duration
+from hpcrun.config.checks import positive_int as _positive_int
 from hpcrun.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
-
-
-def _positive_int(key: str, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "a positive integer")
-
-
-def _duration(key: str, value: Any) -> int:
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise ConfigError(key, value, DURATION_FORMS) from None
 
 
 @dataclass

@@ -100,8 +100,6 @@ def test_the_shared_packages_import_only_each_other():
     for mod, targets in _graph()["internal"].items():
         if _package(mod) in SHARED:
             bad = {t for t in targets if _package(t) not in SHARED}
-            # The built-in task's settings are plain dataclasses, read by the config on both sides.
-            bad -= {"hpcrun.tasks.settings", "hpcrun.tasks"}
             assert not bad, f"{mod} imports {bad}"
 
 

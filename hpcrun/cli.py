@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from hpcrun import __version__
+from hpcrun.console import say
 from hpcrun.errors import JobError, UserError
 
 PROG = "hpcrun"
@@ -40,10 +41,6 @@ COMMAND_HELP = {
     "resume": "resubmit a stopped or failed run from its saved config (launcher keys may change)",
     "wait": "block until every run of a run or sweep has ended; non-zero if any failed",
 }
-
-
-def _say(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def _epilog(config_dirs: Sequence[str]) -> str:
@@ -156,7 +153,7 @@ def _with_cluster(overrides: List[str]) -> List[str]:
     if any(o.split("=", 1)[0] == "cluster" for o in overrides):
         return overrides
     choice, reason = default_cluster()
-    _say(f"cluster={choice} ({reason})")
+    say(f"cluster={choice} ({reason})")
     return [f"cluster={choice}", *overrides]
 
 
@@ -204,7 +201,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         if out.exists() and not args.output.endswith(".sbatch"):
             raise UserError(f"-o {args.output} exists and is not a .sbatch file: not overwritten")
         atomic_write(out, text, mode=0o755)
-        _say(f"wrote {out}; submit it with: sbatch {shlex.quote(str(out))}")
+        say(f"wrote {out}; submit it with: sbatch {shlex.quote(str(out))}")
     else:
         sys.stdout.write(text)
     return 0
@@ -233,7 +230,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(status_json(rows))
     elif not rows:
-        _say("no runs yet (hpcrun status RUN_OR_SWEEP_DIR shows one)")
+        say("no runs yet (hpcrun status RUN_OR_SWEEP_DIR shows one)")
     else:
         print(table(rows))
     return 0
@@ -245,14 +242,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     reports = run_reports(resolve_targets(args.target))
     if not reports:
-        _say("no runs yet (hpcrun report RUN_OR_SWEEP_DIR reports one)")
+        say("no runs yet (hpcrun report RUN_OR_SWEEP_DIR reports one)")
         return 0
     print(report_json(reports) if args.json else report_text(reports))
     if args.plot:
         if not any(r.starts for r in reports):
             raise UserError("nothing to plot: no run has started yet")
         plot(reports, Path(args.plot))
-        _say(f"timeline written to {args.plot}")
+        say(f"timeline written to {args.plot}")
     return 0
 
 
@@ -299,13 +296,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = _parser(command, known.config_dir).parse_args(rest)
         return COMMANDS[command](args)
     except UserError as exc:
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return 2
     except JobError as exc:  # the job itself failed (locally); its log has the details
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return 130
 
 

@@ -51,6 +51,26 @@ def sacct_runs(job_id: str) -> list:
     return [ln.split()[0].rstrip("+") for ln in out.stdout.splitlines() if ln.strip()]
 
 
+def wait_for_run_end(job_id: str, run: int, timeout: float = 420) -> str:
+    """Polls sacct until the job's ``run``-th run (1: its first; each requeue adds one) has a terminal record;
+    returns that run's state.
+
+    Unlike :func:`wait_for_end`, an earlier run's record is never taken for the end. After a node failure Slurm
+    requeues the job, and until the requeued run starts, sacct's latest line for the job is still the failed run's
+    NODE_FAIL (a terminal state) while the job itself is pending again.
+    """
+    deadline = time.monotonic() + timeout
+    runs: list = []
+    while time.monotonic() < deadline:
+        runs = sacct_runs(job_id)
+        if len(runs) >= run and runs[run - 1] in TERMINAL:
+            return runs[run - 1]
+        time.sleep(2)
+    subprocess.run(["scancel", job_id])
+    raise AssertionError(f"run {run} of job {job_id} did not end within {timeout} s (sacct -D: {runs}, "
+                         f"squeue: {squeue_state(job_id)!r})")
+
+
 def release_when_requeued(job_id: str, timeout: float = 180) -> None:
     """Waits for the requeued job to be pending again, then skips Slurm's ~120 s requeue hold.
 

@@ -8,15 +8,11 @@ the same four methods; the commands in :mod:`hpcrun.launch.runner` never ask whi
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, List, Sequence
 
+from hpcrun.console import say
 from hpcrun.errors import SubmissionUncertain, UserError
-
-
-def _say(message: str) -> None:
-    print(f"hpcrun: {message}", file=sys.stderr, flush=True)
 
 
 class LocalLauncher:
@@ -37,14 +33,14 @@ class LocalLauncher:
         from hpcrun.rundir.state import read_state
 
         run_dir = prepared.run_dir
-        _say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
+        say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
         result = JobEntry(run_dir)()
         state = read_state(run_dir)
         if state.get("status") == "stopped":
             # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).
-            _say(f"stopped: {state.get('reason')}; the same command resumes it")
+            say(f"stopped: {state.get('reason')}; the same command resumes it")
             return 130 if "SIGINT" in str(state.get("reason")) else 75
-        _say(f"done: final weights in {result}")
+        say(f"done: final weights in {result}")
         return 0
 
     def launch_array(self, cfgs: Sequence[Any], folder: Path) -> List[str]:

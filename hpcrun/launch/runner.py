@@ -5,17 +5,13 @@ compose -> check the site -> prepare the run directory -> the launcher (foregrou
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 from typing import List, Sequence
 
+from hpcrun.console import say
 from hpcrun.errors import UserError
 from hpcrun.launch.launchers import launcher_for
-
-
-def _say(message: str) -> None:
-    print(f"hpcrun: {message}", file=sys.stderr, flush=True)
 
 
 def _wait(target: Path) -> int:
@@ -33,7 +29,7 @@ def launch(overrides: Sequence[str], config_dirs: Sequence[str], wait: bool = Fa
     launcher = launcher_for(cfg)
     launcher.check([cfg])  # the site's own limits, before anything is written
     with claimed(cfg) as prepared:
-        _say(prepared.message)
+        say(prepared.message)
         if not prepared.launchable:
             return 0
         if launcher.submits:
@@ -67,10 +63,10 @@ def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: 
         for p in points:
             if p.prepared.launchable:
                 write_prepared(p.cfg, p.prepared)
-                _say(f"point {p.cfg.run.id}: {p.prepared.message}")
+                say(f"point {p.cfg.run.id}: {p.prepared.message}")
                 status = max(status, launcher.launch(p.cfg, p.prepared))
         if skipped:
-            _say(f"skipped {len(skipped)}: {', '.join(skipped)}")
+            say(f"skipped {len(skipped)}: {', '.join(skipped)}")
         return status
     # The site's own limits (each partition once, the job limit), before anything is written or submitted.
     launcher.check([p.cfg for p in points if p.prepared.launchable], sweep=True)
@@ -112,7 +108,7 @@ def resume(target: str, overrides: Sequence[str]) -> int:
     cfg = from_container(merged)
     launcher = launcher_for(cfg)
     with claimed(cfg) as prepared:
-        _say(prepared.message)
+        say(prepared.message)
         if not prepared.launchable:
             return 0
         state = read_state(run_dir)

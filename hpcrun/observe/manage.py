@@ -8,13 +8,10 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from hpcrun.console import say
 from hpcrun.errors import UserError
 from hpcrun.rundir import RunDir
 from hpcrun.rundir.state import read_state
-
-
-def _say(message: str) -> None:
-    print(f"hpcrun: {message}", file=sys.stderr, flush=True)
 
 
 def run_dir_of(target: str) -> Path:
@@ -36,7 +33,7 @@ def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> in
         if restart is not None:
             raise UserError(f"--restart={restart} has no log in {logs_dir}; there are: {', '.join(starts) or 'none'}")
         if not follow:
-            _say(f"{run_dir} has no log yet (its job has not started)")
+            say(f"{run_dir} has no log yet (its job has not started)")
             return 0
     if follow:
         # tail -F follows latest.log across restarts (the link is replaced at each start).
@@ -60,10 +57,10 @@ def cancel(target: str) -> int:
 
     jobs = _job_ids(resolve_targets(target))
     if not jobs:
-        _say(f"nothing to cancel: no pending or running job for {target}")
+        say(f"nothing to cancel: no pending or running job for {target}")
         return 0
     scancel(jobs)
-    _say(f"cancelled {len(jobs)} job(s): {' '.join(jobs)} (running ones save before they stop; "
+    say(f"cancelled {len(jobs)} job(s): {' '.join(jobs)} (running ones save before they stop; "
          f"`hpcrun resume RUN` continues one later)")
     return 0
 
@@ -94,5 +91,5 @@ def wait(target: str, poll: float = 15.0) -> int:
         print(file=sys.stderr)
     failed = [r for r in rows if r.state != "COMPLETED"]
     for r in failed:
-        _say(f"{r.name}/{r.id}: {r.state}{': ' + r.reason if r.reason else ''}")
+        say(f"{r.name}/{r.id}: {r.state}{': ' + r.reason if r.reason else ''}")
     return 1 if failed else 0

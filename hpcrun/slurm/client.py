@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
+from hpcrun.console import say
 from hpcrun.errors import SubmissionError, SubmissionUncertain
 
 # What Slurm's clients print when they could not reach the controller at all: nothing was done, a retry is safe.
@@ -38,10 +38,6 @@ def retry_policy() -> Tuple[int, float]:
     except ValueError:
         return 4, 2.0
     return attempts, backoff
-
-
-def _say(message: str) -> None:
-    print(f"hpcrun: {message}", file=sys.stderr, flush=True)
 
 
 def run_slurm(command: Sequence[str], attempts: Optional[int] = None, first_delay: Optional[float] = None,
@@ -111,7 +107,7 @@ def submit_with_retries(submit: Callable[[], T], what: str = "sbatch") -> T:
             raise SubmissionError(f"sbatch refused the job: {reason}")
         if attempt == attempts:
             break
-        _say(f"Slurm's controller did not answer ({reason}); trying again in {delay:.0f} s "
+        say(f"Slurm's controller did not answer ({reason}); trying again in {delay:.0f} s "
              f"(attempt {attempt + 1} of {attempts})")
         time.sleep(delay)
         delay *= 2

@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from hpcrun.console import say
 from hpcrun.errors import SubmissionError
 from hpcrun.resources import cache_dir
 from hpcrun.rundir.atomic import atomic_write_json
@@ -22,12 +23,6 @@ CACHE_TTL = 24 * 3600
 SLURM_ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
                           "COMPLETING", "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING"})
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
-
-
-def _say(message: str) -> None:
-    import sys
-
-    print(f"hpcrun: {message}", file=sys.stderr, flush=True)
 
 
 def max_array_size(refresh: bool = False) -> int:
@@ -85,7 +80,7 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
                 for one in expand_job_ids(jid):
                     states[one] = state.split()[0].rstrip("+") if state.strip() else ""
     except SubmissionError as exc:
-        _say(f"accounting did not answer ({exc}); states from squeue and the runs' own files")
+        say(f"accounting did not answer ({exc}); states from squeue and the runs' own files")
     for j in ids:  # an array cancelled before any task started has one row under the bare array id
         if j not in states and "_" in j and j.split("_")[0] in states:
             states[j] = states[j.split("_")[0]]
@@ -98,15 +93,12 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
                     jid, state = line.split("|", 1)
                     states.setdefault(jid.strip(), state.strip())
         except SubmissionError as exc:
-            _say(f"the controller did not answer ({exc}); {len(missing)} job(s) shown from the runs' own files")
+            say(f"the controller did not answer ({exc}); {len(missing)} job(s) shown from the runs' own files")
     return {j: states[j] for j in ids if j in states}
 
 
 def chunks(items: List, size: int) -> List[List]:
     return [items[i: i + size] for i in range(0, len(items), size)]
-
-
-
 
 
 def requeue(job_id: str) -> bool:

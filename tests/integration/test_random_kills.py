@@ -7,6 +7,7 @@ The instants are random (seeded, so a failure can be replayed with the printed s
   written; whether the kill landed inside the save is read back from what the next start found, not assumed.
 """
 
+import json
 import os
 import random
 import re
@@ -31,8 +32,35 @@ def _complete_steps(run_dir: Path) -> set:
     return {int(p.parent.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*/hpcrun-complete.json")}
 
 
+def _starts(run_dir: Path) -> list:
+    """The start records in state.json (written atomically by each start, before it trains); [] before the first."""
+    try:
+        return json.loads((run_dir / "state.json").read_text()).get("starts", [])
+    except (OSError, ValueError):
+        return []
+
+
+def _wait_for_start(run_dir: Path, proc, n: int) -> bool:
+    """Waits until the n-th start recorded itself in state.json; False if the process ended first.
+
+    A start records itself after it printed where it resumes from and after it removed what an interrupted save
+    left in checkpoints/.staging: from then on, the staging folder and the log are this start's own.
+    """
+    deadline = time.monotonic() + 120
+    while len(_starts(run_dir)) < n:
+        if proc.poll() is not None:
+            return len(_starts(run_dir)) >= n
+        assert time.monotonic() < deadline, f"start {n} did not record itself in state.json within 120 s"
+        time.sleep(0.01)  # polled often: a start's first save may begin soon after it recorded itself
+    return True
+
+
 def _wait_for_save(run_dir: Path, proc, count: int) -> bool:
-    """Waits (polling every 2 ms) until this start began its count-th save; False if the process ended first."""
+    """Waits (polling every 2 ms) until this start began its count-th save; False if the process ended first.
+
+    Call it only once the start recorded itself (_wait_for_start): before that, .staging may still hold what the
+    previous start's killed save left, which is no save of this start.
+    """
     staging = run_dir / "checkpoints" / ".staging"
     seen, was_saving = 0, False
     while proc.poll() is None:
@@ -57,6 +85,8 @@ def test_22_kill_9_at_random_instants_resume_from_complete_checkpoints_and_end_b
         before = len(logged_steps(run_dir))
         proc = subprocess.Popen([sys.executable, "-m", "hpcrun", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=(tmp_path / f"start-{i}.err").open("w"), env=os.environ.copy())
+        if not _wait_for_start(run_dir, proc, i + 1):
+            break  # it finished on its own
         if kind == "save":
             if not _wait_for_save(run_dir, proc, rng.choice((1, 2))):
                 break
@@ -76,16 +106,20 @@ def test_22_kill_9_at_random_instants_resume_from_complete_checkpoints_and_end_b
     assert out.returncode == 0, out.stderr[-3000:]
     assert_same_weights(run_dir / "final", reference_run / "final")
 
-    # Every start after a kill resumed from a checkpoint that was complete at the kill (or from scratch), and no
-    # later than the last logged step; what a killed save left was found, removed and named.
+    # Every start after a kill resumed from the newest checkpoint that was complete at the kill (or from scratch when
+    # there was none), and no later than the last logged step; what a killed save left was found, removed and named.
+    # Where it resumed from is the start's own record in state.json (each start was killed only after it wrote it),
+    # and its launcher's line must say the same: a missing line fails, it is never read as "from scratch".
+    starts = state(run_dir)["starts"]
+    assert [s["n"] for s in starts] == list(range(1, KILLS + 2)), starts
     in_save = 0
     for i, (kind, complete, step) in enumerate(kills):
         log = (tmp_path / f"start-{i + 1}.err").read_text()
-        m = re.search(r"resuming run \S+ from step-(\d+)", log)
-        resumed = int(m.group(1)) if m else 0
+        resumed = starts[i + 1]["resumed_from"]
         assert resumed == max(complete, default=0) and resumed <= step, (i, kind, resumed, complete, step, log[-2000:])
+        said = re.search(r"resuming run \S+ from (?:step-(\d+)|the start \(no complete checkpoint yet\))", log)
+        assert said and int(said.group(1) or 0) == resumed, (i, kind, resumed, log[-2000:])
         if re.search(r"removed checkpoint-\d+: a save that was interrupted", log):
             in_save += 1
     assert in_save >= 5, f"only {in_save} of {KILLS} kills landed inside a save (seed {SEED})"
-    assert len(state(run_dir)["starts"]) == KILLS + 1
     assert set(logged_steps(run_dir)) == set(range(1, 31))

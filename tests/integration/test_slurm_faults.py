@@ -6,15 +6,15 @@ Each test kills a daemon and starts it again (tests/slurm.py::daemon_stopped), w
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 
-from hpcrun.job.checkpoint import CheckpointDir
 from tests.slurm import (calls, counting_shims, daemon_stopped, job_id_from, release_when_requeued, restart_cluster,
-                         sacct_runs, sacct_state, wait_for_end)
+                         sacct_runs, sacct_state, wait_for_run_end)
 from tests.training import TINY, assert_same_weights, state, wait_until
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")
@@ -25,6 +25,24 @@ FAST_RETRIES = {"HPCRUN_SLURM_ATTEMPTS": "2", "HPCRUN_SLURM_BACKOFF": "1"}
 
 def _last_line(out) -> str:
     return out.stderr.strip().splitlines()[-1]
+
+
+def _newest_complete_step(run_dir) -> int:
+    """The step of the run's newest complete checkpoint (0: none yet), read from the run directory itself:
+    ``checkpoints/step-N`` whose marker ``hpcrun-complete.json`` exists and lists files all present at their sizes."""
+    steps = []
+    for path in (run_dir / "checkpoints").glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", path.name)
+        if m:
+            steps.append((int(m.group(1)), path))
+    for step, path in sorted(steps, reverse=True):
+        try:
+            files = json.loads((path / "hpcrun-complete.json").read_text())["files"]
+            if all((path / name).stat().st_size == size for name, size in files.items()):
+                return step
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # no marker yet, or the folder went (pruned) while it was read
+    return 0
 
 
 def _status(hpcrun, target, env=None) -> list:
@@ -86,7 +104,7 @@ def test_slurmdbd_down_status_answers_from_squeue_and_the_runs_own_files(hpcrun,
             assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
             assert "accounting did not answer" in out.stderr and "states from squeue" in out.stderr
             (row,) = json.loads(out.stdout)
-            assert (row["state"], row["job_id"], row["status"]) == ("PENDING", job, "submitted")
+            assert (row["state"], row["job_id"], row["recorded"]) == ("PENDING", job, "submitted")
             assert row["max_steps"] == 300  # from the run's own config
             out = hpcrun("status", "held")  # the table too
             assert out.returncode == 0 and "PENDING" in out.stdout
@@ -146,15 +164,17 @@ def test_a_node_failure_mid_job_requeues_the_job_and_it_resumes_from_its_last_ch
     job = job_id_from(out.stdout)
     run_dir = tmp_path / "run"
     try:
-        wait_until(lambda: CheckpointDir(run_dir / "checkpoints").latest()[0] is not None, 300, "a checkpoint")
+        wait_until(lambda: _newest_complete_step(run_dir) > 0, 300, "a checkpoint")
         for pattern in (["-x", "slurmd"], ["-x", "slurmstepd"], ["-f", f"submitit.core._submit {run_dir}"],
                         ["-f", f"job{job}/slurm_script"]):
             subprocess.run(["pkill", "-9", *pattern])
-        saved = CheckpointDir(run_dir / "checkpoints").latest()[0].step
+        saved = _newest_complete_step(run_dir)
         wait_until(lambda: "NODE_FAIL" in sacct_runs(job), 120, "the controller to declare the node failed")
         restart_cluster()
         release_when_requeued(job)
-        assert wait_for_end(job) == "COMPLETED"
+        # Not the job's latest sacct line: until the requeued run starts, that is still the first run's NODE_FAIL
+        # (terminal) while the job is pending again. The end is the second run's own record.
+        assert wait_for_run_end(job, 2) == "COMPLETED"
     finally:
         subprocess.run(["scancel", job])
     assert sacct_runs(job) == ["NODE_FAIL", "COMPLETED"]

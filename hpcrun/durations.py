@@ -54,6 +54,14 @@ def parse_duration(text: str | int | float) -> int:
     raise ValueError(f"{text!r} is not a duration; expected {EXPECTED}")
 
 
+def seconds_or_none(value: "str | int | float | None") -> "float | None":
+    """A duration setting as seconds, or None when it is off (None, empty or 0)."""
+    if value in (None, "", 0, "0"):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float(
+        parse_duration(value))
+
+
 def format_slurm_time(seconds: int) -> str:
     """Formats seconds as Slurm's ``D-HH:MM:SS`` (or ``HH:MM:SS`` under a day), rounding up to whole minutes.
 

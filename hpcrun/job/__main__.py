@@ -26,10 +26,9 @@ def main() -> int:
         if args.command == "prepare":
             from hpcrun.job.standalone import prepare
 
-            job = os.environ.get("SLURM_JOB_ID", "")
-            if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-                job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-            print(prepare(sys.stdin.read(), args.index, job))
+            from hpcrun.job.context import slurm_job_id
+
+            print(prepare(sys.stdin.read(), args.index, slurm_job_id(os.environ) or ""))
             return 0
         from hpcrun.job.entry import JobEntry
 

@@ -30,6 +30,14 @@ from typing import Any, ContextManager, Mapping, Optional
 log = logging.getLogger("hpcrun")
 
 
+def slurm_job_id(env: Mapping[str, str]) -> Optional[str]:
+    """This process's Slurm job: ``<array>_<index>`` for an array task (how sacct and scontrol name it), else the
+    job id; None outside Slurm."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
 @dataclass(frozen=True)
 class JobContext:
     """Handed to every task next to the config.
@@ -79,9 +87,7 @@ class JobContext:
     @classmethod
     def from_env(cls, run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> "JobContext":
         env = os.environ if environ is None else environ
-        job_id = env.get("SLURM_JOB_ID")
-        if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-            job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        job_id = slurm_job_id(env)
         return cls(
             run_dir=Path(run_dir),
             rank=int(env.get("SLURM_PROCID", env.get("RANK", 0))),

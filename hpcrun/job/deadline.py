@@ -51,10 +51,3 @@ def job_times(limit_seconds: int, on_slurm: bool, started: float,
         log.warning("no end time from Slurm (%s): assuming start + cluster.time", source)
         return begun, begun + limit_seconds, "cluster.time (Slurm did not tell)"
     return started, started + limit_seconds, "cluster.time (local)"
-
-
-def job_end_time(limit_seconds: int, on_slurm: bool, started: float,
-                 environ: Optional[Mapping[str, str]] = None) -> Tuple[Optional[float], str]:
-    """The end time this job must save before, and its source (for the log)."""
-    _, end, source = job_times(limit_seconds, on_slurm, started, environ)
-    return end, source

@@ -31,6 +31,7 @@ from hpcrun.rundir import RunDir
 from hpcrun.rundir.state import RunState, mean_time_between_failures
 
 log = logging.getLogger("hpcrun")
+LOCK_WAIT = 120.0  # seconds a start waits for a holder that lets go soon (see JobEntry._lock)
 
 
 def import_target(path: str) -> Callable[..., Any]:
@@ -84,11 +85,17 @@ def wait_for_start(run_dir: Path, job_id: Optional[str], restart: int, timeout: 
     """Waits until rank 0 has recorded this start of the job in state.json; returns that record."""
     from hpcrun.rundir.state import read_state
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    from hpcrun.rundir.lock import START, RunBusy, RunLock
+
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
         starts = read_state(run_dir).get("starts", [])
         if starts and starts[-1].get("job_id") == job_id and starts[-1].get("restart") == restart:
             return starts[-1]
+        holder = RunLock(run_dir, START).holder_now()
+        if time.monotonic() - began > LOCK_WAIT + 10 and holder.get("job_id") != job_id:
+            # Rank 0 was refused the run (another process owns it) and has exited: do not hold the allocation.
+            raise RunBusy(f"rank 0 of job {job_id} did not start the run: {run_dir} is held by {holder or 'nobody'}")
         time.sleep(0.2)
     raise JobError(f"rank 0 did not record start {restart} of job {job_id} in {run_dir}/state.json within {timeout}s")
 
@@ -140,17 +147,19 @@ class JobEntry:
 
     @staticmethod
     def _lock(run_dir: Path, ctx: JobContext) -> Any:
-        """The run's lock for this start. A previous start of the same Slurm job may still be winding down
-        (requeued, its processes not yet gone): that one is waited for, briefly; anyone else is refused."""
-        from hpcrun.rundir.lock import RunBusy, RunLock
+        """The run's lock for this start. Two holders are waited for, briefly: a previous start of the same Slurm
+        job still winding down (requeued, its processes not yet gone), and an ``hpcrun`` command deciding about the
+        run right now (it holds the lock for seconds). Anyone else is refused."""
+        from hpcrun.rundir.lock import LAUNCHING, START, RunBusy, RunLock
 
-        lock = RunLock(run_dir, "the job's start", ctx.job_id)
+        lock = RunLock(run_dir, START, ctx.job_id)
         try:
             return lock.acquire()
         except RunBusy:
-            if not ctx.job_id or lock.holder_now().get("job_id") != ctx.job_id:
+            holder = lock.holder_now()
+            if holder.get("what") != LAUNCHING and not (ctx.job_id and holder.get("job_id") == ctx.job_id):
                 raise
-            return lock.acquire(wait=120)
+            return lock.acquire(wait=LOCK_WAIT)
 
     def _start(self, cfg: Any, ctx: JobContext, started: float) -> str:
         """One start of the run, with its lock held (rank 0)."""

@@ -7,12 +7,11 @@ the same four methods; the commands in :mod:`hpcrun.launch.runner` never ask whi
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, List, Sequence
 
 from hpcrun.console import say
-from hpcrun.errors import SubmissionUncertain, UserError
+from hpcrun.errors import UserError
 
 
 class LocalLauncher:
@@ -64,21 +63,14 @@ class SlurmLauncher:
         return render(cfg)
 
     def launch(self, cfg: Any, prepared: Any) -> str:
-        """sbatch for one prepared run; returns the job id. A refused new run leaves no directory behind."""
+        """sbatch for one prepared run (inside :func:`hpcrun.launch.prepare.claimed`); returns the job id."""
         from hpcrun.job.entry import JobEntry
         from hpcrun.rundir.create import record_submission
         from hpcrun.slurm.client import submit_with_retries
         from hpcrun.slurm.sbatch import make_executor
 
-        try:
-            executor = make_executor(cfg)
-            job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
-        except SubmissionUncertain:
-            raise  # the job may exist and will need its run directory
-        except UserError:
-            if prepared.created:
-                shutil.rmtree(prepared.created, ignore_errors=True)
-            raise
+        executor = make_executor(cfg)  # a refused one: claimed() removes what the launch created
+        job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
         job_id = str(job.job_id)
         record_submission(prepared.run_dir, job_id)
         return job_id

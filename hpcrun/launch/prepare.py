@@ -62,6 +62,7 @@ def inspect_run_dir(cfg: Any) -> Prepared:
     run_dir = Path(cfg.run.dir)
     refuse_foreign(run_dir)
     if not RunDir(run_dir).is_run():
+        # created: what launching would make (claimed() replaces it with what it made, under the lock)
         return Prepared(run_dir, "new", f"new run {cfg.run.name}", created=highest_missing(run_dir))
     if cfg.run.fresh:
         return Prepared(run_dir, "new", f"new run {cfg.run.name} (run.fresh=true: the previous one is moved aside)")
@@ -96,34 +97,39 @@ def write_prepared(cfg: Any, prepared: Prepared) -> None:
 def claimed(cfg: Any) -> Iterator[Prepared]:
     """Holds the run's lock while a command decides and writes (and, for Slurm, submits): two ``hpcrun`` commands
     for one run started together cannot both find it new and submit a job each; the second is refused with one
-    line, or finds the first one's job queued. Yields what :func:`inspect_run_dir` found, written when launchable.
-    Release it before running the job here: the job's start takes the lock itself."""
-    import shutil
-
-    from hpcrun.rundir.create import highest_missing, refuse_foreign
-    from hpcrun.rundir.lock import RunLock
+    line, or finds the first one's job queued. A run whose Slurm job is running (its start holds the lock) is
+    "active", as before. Yields what :func:`inspect_run_dir` found, written when launchable. A launch that fails
+    while it holds the lock leaves nothing it created behind. Release it before running the job here: the job's
+    start takes the lock itself."""
+    from hpcrun.rundir.create import make_dirs, refuse_foreign, remove_new
+    from hpcrun.rundir.lock import LAUNCHING, RunBusy, RunLock
 
     run_dir = Path(cfg.run.dir)
     refuse_foreign(run_dir)  # never a lock file in a folder that is not a run
-    created = highest_missing(run_dir)
-    lock = RunLock(run_dir, "hpcrun launching it")
+    created = make_dirs(run_dir)  # what this command made: the only thing it may remove again
+    lock = RunLock(run_dir, LAUNCHING)
     try:
         lock.acquire()
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
+    except RunBusy:
+        holder = lock.holder_now()
+        if holder.get("job_id"):  # the run's own Slurm job is training it: nothing to launch
+            yield Prepared(run_dir, "active", f"run {cfg.run.name} is already running as Slurm job "
+                           f"{holder['job_id']}: nothing submitted")
+            return
+        raise  # another command, or a local start: one line naming it (the folder is theirs, not removed)
+    prepared: Optional[Prepared] = None
     try:
-        try:
-            prepared = inspect_run_dir(cfg)
-        except BaseException:
-            if created is not None:
-                shutil.rmtree(created, ignore_errors=True)
-            raise
-        if prepared.kind == "new" and created is not None:
+        prepared = inspect_run_dir(cfg)
+        if prepared.kind == "new":
             prepared.created = created
         if prepared.launchable:
             write_prepared(cfg, prepared)
         yield prepared
+    except BaseException as exc:
+        from hpcrun.errors import SubmissionUncertain
+
+        if not isinstance(exc, SubmissionUncertain) and (prepared is None or prepared.kind == "new"):
+            remove_new(run_dir, created)  # the job may exist only when sbatch's answer was lost
+        raise
     finally:
         lock.release()

@@ -19,8 +19,7 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Sequence
 
 from hpcrun.errors import ConfigError, UserError
 

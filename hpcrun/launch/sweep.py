@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,11 +99,11 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
     call per array). A point whose array sbatch refused leaves no run directory behind; a sweep directory that
     holds no submitted point is removed again."""
     from hpcrun.launch.prepare import write_prepared
-    from hpcrun.rundir.create import highest_missing, record_submission
+    from hpcrun.rundir.create import make_dirs, record_submission, remove_new
     from hpcrun.slurm.jobs import chunks, max_array_size
 
     todo = [p for p in sweep.points if p.prepared.launchable]
-    sweep_created = highest_missing(sweep.sweep_dir)
+    sweep_created = make_dirs(sweep.sweep_dir)  # what this command made: the only thing it may remove again
     record = read_sweep(sweep.sweep_dir)
     record.update(command=command, points=[{"overrides": p.overrides, "run_dir": p.cfg.run.dir}
                                            for p in sweep.points])
@@ -116,19 +115,22 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
         for members in groups.values():
             for chunk in chunks(members, limit):
                 for p in chunk:
+                    made = make_dirs(Path(p.cfg.run.dir))
+                    if p.prepared.kind == "new":
+                        p.prepared.created = made
                     write_prepared(p.cfg, p.prepared)
                 try:
                     job_ids = launcher.launch_array([p.cfg for p in chunk], sweep.sweep_dir / RunDir.SLURM,
                                                     what=f"sbatch of an array of {_points(len(chunk))}")
                 except SubmissionError as exc:
                     if not isinstance(exc, SubmissionUncertain):
-                        for p in chunk:
-                            if p.prepared.created:  # this point's own folder only: others share its parents
-                                shutil.rmtree(p.cfg.run.dir, ignore_errors=True)
-                    if sweep.arrays or isinstance(exc, SubmissionUncertain) or sweep_created is None:
+                        for p in chunk:  # this point's own folder only, and its parents while empty
+                            if p.prepared.kind == "new":
+                                remove_new(Path(p.cfg.run.dir), p.prepared.created)
+                    if sweep.arrays or isinstance(exc, SubmissionUncertain):
                         _write_record(sweep.sweep_dir, record, sweep.arrays)
                     else:  # nothing of this sweep went in: leave nothing behind
-                        shutil.rmtree(sweep_created, ignore_errors=True)
+                        remove_new(sweep.sweep_dir, sweep_created)
                     raise SubmissionError(f"{exc}; {_submitted_so_far(sweep)}") from None
                 array_id = job_ids[0].split("_")[0]
                 for p, job_id in zip(chunk, job_ids):

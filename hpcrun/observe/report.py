@@ -208,11 +208,12 @@ def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float,
     """One run's report from its ledger (``events``: already read) and the sacct rows of its jobs (None: the
     ledger's own times)."""
     from hpcrun.rundir.ledger import read_ledger
+    from hpcrun.rundir.metrics import logged_steps
     from hpcrun.rundir.state import read_state
 
     groups = _by_start(read_ledger(run_dir) if events is None else events)
     state = read_state(run_dir)
-    logged = _logged_steps(Path(run_dir))
+    logged = logged_steps(Path(run_dir), loss_only=True)  # finer than the ledger, when the task logs
     heads = [next(e for e in g if e["event"] == "start") for g in groups]
     starts, waits = [], []
     for i, (events, head) in enumerate(zip(groups, heads)):
@@ -227,27 +228,6 @@ def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float,
     recomputed = sum(max(0, s.last_step - nxt.resumed_from) for s, nxt in zip(starts, starts[1:]))
     name = Path(run_dir).parent.name
     return RunReport(str(run_dir), name, state.get("status"), starts, waits, recomputed)
-
-
-def _logged_steps(run_dir: Path) -> List[Tuple[float, int]]:
-    """(time, step) of every training-loss record in metrics.jsonl, when the task writes one (the built-in task
-    does, one per log): finer than the ledger's minute-apart progress events, which every task has."""
-    from hpcrun.rundir import RunDir
-
-    path = RunDir(run_dir).metrics
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            r = json.loads(line)
-            if "loss" in r:
-                out.append((float(r["time"]), int(r["step"])))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
 
 
 def _allocation(events: List[Dict[str, Any]], head: Dict[str, Any],

@@ -18,6 +18,7 @@ from hpcrun.durations import format_human
 from hpcrun.rundir import RunDir
 from hpcrun.rundir.checkpoints import MARKER, CheckpointDir
 from hpcrun.rundir.ledger import progress, read_ledger
+from hpcrun.rundir.metrics import logged_steps
 from hpcrun.rundir.state import FINISHED, read_state
 from hpcrun.slurm.jobs import SLURM_ACTIVE
 
@@ -44,30 +45,13 @@ class RunStatus:
     goodput: Optional[float]  # training time over allocated time so far, from the run's ledger (hpcrun report)
 
 
-def _last_logged(run_dir: Path) -> Tuple[float, int]:
-    """(time, step) of the last record in metrics.jsonl, for a task that writes one (finer than the ledger's
-    minute-apart progress events); (0, 0) without."""
-    path = RunDir(run_dir).metrics
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return 0.0, 0
-    for line in reversed(lines):
-        try:
-            r = json.loads(line)
-            return float(r.get("time", 0)), int(r["step"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-    return 0.0, 0
-
-
 def _progress(run_dir: Path, events: List[Dict[str, Any]]) -> Tuple[int, int]:
     """(step, steps planned): from the ledger, which every task has; a newer metrics.jsonl record refines it."""
     step, planned = progress(events)
-    last_event = max((float(e["t"]) for e in events if e.get("step") is not None), default=0.0)
-    logged_at, logged = _last_logged(run_dir)
+    # A start's own events (its start too: a record of a killed earlier start is older) say where the run is.
+    last_event = max((float(e["t"]) for e in events if e.get("step") is not None or e["event"] == "start"),
+                     default=0.0)
+    logged_at, logged = (logged_steps(run_dir, tail_bytes=4096) or [(0.0, 0)])[-1]
     if logged_at > last_event:
         step = logged
     return step, planned or 0

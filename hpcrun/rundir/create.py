@@ -55,8 +55,9 @@ def refuse_foreign(path: Path, key: str = "run.dir") -> None:
         raise UserError(f"{key}={str(path)!r} is a file, not a run directory: choose another {key}")
     if is_hpcrun_run(path):
         return
-    # hpcrun's own files (the lock, a marker being written by a launch running now) do not make a folder foreign.
-    if any(not p.name.startswith(".hpcrun-") for p in path.iterdir()):
+    # hpcrun's own files (the lock; a marker being written, or whose write was killed: ..hpcrun-run.XXXX.tmp) do
+    # not make a folder foreign.
+    if any(not p.name.lstrip(".").startswith("hpcrun-") for p in path.iterdir()):
         raise UserError(f"{key}={str(path)!r} is a folder that is not an hpcrun run and is not empty: hpcrun never "
                         f"writes into, moves or deletes it; choose another {key} (or leave it out: the default is "
                         "<cluster.run_root>/<run.name>/<run.id>)")
@@ -91,6 +92,43 @@ def highest_missing(path: Path) -> Optional[Path]:
     while not created.parent.exists():
         created = created.parent
     return created
+
+
+def make_dirs(path: Path) -> Optional[Path]:
+    """Creates ``path`` and its missing parents (0700); returns the highest folder THIS call created (None: all
+    existed). Folder by folder, so that of two processes making the same path, each knows what was its own."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    created = None
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            continue
+        created = created or p
+    return created
+
+
+def remove_new(path: Path, created: Optional[Path]) -> None:
+    """Removes what a launch that failed made: ``path`` itself (a run or sweep folder this process created and
+    still owns), then each parent up to ``created`` while it is empty, never a folder that holds anything else."""
+    import shutil
+
+    if created is None:
+        return
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    p = path.parent
+    while p != created.parent and p.is_relative_to(created):
+        try:
+            p.rmdir()
+        except OSError:
+            return  # not empty: another run lives here
+        p = p.parent
 
 
 def move_aside(run_dir: Path) -> Path:

@@ -29,6 +29,12 @@ from hpcrun.rundir.layout import RunDir
 log = logging.getLogger("hpcrun")
 
 
+# Who holds a run's lock: a start training it (for its life), or an hpcrun command deciding about it and submitting
+# (for seconds; a start that finds it waits).
+START = "the job's start"
+LAUNCHING = "hpcrun launching it"
+
+
 class RunBusy(UserError):
     """Another process owns the run right now."""
 

@@ -127,13 +127,17 @@ def parse_slurm_timestamp(text: str) -> Optional[float]:
 
 
 def allocation_times(job_id: str, attempts: int = 3) -> Tuple[Optional[float], Optional[float]]:
-    """A running job's allocation start and end (``squeue -j JOB -o "%S %e"``), or (None, None)."""
-    try:
-        out = run_slurm(["squeue", "-h", "-j", job_id, "-o", "%S %e"], attempts=attempts, first_delay=1.0,
-                        timeout=30)
-    except SubmissionError:
-        return None, None
-    fields = out.split()
-    if len(fields) >= 2 and parse_slurm_timestamp(fields[1]) is not None:
-        return parse_slurm_timestamp(fields[0]), parse_slurm_timestamp(fields[1])
+    """A running job's allocation start and end (``squeue -j JOB -o "%S %e"``), or (None, None). Asked again, with
+    back-off, while squeue fails or does not know the job yet (a busy controller answers with nothing)."""
+    delay = 1.0
+    for attempt in range(attempts):
+        try:
+            fields = run_slurm(["squeue", "-h", "-j", job_id, "-o", "%S %e"], attempts=1, timeout=30).split()
+        except SubmissionError:
+            fields = []
+        if len(fields) >= 2 and parse_slurm_timestamp(fields[1]) is not None:
+            return parse_slurm_timestamp(fields[0]), parse_slurm_timestamp(fields[1])
+        if attempt + 1 < attempts:
+            time.sleep(delay)
+            delay *= 2
     return None, None

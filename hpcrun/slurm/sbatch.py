@@ -135,7 +135,8 @@ def make_executor(cfg: Any, render_only: bool = False, folder: Any = None) -> An
 
 
 def render(cfg: Any) -> str:
-    """The exact sbatch script ``submit`` would hand to sbatch for this config. Submits nothing."""
+    """The exact sbatch script :class:`~hpcrun.launch.launchers.SlurmLauncher` hands to sbatch for this config.
+    Submits nothing."""
     executor = make_executor(cfg, render_only=True)
     return executor._make_submission_file_text(executor._submitit_command_str, "render")
 

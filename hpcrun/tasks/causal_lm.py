@@ -151,7 +151,7 @@ def metrics_callback(path: Path) -> Any:
 
 def time_triggers(cfg: Config, ctx: JobContext) -> Any:
     """The wall-clock save/log/eval triggers and the deadline (the run's own, restored by the job entry)."""
-    from hpcrun.durations import parse_duration
+    from hpcrun.durations import seconds_or_none
     from hpcrun.frameworks.transformers import TimeTriggerCallback
     from hpcrun.job.triggers import TimeTriggers
     from hpcrun.rundir.checkpoints import CheckpointDir
@@ -162,10 +162,8 @@ def time_triggers(cfg: Config, ctx: JobContext) -> Any:
         if ctx.resume_from is not None:
             triggers.restore(CheckpointDir.read_state(ctx.resume_from))
 
-    def seconds(value: Any) -> Any:
-        return float(parse_duration(value)) if value not in (None, "") else None
-
-    triggers.set_intervals(log_every=seconds(cfg.train.log_every_time), eval_every=seconds(cfg.train.eval_every_time))
+    triggers.set_intervals(log_every=seconds_or_none(cfg.train.log_every_time),
+                           eval_every=seconds_or_none(cfg.train.eval_every_time))
     return TimeTriggerCallback(triggers=triggers, stop_flags=ctx.stop_flags, ledger=ctx.ledger)
 
 

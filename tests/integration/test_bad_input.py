@@ -42,7 +42,7 @@ CASES = [
 ]
 
 
-# Requests only the cluster itself can judge (hpcrun/launch/site_limits.py asks it: ONE `scontrol show partition`
+# Requests only the cluster itself can judge (hpcrun/slurm/site.py asks it: ONE `scontrol show partition`
 # call; the dev cluster's partitions normal (default) and preemptible have MaxTime=7-00:00:00 and one node with 4
 # GPUs). sbatch itself accepts the first four and they pend forever (EnforcePartLimits=NO); it refuses the fifth,
 # but only after the run directory was made.

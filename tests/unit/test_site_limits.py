@@ -1,4 +1,4 @@
-"""The site's own limits (hpcrun/launch/site_limits.py), from real Slurm output captured on the dev cluster
+"""The site's own limits (hpcrun/slurm/site.py), from real Slurm output captured on the dev cluster
 (Slurm 22.05, 2026-11-25); no Slurm needed to run these."""
 
 import re

@@ -22,19 +22,13 @@ from typing import Any, Optional, Union
 
 from transformers import TrainerCallback
 
-from hpcrun.durations import parse_duration
+from hpcrun.durations import seconds_or_none
 from hpcrun.job.signals import StopFlags
 from hpcrun.job.steps import decide
 from hpcrun.job.triggers import Clock, TimeTriggers
 
 log = logging.getLogger("hpcrun")
 Seconds = Union[None, int, float, str]
-
-
-def _seconds(value: Seconds) -> Optional[float]:
-    if value in (None, "", 0, "0"):
-        return None
-    return float(value) if isinstance(value, (int, float)) else float(parse_duration(value))
 
 
 class TimeTriggerCallback(TrainerCallback):
@@ -72,6 +66,7 @@ class TimeTriggerCallback(TrainerCallback):
         self.ledger = ledger  # a hpcrun.rundir.ledger.Ledger (hpcrun's job passes the run's), or None
         self._save_why = ""
         self._save_wall = 0.0
+        self._recorded = False
         self.stop_reason: Optional[str] = None
         self.stop_step: Optional[int] = None
         self._save_started: Optional[float] = None
@@ -83,9 +78,10 @@ class TimeTriggerCallback(TrainerCallback):
 
             end_time, _ = slurm_end_time(os.environ)
         self.triggers = TimeTriggers(
-            save_every=_seconds(save_every), log_every=_seconds(log_every), eval_every=_seconds(eval_every),
-            end_time=end_time if end_time is None else float(end_time), margin=_seconds(margin) or 0.0,
-            save_guess=_seconds(save_guess) or 0.0, clock=clock, wall=wall,
+            save_every=seconds_or_none(save_every), log_every=seconds_or_none(log_every),
+            eval_every=seconds_or_none(eval_every),
+            end_time=end_time if end_time is None else float(end_time), margin=seconds_or_none(margin) or 0.0,
+            save_guess=seconds_or_none(save_guess) or 0.0, clock=clock, wall=wall,
         )
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -115,8 +111,19 @@ class TimeTriggerCallback(TrainerCallback):
         if self.ledger is not None:  # where training stopped, for the report (progress events are a minute apart)
             self.ledger.step(state.global_step, force=True)
 
+    def take_save(self) -> str:
+        """For a Trainer that records its saves itself (:class:`HpcrunTrainer`, through the save sequence): why
+        this save happens (periodic, deadline, signal; ``trainer`` for one the Trainer decided itself), and
+        on_save then has nothing left to time."""
+        why = self._save_why if self._save_started is not None else "trainer"
+        self._save_started = None
+        self._recorded = True
+        return why
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._save_started is not None:
+        if self._recorded:  # recorded by the save sequence (HpcrunTrainer)
+            self._recorded = False
+        elif self._save_started is not None:  # a stock Trainer saved what on_step_end asked for: time it
             seconds = self.triggers.clock() - self._save_started
             self.triggers.saved(seconds)
             self._save_started = None

@@ -41,7 +41,7 @@ class HpcrunTrainer(Trainer):
         (:func:`hpcrun.job.steps.checkpoint_save`): marker last, then the rename to ``step-N``."""
         callback = self.triggers
         triggers = callback.triggers if callback else TimeTriggers()
-        why = callback._save_why if callback else "periodic"
+        why = callback.take_save() if callback else "periodic"
         with checkpoint_save(self.checkpoints, self.state.global_step, is_main=self.is_world_process_zero(),
                              triggers=triggers, ledger=callback.ledger if callback else None, why=why):
             self._staging = True
@@ -49,5 +49,3 @@ class HpcrunTrainer(Trainer):
                 super()._save_checkpoint(model, trial)
             finally:
                 self._staging = False
-        if callback is not None:
-            callback._save_started = None  # recorded by the save sequence; on_save has nothing left to time

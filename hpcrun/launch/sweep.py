@@ -124,7 +124,7 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
                                                     what=f"sbatch of an array of {_points(len(chunk))}")
                 except SubmissionError as exc:
                     if not isinstance(exc, SubmissionUncertain):
-                        for p in chunk:  # this point's own folder only, and its parents while empty
+                        for p in reversed(chunk):  # the last made first: its parents may be an earlier one's
                             if p.prepared.kind == "new":
                                 remove_new(Path(p.cfg.run.dir), p.prepared.created)
                     if sweep.arrays or isinstance(exc, SubmissionUncertain):

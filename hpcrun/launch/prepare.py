@@ -83,6 +83,7 @@ def write_prepared(cfg: Any, prepared: Prepared) -> None:
     directory with its config, and adds it to the user's index of runs."""
     from hpcrun.rundir.create import move_aside, write_run_dir
     from hpcrun.rundir.index import remember
+    from hpcrun.rundir.state import note_planned
 
     run_dir = prepared.run_dir
     if cfg.run.fresh and RunDir(run_dir).is_run():
@@ -90,6 +91,7 @@ def write_prepared(cfg: Any, prepared: Prepared) -> None:
         prepared.message = f"new run {cfg.run.name} (run.fresh=true: the previous one moved to {aside})"
         prepared.created = run_dir
     write_run_dir(cfg, run_dir)
+    note_planned(run_dir, cfg)
     remember(run_dir)
 
 

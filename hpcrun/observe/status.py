@@ -87,6 +87,7 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         time_left = max(0.0, starts[-1]["end_time"] - now)
     events = read_ledger(run_dir)
     step, planned = _progress(run_dir, events)
+    planned = planned or int(state.get("planned_steps") or 0)  # before the task said: what its settings plan
     name, rid = run_dir.parent.name, run_dir.name
     try:
         from hpcrun.observe.report import run_report

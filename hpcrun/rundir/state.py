@@ -35,6 +35,18 @@ def write_state(run_dir: Path, state: Dict[str, Any]) -> None:
     atomic_write_json(RunDir(run_dir).state, state)
 
 
+def note_planned(run_dir: Path, cfg: Any) -> None:
+    """Records the steps the run plans, when the task's settings can tell before it starts (a settings class with
+    ``planned_steps()``), so ``hpcrun status`` shows ``0/N`` for a run still in the queue. The task's own word,
+    in the ledger, wins once it has started."""
+    planned = getattr(getattr(cfg, "settings", None), "planned_steps", None)
+    if not callable(planned):
+        return
+    state = read_state(run_dir)
+    state["planned_steps"] = int(planned())
+    write_state(run_dir, state)
+
+
 class RunState:
     """The state of one run, as seen by the current start of its job (rank 0 writes; other ranks only read)."""
 

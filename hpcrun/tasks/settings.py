@@ -176,6 +176,10 @@ class CausalLMSettings:
     # The optimisation: steps, batch, learning rate, precision.
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def planned_steps(self) -> int:
+        """How many steps the run trains in all, for ``hpcrun status`` before the task has started and said so."""
+        return self.train.max_steps
+
     def check(self, cfg: Any) -> None:
         """Checks across sections, after each section's own ``check()``; ``cfg`` is the whole config."""
         if self.data.seq_len > self.model.max_position_embeddings:

@@ -105,7 +105,7 @@ def test_slurmdbd_down_status_answers_from_squeue_and_the_runs_own_files(hpcrun,
             assert "accounting did not answer" in out.stderr and "states from squeue" in out.stderr
             (row,) = json.loads(out.stdout)
             assert (row["state"], row["job_id"], row["recorded"]) == ("PENDING", job, "submitted")
-            assert row["max_steps"] == 300  # from the run's own config
+            assert row["max_steps"] == 300  # planned by its settings (train.max_steps), before it started
             out = hpcrun("status", "held")  # the table too
             assert out.returncode == 0 and "PENDING" in out.stdout
     finally:

@@ -75,3 +75,15 @@ def test_collapsed_array_rows_count_for_each_of_their_tasks(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
     assert job_states(["55_0", "55_2", "55_5", "56_1", "57_0"]) == {
         "55_0": "CANCELLED", "55_2": "CANCELLED", "55_5": "CANCELLED", "56_1": "RUNNING", "57_0": "CANCELLED"}
+
+
+def test_a_run_still_in_the_queue_shows_the_steps_its_settings_plan(tmp_path, monkeypatch):
+    from hpcrun.config.compose import compose
+    from hpcrun.launch.prepare import claimed
+
+    monkeypatch.setenv("HPCRUN_STATE_DIR", str(tmp_path / "state"))
+    cfg = compose(["+experiment=tiny_llama", "train.max_steps=70", f"run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    with claimed(cfg) as prepared:
+        assert prepared.kind == "new"
+    row = run_status(tmp_path / "run", {})
+    assert (row.state, row.step, row.max_steps) == ("NEW", 0, 70)

@@ -185,7 +185,7 @@ def compose(
     from hydra.core.plugins import Plugins
     from hydra.errors import HydraException
     from hydra.types import RunMode
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     register()

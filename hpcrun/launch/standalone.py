@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-from typing import Any, Sequence
+from typing import Any, Sequence, Tuple
 
 from hpcrun.errors import ConfigError, UserError
 

@@ -1,6 +1,7 @@
 """The ``hpcrun`` command. Submitting side: it must not import torch, transformers or accelerate.
 
     hpcrun [-m] [--wait] [--config-dir DIR] [OVERRIDES...]   run here, or submit to Slurm (-m: a sweep, as arrays)
+    hpcrun run [-m] [--wait] [OVERRIDES...] -- COMMAND [ARGS...]   the same, for a command of your own
     hpcrun render [OVERRIDES...]                              print the sbatch script that would be submitted
     hpcrun plan [OVERRIDES...]                                parameters, memory per GPU, checkpoint size and time
     hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
@@ -32,6 +33,7 @@ MAIN_KEYS = (
     "cluster.account", "cluster.gpus_per_node", "cluster.gpu_type", "cluster.array_throttle",
 )
 COMMAND_HELP = {
+    "run": "run a command of your own (after --) as the job: saves, requeue and resume around it (docs/own-script.md)",
     "render": "print the exact sbatch script that would be submitted; submit nothing",
     "plan": "parameters, memory per GPU, checkpoint size and save time of a config, without a GPU or a download",
     "status": "one line per run (a run or sweep directory, or your recent runs): state, restarts, step, ...",
@@ -106,7 +108,18 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
         parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
         return parser
     parser = _base_parser(f"{PROG} {command}", COMMAND_HELP[command][0].upper() + COMMAND_HELP[command][1:] + ".")
-    if command == "render":
+    if command == "run":
+        parser.usage = f"{PROG} run [-m] [--wait] [--config-dir DIR] [OVERRIDES ...] -- COMMAND [ARGS ...]"
+        parser.epilog = textwrap.dedent("""\
+            examples:
+              hpcrun run cluster=greene cluster.time=48:00:00 -- python run_clm.py --output_dir '${run.dir}/out' ...
+              hpcrun -m run +lr=1e-4,3e-4 -- python train.py --learning_rate '${lr}'
+              hpcrun run cluster.gpus_per_node=4 -- torchrun --nproc_per_node=4 train.py""")
+        _add_overrides(parser)
+        parser.add_argument("-m", "--multirun", action="store_true",
+                            help="a sweep: every combination of the comma lists, one job array per sbatch call")
+        parser.add_argument("--wait", action="store_true", help="after submitting, wait until every run has ended")
+    elif command == "render":
         _add_overrides(parser)
         parser.add_argument("--standalone", action="store_true",
                             help="a self-contained script from slurm_templates/ that you sbatch yourself")
@@ -160,11 +173,18 @@ def _with_cluster(overrides: List[str]) -> List[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from hpcrun.launch.runner import launch, launch_sweep
 
+    argv = args.argv or ()
     overrides = _with_cluster(args.overrides)
     command = shlex.join([PROG, *sys.argv[1:]])
     if args.multirun:
-        return launch_sweep(overrides, args.config_dir, command, wait=args.wait)
-    return launch(overrides, args.config_dir, wait=args.wait)
+        return launch_sweep(overrides, args.config_dir, command, wait=args.wait, argv=argv)
+    return launch(overrides, args.config_dir, wait=args.wait, command=argv)
+
+
+def cmd_run_command(args: argparse.Namespace) -> int:
+    if not args.argv:
+        raise UserError("hpcrun run needs a command after --: hpcrun run [KEY=VALUE ...] -- COMMAND [ARGS ...]")
+    return cmd_run(args)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -180,9 +200,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.multirun:
         from hpcrun.launch.sweep import compose_sweep
 
-        cfgs = [p.cfg for p in compose_sweep(overrides, args.config_dir).points]
+        cfgs = [p.cfg for p in compose_sweep(overrides, args.config_dir, args.argv or ()).points]
     else:
-        cfgs = [compose(overrides, args.config_dir)]
+        cfgs = [compose(overrides, args.config_dir, command=args.argv or ())]
     launcher = launcher_for(cfgs[0])
     if not launcher.submits:
         launcher.render(cfgs[0])  # raises: a local cluster has no script to render
@@ -214,6 +234,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     bandwidth = parse_bandwidth(args.bandwidth)
     overrides = args.overrides
+    if args.argv is not None:
+        raise UserError("hpcrun plan is for the built-in task; a command of your own (after --) has no plan")
     if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
         overrides = ["cluster=slurm", *overrides]
     cfg = compose(overrides, args.config_dir)
@@ -278,22 +300,41 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
-    None: cmd_run, "render": cmd_render, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
+    None: cmd_run, "run": cmd_run_command, "render": cmd_render, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
     "logs": cmd_logs, "cancel": cmd_cancel,
     "resume": cmd_resume, "wait": cmd_wait,
 }
 
 
+def _split(argv: List[str]) -> tuple:
+    """(hpcrun's own arguments, the command after ``--`` or None); ``hpcrun -m run ...`` is ``hpcrun run -m ...``."""
+    command_argv: Optional[List[str]] = None
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command_argv = argv[:i], argv[i + 1:]
+    if argv and argv[0] != "run" and argv[0].startswith("-") and "run" in argv:
+        k = argv.index("run")
+        if not any("=" in a for a in argv[:k]):  # only options (and --config-dir's folder) before it
+            argv = ["run", *argv[:k], *argv[k + 1:]]
+    return argv, command_argv
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, command_argv = _split(list(sys.argv[1:] if argv is None else argv))
     command = argv[0] if argv and argv[0] in COMMANDS else None
     rest = argv[1:] if command else argv
+    if command == "render" and command_argv is not None and rest[:1] == ["run"]:
+        rest = rest[1:]  # hpcrun render run ... -- COMMAND
     # --config-dir must be known before --help lists the experiments it adds.
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config-dir", action="append", default=[])
     known, _ = pre.parse_known_args(rest)
     try:
         args = _parser(command, known.config_dir).parse_args(rest)
+        args.argv = command_argv
+        if command_argv is not None and command not in ("run", "render", "plan"):
+            raise UserError(f"hpcrun {command or ''} takes no command after --: hpcrun run ... -- COMMAND runs one"
+                            .replace("hpcrun  ", "hpcrun "))
         return COMMANDS[command](args)
     except UserError as exc:
         say(f"error: {exc}")

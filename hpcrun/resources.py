@@ -22,6 +22,11 @@ def _packaged(name: str) -> Path:
     raise FileNotFoundError(f"hpcrun's {name}/ folder is missing from {PACKAGE_DIR}: reinstall hpcrun-slurm")
 
 
+def inject_dir() -> Path:
+    """The folder put first on a command's PYTHONPATH (``hpcrun run``): it holds hpcrun's ``sitecustomize``."""
+    return Path(__file__).resolve().parent / "job" / "inject"
+
+
 def conf_dir() -> Path:
     """The packaged config folder (groups cluster/, experiment/, model/, data/)."""
     return _packaged("conf")

@@ -162,6 +162,7 @@ def compose(
     overrides: Sequence[str] = (),
     config_dirs: Sequence[str | os.PathLike] = (),
     cwd: Optional[Path] = None,
+    command: Sequence[str] = (),
 ) -> Config:
     """Composes and checks a run's config.
 
@@ -169,6 +170,8 @@ def compose(
         overrides: Hydra overrides as typed by the user (``+experiment=tiny_llama``, ``train.max_steps=10``).
         config_dirs: extra config folders searched before ``./conf`` and the packaged one.
         cwd: the folder relative paths (``./conf``, ``run.dir``) are taken from; the working directory by default.
+        command: ``hpcrun run -- COMMAND``'s command: the job runs it (task=command, hpcrun/tasks/command.py); its
+            ``${KEY}`` arguments take config values; it is part of the run's identity.
 
     Hydra applies the group choices and hpcrun's own keys; the keys of the task's sections are applied after, once
     ``task.settings`` is known (:func:`_apply_task_overrides`), then everything is typed and checked.
@@ -195,6 +198,8 @@ def compose(
     for text in overrides:
         (hydra_overrides if _check_override(text, dirs) else task_overrides).append(text)
     choice = _task_choice(overrides)
+    if command and not any(o.split("=", 1)[0].lstrip("+~") == "task" for o in overrides):
+        choice = "task=command"
     # cluster.sbatch_extra is a free-form dict: its keys may or may not exist yet, so add-or-override them.
     hydra_overrides = [f"++{o}" if o.startswith("cluster.sbatch_extra.") else o for o in hydra_overrides]
 
@@ -211,9 +216,11 @@ def compose(
         with open_dict(cfg):
             del cfg["hydra"]
         if not any(o.split("=", 1)[0].lstrip("+~") == "run.id" for o in overrides):
-            cfg.run.id = run_id(overrides)  # the user's overrides: task=custom chosen here is no part of it
+            cfg.run.id = run_id(overrides, command)  # the user's overrides: task=custom chosen here is no part of it
         task, settings = task_settings(cfg, cwd)
         _apply_task_overrides(cfg, task_overrides, settings, task._target_)
+        if command:
+            _set_command(cfg, command, overrides, cwd, settings)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _hydra_error(exc, overrides, dirs) from None
     typed = build(cfg, cwd, settings)
@@ -221,7 +228,42 @@ def compose(
     typed.run.dir = str(run_dir if run_dir.is_absolute() else (cwd / run_dir).resolve())
     typed.check()
     typed.task.check_importable(cwd)
+    if command:
+        from hpcrun.tasks.command import check_runnable
+
+        check_runnable(typed.command.argv, typed, cwd)
     return typed
+
+
+def _set_command(cfg: Any, command: Sequence[str], overrides: Sequence[str], cwd: Path, settings: Any) -> None:
+    """Puts ``hpcrun run``'s command into ``command.argv`` with its ``${KEY}`` arguments resolved (one line naming
+    the argument and the key when one is missing), and names the run after it unless the user did."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hpcrun.tasks.command import command_name
+
+    if "command" not in section_types(settings):
+        raise ConfigError("task._target_", OmegaConf.select(cfg, "task._target_"),
+                          "hpcrun.tasks.command.run (task=command) for hpcrun run -- COMMAND")
+    with open_dict(cfg):
+        if "command" not in cfg:
+            cfg.command = {}
+        if _given("run.name", overrides) is None and cfg.run.name == "default":
+            cfg.run.name = command_name(command)
+        # ${run.dir} in the command is the absolute run directory, as the job sees it
+        run_dir = Path(os.path.expanduser(str(cfg.run.dir)))
+        cfg.run.dir = str(run_dir if run_dir.is_absolute() else (cwd / run_dir).resolve())
+        cfg.command.argv = list(command)
+    for i, arg in enumerate(command):
+        if "${" not in arg:
+            continue
+        try:
+            cfg.command.argv[i]  # resolves it
+        except OmegaConfBaseException as exc:
+            raise ConfigError("command", arg, problem=f"takes a value the config does not have ({one_line(exc)})",
+                              hint="add a key of your own with +KEY=VALUE; write \\${...} for a literal ${...}"
+                              ) from None
 
 
 def _given(key: str, overrides: Sequence[str]) -> Optional[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Sequence
 
 # Keys (and key prefixes, ending in ".") that do not change what is trained.
 LAUNCH_KEYS = ("cluster", "cluster.", "checkpoint.", "run.")
@@ -40,16 +40,20 @@ def canonical(overrides: Iterable[str]) -> List[tuple]:
     return out
 
 
-def run_id(overrides: Iterable[str]) -> str:
+def run_id(overrides: Iterable[str], command: Sequence[str] = ()) -> str:
     """``default`` without training overrides; else the sorted ``key=value`` list, made safe as a folder name.
 
-    ``+experiment=NAME`` is part of the run's name, not its id. Long ids keep a readable head and a hash.
+    ``+experiment=NAME`` is part of the run's name, not its id. Long ids keep a readable head and a hash. The
+    command of ``hpcrun run`` (as typed, before ``${...}`` is resolved) is part of it, as a short hash: another
+    command, or the same one with other arguments, is another run.
     """
     parts = []
     for key, value in canonical(overrides):
         if key == "experiment" or is_launch_key(key):
             continue
         parts.append(f"{key}={value}")
+    if command:
+        parts.append("cmd-" + hashlib.sha1("\0".join(command).encode()).hexdigest()[:8])
     if not parts:
         return "default"
     text = _UNSAFE.sub("_", ",".join(sorted(parts)))

@@ -194,7 +194,7 @@ class JobEntry:
             log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
                      time.localtime(end_time)), source, end_time - time.time())
         flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
-        triggers = self._triggers(cfg, state, latest, end_time, ledger)
+        triggers = self.triggers(cfg, state, latest, end_time, ledger)
         ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
                                   stop_flags=flags, triggers=triggers, ledger=ledger)
         try:
@@ -214,7 +214,7 @@ class JobEntry:
             close_process_group()
 
     @staticmethod
-    def _triggers(cfg: Any, state: RunState, latest: Any, end_time: Optional[float], ledger: Any) -> Any:
+    def triggers(cfg: Any, state: RunState, latest: Any, end_time: Optional[float], ledger: Any) -> Any:
         """The run's time triggers, continued from the checkpoint and the run's history (save times, MTBF)."""
         from hpcrun.job.triggers import TimeTriggers
         from hpcrun.rundir.checkpoints import CheckpointDir
@@ -238,9 +238,12 @@ class JobEntry:
     @staticmethod
     def _begin_main(cfg: Any, ctx: JobContext, state: RunState, checkpoints: Any) -> tuple:
         """Rank 0: clear interrupted saves, pick the checkpoint, record the start, apply the crash-loop breaker."""
-        for name in checkpoints.clear_staging():
-            log.warning("removed %s: a save that was interrupted before it completed", name)
-        latest, skipped = checkpoints.latest()
+        from hpcrun.rundir.checkpoints import newest_complete, run_checkpoint_dirs
+
+        for where in run_checkpoint_dirs(ctx.run_dir):  # checkpoints/, and a command's Trainer output folders
+            for name in where.clear_staging():
+                log.warning("removed %s in %s: a save that was interrupted before it completed", name, where.root)
+        latest, skipped = newest_complete(ctx.run_dir, cfg.checkpoint.keep_last)
         prev = state.previous_start
         start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
         setup_logging(ctx, start["n"])
@@ -287,7 +290,7 @@ class JobEntry:
             log.error(reason)
             raise JobError(reason)
         if requeue(ctx.job_id or ""):
-            state.end("requeued", stop.reason, stop.step)
+            state.end("requeued", stop.reason, stop.step, clean_stop=True)
             log.info("saved step %d and requeued job %s (%s)", stop.step, ctx.job_id, stop.reason)
             return f"requeued at step {stop.step}"
         reason = f"saved step {stop.step} but `scontrol requeue {ctx.job_id}` failed; resubmit to resume"

@@ -39,7 +39,7 @@ class LocalLauncher:
             # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).
             say(f"stopped: {state.get('reason')}; the same command resumes it")
             return 130 if "SIGINT" in str(state.get("reason")) else 75
-        say(f"done: final weights in {result}")
+        say(f"done: final weights in {result}" if Path(result).is_dir() else f"done: {result}")
         return 0
 
     def launch_array(self, cfgs: Sequence[Any], folder: Path) -> List[str]:

@@ -44,9 +44,9 @@ def _queued_job(state: dict) -> Optional[str]:
 
 
 def _newest_checkpoint(run_dir: Path) -> str:
-    from hpcrun.rundir.checkpoints import CheckpointDir
+    from hpcrun.rundir.checkpoints import newest_complete
 
-    latest, _ = CheckpointDir(RunDir(run_dir).checkpoints).latest()
+    latest, _ = newest_complete(run_dir)
     return f"from {latest.path.name}" if latest else "from the start (no complete checkpoint yet)"
 
 

@@ -20,12 +20,13 @@ def _wait(target: Path) -> int:
     return wait(str(target))
 
 
-def launch(overrides: Sequence[str], config_dirs: Sequence[str], wait: bool = False) -> int:
-    """``hpcrun OVERRIDES``: one run."""
+def launch(overrides: Sequence[str], config_dirs: Sequence[str], wait: bool = False,
+           command: Sequence[str] = ()) -> int:
+    """``hpcrun OVERRIDES`` (``hpcrun run OVERRIDES -- COMMAND``): one run."""
     from hpcrun.config.compose import compose
     from hpcrun.launch.prepare import claimed
 
-    cfg = compose(overrides, config_dirs)
+    cfg = compose(overrides, config_dirs, command=command)
     launcher = launcher_for(cfg)
     launcher.check([cfg])  # the site's own limits, before anything is written
     with claimed(cfg) as prepared:
@@ -46,12 +47,14 @@ def launch(overrides: Sequence[str], config_dirs: Sequence[str], wait: bool = Fa
     return _wait(run_dir) if wait else 0
 
 
-def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: str, wait: bool = False) -> int:
-    """``hpcrun -m OVERRIDES``: every point, as job arrays on Slurm or one after another here."""
+def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: str, wait: bool = False,
+                 argv: Sequence[str] = ()) -> int:
+    """``hpcrun -m OVERRIDES`` (``hpcrun -m run OVERRIDES -- ARGV``): every point, as job arrays on Slurm or one
+    after another here. ``command`` is the hpcrun command line, for the sweep's record."""
     from hpcrun.launch.prepare import write_prepared
     from hpcrun.launch.sweep import compose_sweep, submit_arrays
 
-    sweep = compose_sweep(overrides, config_dirs)
+    sweep = compose_sweep(overrides, config_dirs, argv)
     points = sweep.points
     skipped: List[str] = []
     for kind, label in (("complete", "complete"), ("active", "already queued or running")):

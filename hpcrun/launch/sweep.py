@@ -43,9 +43,12 @@ def expand(overrides: Sequence[str]) -> List[List[str]]:
     return [list(point) for point in batch]
 
 
-def sweep_id(overrides: Sequence[str]) -> str:
-    """A readable, stable name for the sweep: its non-launcher overrides, sorted (hashed when long)."""
+def sweep_id(overrides: Sequence[str], command: Sequence[str] = ()) -> str:
+    """A readable, stable name for the sweep: its non-launcher overrides, sorted (hashed when long); with
+    ``hpcrun run``'s command, its short hash too."""
     parts = sorted(o.lstrip("+~") for o in overrides if not is_launch_key(o.split("=", 1)[0].lstrip("+~")))
+    if command:
+        parts.append("cmd-" + hashlib.sha1("\0".join(command).encode()).hexdigest()[:8])
     text = _UNSAFE.sub("_", "__".join(parts)) or "sweep"
     if len(text) > 100:
         text = f"{text[:89]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
@@ -78,12 +81,12 @@ def _group_key(cfg: Any) -> str:
     return json.dumps([params, python_command(cfg.cluster)], sort_keys=True, default=str)
 
 
-def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> Sweep:
-    """Composes, checks and classifies every point; writes nothing."""
+def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = (), command: Sequence[str] = ()) -> Sweep:
+    """Composes, checks and classifies every point (``command``: hpcrun run's); writes nothing."""
     from hpcrun.config.compose import compose
     from hpcrun.launch.prepare import inspect_run_dir
 
-    points = [Point(o, compose(o, config_dirs)) for o in expand(overrides)]
+    points = [Point(o, compose(o, config_dirs, command=command)) for o in expand(overrides)]
     dirs = [p.cfg.run.dir for p in points]
     if len(set(dirs)) != len(dirs):
         raise UserError("two sweep points share a run directory (run.dir is set explicitly?): "
@@ -91,7 +94,7 @@ def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = ()) -> 
     for p in points:
         p.prepared = inspect_run_dir(p.cfg)
     root = Path(points[0].cfg.cluster.run_root).expanduser()
-    return Sweep(root.resolve() / "sweeps" / sweep_id(overrides), points)
+    return Sweep(root.resolve() / "sweeps" / sweep_id(overrides, command), points)
 
 
 def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hpcrun.durations import format_human
 from hpcrun.rundir import RunDir
-from hpcrun.rundir.checkpoints import MARKER, CheckpointDir
+from hpcrun.rundir.checkpoints import MARKER, newest_complete
 from hpcrun.rundir.ledger import progress, read_ledger
 from hpcrun.rundir.metrics import logged_steps
 from hpcrun.rundir.state import FINISHED, read_state
@@ -64,7 +64,7 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
     job = state.get("job_id")
     slurm = slurm_states.get(str(job)) if job else None
     status = state.get("status")
-    latest, _ = CheckpointDir(RunDir(run_dir).checkpoints).latest()
+    latest, _ = newest_complete(run_dir)
     ckpt_age = None
     if latest is not None:
         try:

@@ -28,7 +28,6 @@ log = logging.getLogger("hpcrun")
 
 MARKER = "hpcrun-complete.json"
 STATE_FILE = "hpcrun-state.json"  # hpcrun's own state inside a checkpoint (time triggers, save times)
-_STEP = re.compile(r"^step-(\d+)$")
 
 
 def _write_json_synced(path: Path, data: Dict[str, Any]) -> None:
@@ -45,18 +44,32 @@ class CheckpointDir:
     """The checkpoints of one run.
 
     Args:
-        root: ``<run.dir>/checkpoints``.
+        root: ``<run.dir>/checkpoints`` (or a Trainer's ``output_dir``, for a command of the user's own).
         keep_last: how many complete checkpoints to keep (at least 2: the newest may be in progress elsewhere,
-            e.g. a save interrupted mid-way, and the one before it is the fallback).
+            e.g. a save interrupted mid-way, and the one before it is the fallback); None: prune nothing (a
+            Trainer's own ``save_total_limit`` rotates its ``output_dir``).
+        prefix: the complete checkpoints' names, ``<prefix><step>`` (``checkpoint-`` in a Trainer's output_dir,
+            where transformers' ``get_last_checkpoint`` looks).
+        staging: the folder under ``root`` that saves are written into; hidden, so that nothing that looks for
+            ``<prefix>N`` ever sees a half-written save.
     """
 
-    def __init__(self, root: Path, keep_last: int = 2) -> None:
+    def __init__(self, root: Path, keep_last: Optional[int] = 2, prefix: str = "step-",
+                 staging: str = ".staging") -> None:
         self.root = Path(root)
-        self.keep_last = max(2, keep_last)
+        self.keep_last = None if keep_last is None else max(2, keep_last)
+        self.prefix = prefix
+        self._name = re.compile(rf"^{re.escape(prefix)}(\d+)$")
+        self._staging = staging
+
+    @classmethod
+    def in_output_dir(cls, output_dir: Path) -> "CheckpointDir":
+        """The atomic ``checkpoint-N`` folders hpcrun writes into a Trainer's own ``output_dir``."""
+        return cls(output_dir, keep_last=None, prefix="checkpoint-", staging=".hpcrun-staging")
 
     @property
     def staging_root(self) -> Path:
-        return self.root / ".staging"
+        return self.root / self._staging
 
     def staging(self, step: int) -> Path:
         """Where a save of ``step`` is written before it is complete (Trainer's ``checkpoint-N`` naming)."""
@@ -71,12 +84,12 @@ class CheckpointDir:
         return names
 
     def folders(self) -> List[Checkpoint]:
-        """Every ``step-N`` folder, newest first (complete or not)."""
+        """Every ``<prefix>N`` folder, newest first (complete or not)."""
         if not self.root.is_dir():
             return []
         found = []
         for p in self.root.iterdir():
-            m = _STEP.match(p.name)
+            m = self._name.match(p.name)
             if m and p.is_dir():
                 found.append(Checkpoint(int(m.group(1)), p))
         return sorted(found, key=lambda c: c.step, reverse=True)
@@ -126,9 +139,9 @@ class CheckpointDir:
                 files[str(f.relative_to(staging))] = f.stat().st_size
         _write_json_synced(staging / MARKER, {"step": step, "time": time.time(), "files": files})
         fsync_dir(staging)
-        final = self.root / f"step-{step}"
+        final = self.root / f"{self.prefix}{step}"
         if final.exists():  # e.g. the same step saved again after a resume: keep the newer write
-            trash = self.staging_root / f"replaced-step-{step}"
+            trash = self.staging_root / f"replaced-{self.prefix}{step}"
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(staging, final)
@@ -141,8 +154,10 @@ class CheckpointDir:
 
     def prune(self) -> List[int]:
         """Deletes complete checkpoints beyond ``keep_last`` (oldest first); incomplete ones older than the
-        newest complete one go too. Returns the steps deleted."""
-        deleted = []
+        newest complete one go too. Returns the steps deleted (none when ``keep_last`` is None)."""
+        deleted: List[int] = []
+        if self.keep_last is None:
+            return deleted
         complete = 0
         for ckpt in self.folders():
             if self.problem(ckpt.path) is None:
@@ -162,3 +177,43 @@ class CheckpointDir:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
+
+
+def recorded_outputs(run_dir: Path) -> List[Path]:
+    """The Trainer output folders a command of the user's own saves its checkpoints into (``outputs.json``)."""
+    from hpcrun.rundir.atomic import read_json
+    from hpcrun.rundir.layout import RunDir
+
+    data = read_json(RunDir(run_dir).outputs, [])
+    return [Path(p) for p in data if isinstance(p, str)] if isinstance(data, list) else []
+
+
+def record_output(run_dir: Path, output_dir: Path) -> None:
+    """Adds a Trainer's output folder to the run's (rank 0 of the command; once per Trainer)."""
+    from hpcrun.rundir.atomic import atomic_write_json
+    from hpcrun.rundir.layout import RunDir
+
+    known = recorded_outputs(run_dir)
+    if Path(output_dir) not in known:
+        atomic_write_json(RunDir(run_dir).outputs, [str(p) for p in [*known, Path(output_dir)]])
+
+
+def run_checkpoint_dirs(run_dir: Path, keep_last: Optional[int] = 2) -> List[CheckpointDir]:
+    """Every place the run keeps checkpoints: ``<run.dir>/checkpoints``, then its Trainers' output folders."""
+    from hpcrun.rundir.layout import RunDir
+
+    return [CheckpointDir(RunDir(run_dir).checkpoints, keep_last),
+            *(CheckpointDir.in_output_dir(p) for p in recorded_outputs(run_dir))]
+
+
+def newest_complete(run_dir: Path, keep_last: Optional[int] = 2
+                    ) -> Tuple[Optional[Checkpoint], List[Tuple[Checkpoint, str]]]:
+    """The run's newest complete checkpoint wherever it keeps them, and the newer ones skipped with why."""
+    best: Optional[Checkpoint] = None
+    skipped: List[Tuple[Checkpoint, str]] = []
+    for d in run_checkpoint_dirs(run_dir, keep_last):
+        latest, passed = d.latest()
+        skipped += passed
+        if latest is not None and (best is None or latest.step > best.step):
+            best = latest
+    return best, [(c, why) for c, why in skipped if best is None or c.step > best.step]

@@ -39,6 +39,8 @@ class RunDir:
     SLURM = "slurm"
     FINAL = "final"
     LATEST_LOG = "latest.log"
+    STOP_REQUEST = "stop-request.json"
+    OUTPUTS = "outputs.json"
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
@@ -92,6 +94,16 @@ class RunDir:
     @property
     def latest_log(self) -> Path:
         return self.logs / self.LATEST_LOG
+
+    @property
+    def stop_request(self) -> Path:
+        """Written by a command's process (``hpcrun.script``) that saved and stopped to be requeued."""
+        return self.path / self.STOP_REQUEST
+
+    @property
+    def outputs(self) -> Path:
+        """The output folders a command's Trainers save their atomic ``checkpoint-N`` folders into."""
+        return self.path / self.OUTPUTS
 
     def start_log(self, start: int, rank: int = 0) -> Path:
         """The log of start ``start`` (1-based) of rank ``rank``."""

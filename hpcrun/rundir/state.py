@@ -75,10 +75,12 @@ class RunState:
         """Records a new start; counts it against the crash-loop budget when the previous start made no progress.
 
         Progress means the checkpoint this start resumes from is newer than the one the previous start resumed
-        from. A first start, or one after progress, resets the count.
+        from. A first start, or one after progress, resets the count; so does one after a clean stop (a stop
+        signal or the deadline, saved for and requeued): that is no crash, and ``run.max_requeues`` bounds it (a
+        command of the user's own may keep its progress where hpcrun cannot see it).
         """
         prev = self.previous_start
-        if prev is not None and resumed_from <= prev.get("resumed_from", 0):
+        if prev is not None and resumed_from <= prev.get("resumed_from", 0) and not prev.get("clean_stop"):
             self.data["no_progress_restarts"] += 1
         else:
             self.data["no_progress_restarts"] = 0
@@ -101,10 +103,13 @@ class RunState:
             self.data["starts"][-1].update(fields)
             self.save()
 
-    def end(self, status: str, reason: str, step: Optional[int] = None) -> None:
-        """Records how this start ended, and the run's status."""
+    def end(self, status: str, reason: str, step: Optional[int] = None, clean_stop: bool = False) -> None:
+        """Records how this start ended, and the run's status (``clean_stop``: it stopped on a signal or the
+        deadline, as asked, rather than crashing)."""
         if self.data["starts"]:
             self.data["starts"][-1].update(ended_at=time.time(), end=f"{status}: {reason}", step=step)
+            if clean_stop:
+                self.data["starts"][-1]["clean_stop"] = True
         self.data.update(status=status, reason=reason)
         if status == "requeued":
             self.data["requeues"] += 1

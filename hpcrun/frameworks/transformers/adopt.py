@@ -1,0 +1,144 @@
+"""Every transformers Trainer a command under ``hpcrun run`` creates gets hpcrun's behaviour, unmodified scripts too.
+
+hpcrun's sitecustomize (hpcrun/job/inject/) calls :func:`install` when ``transformers.trainer`` is imported. It wraps
+four methods of the base ``Trainer`` class, so subclasses (TRL's SFTTrainer, Seq2SeqTrainer, a user's own) are
+covered wherever they call up to them:
+
+- ``__init__``: adds :class:`TimeTriggerCallback` with the run's triggers (``checkpoint.save_every``, the deadline
+  from the job's end, the stop signals) and records ``args.output_dir`` as one of the run's checkpoint folders;
+- ``_save_checkpoint``: the Trainer's own save, written into ``<output_dir>/.hpcrun-staging/checkpoint-N`` and
+  committed by hpcrun's save sequence (every rank done, completion marker, rename to ``<output_dir>/checkpoint-N``),
+  so neither hpcrun nor transformers' ``get_last_checkpoint`` ever sees a half-written one; then the Trainer's
+  own ``save_total_limit`` rotation;
+- ``train``: on a restart of the run, resumes from the newest complete ``checkpoint-N`` in ``output_dir`` whatever
+  the script passes; after a save that a stop signal or the deadline asked for, tells the job to requeue and exits
+  the process (status 0), before the script's post-training code (final save, evaluation) runs on a half-trained
+  model.
+
+Off: ``command.patch_trainer=false``, or ``HPCRUN_PATCH_TRAINER=0`` in the job's environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("hpcrun")
+
+
+@dataclass
+class Adopted:
+    """What hpcrun keeps on an adopted Trainer (``trainer._hpcrun``)."""
+
+    checkpoints: Any  # CheckpointDir.in_output_dir(args.output_dir)
+    callback: Any  # TimeTriggerCallback
+    staging: bool = False
+
+
+def adopt(trainer: Any) -> None:
+    """Gives one Trainer hpcrun's triggers and atomic checkpoints in its own output_dir."""
+    from hpcrun import script
+    from hpcrun.frameworks.transformers.callback import TimeTriggerCallback
+    from hpcrun.rundir.checkpoints import CheckpointDir, record_output
+
+    session = script.session()
+    out = Path(trainer.args.output_dir).expanduser().resolve()
+    checkpoints = CheckpointDir.in_output_dir(out)
+    if trainer.is_world_process_zero():
+        record_output(session.run_dir, out)
+        for name in checkpoints.clear_staging():
+            log.warning("removed %s in %s: a save that was interrupted before it completed", name, out)
+    callback = TimeTriggerCallback(stop_flags=session.flags, triggers=session.triggers(checkpoints),
+                                   ledger=session.ledger)
+    trainer.add_callback(callback)
+    trainer._hpcrun = Adopted(checkpoints, callback)
+    log.info("hpcrun: this Trainer saves every %s of wall clock, on a stop signal and before the job's end, "
+             "atomically into %s", session.cfg.checkpoint.save_every, out)
+
+
+def _rotate(trainer: Any, output_dir: Path) -> None:
+    """The Trainer's own save_total_limit, applied to the real output_dir once the save is in place."""
+    import transformers.trainer as tmod
+
+    args = trainer.args
+    if not args.should_save or not args.save_total_limit:
+        return
+    rotate = getattr(tmod, "rotate_checkpoints", None)
+    if rotate is not None:  # transformers 5
+        rotate(output_dir=str(output_dir), save_total_limit=args.save_total_limit,
+               best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=False)
+    else:
+        trainer._rotate_checkpoints(use_mtime=False, output_dir=str(output_dir))
+
+
+def install(trainer_cls: Any) -> None:
+    """Wraps the base Trainer's methods (once)."""
+    if getattr(trainer_cls, "_hpcrun_installed", False):
+        return
+    trainer_cls._hpcrun_installed = True
+    init, train, save, output_dir = (trainer_cls.__init__, trainer_cls.train, trainer_cls._save_checkpoint,
+                                     trainer_cls._get_output_dir)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        adopt(self)
+
+    @functools.wraps(output_dir)
+    def _get_output_dir(self: Any, trial: Any) -> str:
+        adopted = getattr(self, "_hpcrun", None)
+        if adopted is not None and adopted.staging:
+            return str(adopted.checkpoints.staging_root)
+        return output_dir(self, trial)
+
+    @functools.wraps(save)
+    def _save_checkpoint(self: Any, model: Any, trial: Any) -> None:
+        adopted = getattr(self, "_hpcrun", None)
+        if adopted is None:
+            return save(self, model, trial)
+        from hpcrun.job.steps import checkpoint_save
+
+        cb = adopted.callback
+        step = self.state.global_step
+        with checkpoint_save(adopted.checkpoints, step, is_main=self.is_world_process_zero(), triggers=cb.triggers,
+                             ledger=cb.ledger, why=cb.take_save()):
+            adopted.staging = True
+            try:
+                save(self, model, trial)
+            finally:
+                adopted.staging = False
+        root = adopted.checkpoints.root
+        best = self.state.best_global_step if hasattr(self.state, "best_global_step") else None
+        if best and (root / f"checkpoint-{best}").is_dir():
+            self.state.best_model_checkpoint = str(root / f"checkpoint-{best}")
+        _rotate(self, root)
+
+    @functools.wraps(train)
+    def _train(self: Any, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:
+        from hpcrun import script
+
+        adopted = getattr(self, "_hpcrun", None)
+        if adopted is not None and script.session().restarted:
+            latest, skipped = adopted.checkpoints.latest()
+            for ckpt, why in skipped:
+                log.warning("skipping %s: %s", ckpt.path, why)
+            if latest is not None:
+                if resume_from_checkpoint not in (None, False, True, str(latest.path)):
+                    log.info("hpcrun: resuming from %s (the newest complete checkpoint), not %s",
+                             latest.path, resume_from_checkpoint)
+                resume_from_checkpoint = str(latest.path)
+                log.info("hpcrun: resuming from %s", latest.path)
+        result = train(self, resume_from_checkpoint, *args, **kwargs)
+        if adopted is not None and adopted.callback.stop_reason:
+            step = adopted.callback.stop_step or self.state.global_step
+            log.info("hpcrun: saved step %s after %s; exiting to be requeued", step, adopted.callback.stop_reason)
+            script.stop_and_requeue(step, adopted.callback.stop_reason)
+        return result
+
+    trainer_cls.__init__ = __init__
+    trainer_cls._get_output_dir = _get_output_dir
+    trainer_cls._save_checkpoint = _save_checkpoint
+    trainer_cls.train = _train

@@ -1,0 +1,165 @@
+"""A command's process tree, as the job's entry runs it: started, its output kept, signals passed on, waited for.
+
+Linux only (it reads /proc), as Slurm's compute nodes are. No torch.
+
+Signals. On Slurm, slurmstepd delivers a job step's signals (``--signal``, scancel, preemption, the time limit) to
+every process of the step, the command's too, so nothing is forwarded there. Locally the command runs in its own
+process group (Ctrl-C reaches hpcrun alone) and hpcrun passes each stop signal to every process of the command's
+tree. A launcher (torchrun, accelerate launch) starts with the stop signals ignored, so only its workers act on
+them (hpcrun's sitecustomize restores them in the workers, see hpcrun/job/inject/sitecustomize.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("hpcrun")
+KILL_BEFORE_END = 5.0  # seconds before the job's end a command still running after a stop signal is killed
+
+
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` (children first), from /proc."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])  # the name, in parentheses, may hold spaces
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(0), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _send(pids: Sequence[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+class Child:
+    """The command, started at once: its output copied to ours and to ``log_path``.
+
+    Args:
+        argv: the command.
+        env: its environment.
+        log_path: the log of this start (the command's output is appended).
+        ignore: signal names it starts with ignored (a launcher's).
+        forward: pass stop signals on to the whole tree (locally; on Slurm they reach it anyway).
+    """
+
+    def __init__(self, argv: Sequence[str], env: Dict[str, str], log_path: Path, ignore: Sequence[str] = (),
+                 forward: bool = True) -> None:
+        self.forward = forward
+        self.first_signal: Optional[str] = None
+        self.killed = False
+        ignored = [signal.Signals[n] for n in ignore]
+
+        def before_exec() -> None:  # in the child, between fork and exec
+            if forward:
+                os.setpgid(0, 0)  # its own process group: a Ctrl-C in the terminal reaches hpcrun only
+            for s in ignored:
+                signal.signal(s, signal.SIG_IGN)
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=before_exec if ignored or forward else None)
+        except OSError as exc:
+            self._log.close()
+            from hpcrun.errors import JobError
+
+            raise JobError(f"cannot start the command {argv[0]!r}: {exc.strerror or exc}") from None
+        self._copier = threading.Thread(target=self._copy, daemon=True)
+        self._copier.start()
+
+    def _copy(self) -> None:
+        """The command's output, as it comes (progress bars too), to our stdout and the start's log."""
+        out = getattr(sys.stdout, "buffer", None)
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._log.write(chunk)
+            self._log.flush()
+            if out is not None:
+                try:
+                    out.write(chunk)
+                    out.flush()
+                except (OSError, ValueError):
+                    out = None
+
+    def tree(self) -> List[int]:
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def signal_tree(self, name: str) -> None:
+        _send(self.tree(), signal.Signals[name])
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.first_signal == "SIGINT" and name == "SIGINT":  # the second Ctrl-C: stop now, no save
+            self.killed = True
+            self.signal_tree("SIGKILL")
+            raise KeyboardInterrupt
+        if self.first_signal is None:
+            self.first_signal = name
+            log.info("%s: passed on to the command%s", name, "" if self.forward else " (Slurm signals it too)")
+        if self.forward:
+            self.signal_tree(name)
+
+    def wait(self, signals: Sequence[str], end_time: Optional[float],
+             local_signal: Optional[Tuple[str, float]] = None) -> int:
+        """Waits for the command to end; returns its exit status (negative: killed by that signal).
+
+        Args:
+            signals: the stop signals (names) hpcrun listens to meanwhile.
+            end_time: the job's end (Unix time): a command still running ``KILL_BEFORE_END`` seconds before it,
+                after a stop signal, is killed, so the run can still be requeued.
+            local_signal: (name, seconds before end_time): sent to the command then, as Slurm's ``--signal`` would
+                (locally).
+        """
+        previous = [(s, signal.signal(signal.Signals[s], self._handle)) for s in signals]
+        try:
+            while True:
+                try:
+                    rc = self.proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.time()
+                if end_time is None:
+                    continue
+                if local_signal and self.first_signal is None and now >= end_time - local_signal[1]:
+                    log.info("cluster.time is nearly over: sending %s, as Slurm would", local_signal[0])
+                    self._handle(signal.Signals[local_signal[0]], None)
+                if self.first_signal is not None and now >= end_time - KILL_BEFORE_END:
+                    log.warning("the command did not stop after %s before the job's end: killing it (its work "
+                                "since its last save is lost)", self.first_signal)
+                    self.killed = True
+                    self.signal_tree("SIGKILL")
+        finally:
+            for s, handler in previous:
+                signal.signal(signal.Signals[s], handler)
+            self._copier.join(timeout=10)
+            self._log.close()
+        return rc

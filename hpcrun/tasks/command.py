@@ -1,0 +1,185 @@
+"""``hpcrun run -- COMMAND``: the user's own command is the job (docs/own-script.md).
+
+The command runs as a child of the job's entry (:class:`hpcrun.job.entry.JobEntry`), which keeps everything else
+as for the built-in task: the run directory, its state and ledger, the lock, requeue, the crash-loop breaker.
+This module is both halves of that task: its settings (the ``command`` section, read on the login node too, so no
+torch and nothing heavy) and :func:`run`, the job side, which starts the command, passes the stop signals on, and
+turns how the command ended into the run's end:
+
+- the command asked to be requeued (``hpcrun.script``, or a Trainer hpcrun adopted, saved and stopped): stopped;
+- it exited after a stop signal (time limit, preemption, Ctrl-C), whatever its exit status: stopped;
+- exit status 0 otherwise: completed; any other: failed, not requeued (a script error would repeat).
+
+A stopped run requeues itself on Slurm (``run.max_requeues`` and the crash-loop breaker still apply) and prints
+the command that resumes it locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hpcrun.errors import ConfigError
+
+log = logging.getLogger("hpcrun")
+
+# Commands that start one worker process per GPU themselves (torchrun, accelerate launch, deepspeed): the job runs
+# them once per node, not once per GPU under srun.
+_LAUNCHER_PROGRAMS = {"torchrun", "deepspeed"}
+_LAUNCHER_MODULES = {"torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch"}
+
+
+def starts_workers(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a launcher that starts its own worker processes (torchrun, accelerate launch, ...)."""
+    if not argv:
+        return False
+    name = os.path.basename(argv[0])
+    if name in _LAUNCHER_PROGRAMS:
+        return True
+    if name == "accelerate":
+        return len(argv) > 1 and argv[1] == "launch"
+    if name.startswith("python") and "-m" in argv[1:]:
+        i = list(argv).index("-m")
+        return i + 1 < len(argv) and argv[i + 1] in _LAUNCHER_MODULES
+    return False
+
+
+def command_name(argv: Sequence[str]) -> str:
+    """A run name for a command: its script's name (``run_clm`` for ``python run_clm.py``, ``train`` for
+    ``torchrun --nproc_per_node=2 train.py``), its module's (``-m pkg.train``), or the program's."""
+    args = list(argv)
+    for i, a in enumerate(args):
+        if a == "-m" and i + 1 < len(args):
+            return args[i + 1].rpartition(".")[2] or "command"
+    for a in args[1:]:
+        if a.endswith((".py", ".sh")) and not a.startswith("-"):
+            return Path(a).stem or "command"
+    return Path(args[0]).name if args else "command"
+
+
+@dataclass
+class CommandSection:
+    """The command the job runs (``hpcrun run [KEY=VALUE ...] -- COMMAND [ARGS ...]``)."""
+
+    # The command and its arguments, what follows `--` on the command line; ${KEY} takes a config value (${lr} for
+    # +lr=3e-4, ${run.dir}); hpcrun sets it.
+    argv: List[str] = field(default_factory=list)
+    # Give every transformers Trainer the command creates hpcrun's wall-clock saves, stop, deadline, atomic
+    # checkpoints and resume (false: the Trainer is left alone; HPCRUN_PATCH_TRAINER=0 in the job's environment too).
+    patch_trainer: bool = True
+    # Whether the command starts its own worker processes (torchrun, accelerate launch): it then runs once per node;
+    # otherwise once per process under srun (one per GPU). Empty: detected from the command.
+    starts_workers: Optional[bool] = None
+
+    def launcher(self) -> bool:
+        return starts_workers(self.argv) if self.starts_workers is None else bool(self.starts_workers)
+
+    def check(self) -> None:
+        if not self.argv or not str(self.argv[0]).strip():
+            raise ConfigError("command.argv", self.argv, "a command: hpcrun run [KEY=VALUE ...] -- COMMAND [ARGS ...]")
+
+
+@dataclass
+class CommandSettings:
+    """The settings of ``hpcrun run``: the one ``command`` section."""
+
+    command: CommandSection = field(default_factory=CommandSection)
+
+    def check(self, cfg: Any) -> None:
+        if self.command.launcher():  # one launcher per node starts the per-GPU processes itself
+            cfg.cluster.tasks_per_node = 1
+
+
+def check_runnable(argv: Sequence[str], cfg: Any, cwd: Path) -> None:
+    """On the login node: the program exists where the job will look for it (this PATH: sbatch passes the
+    environment on), and a script named after python exists. Not checked inside a container, or after
+    ``cluster.setup`` lines, which change what the job finds."""
+    import shutil
+
+    program = argv[0]
+    if cfg.cluster.container.enabled or cfg.cluster.setup:
+        return
+    if "/" in program:
+        path = Path(program) if Path(program).is_absolute() else cwd / program
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError("command", program, f"an executable file (there is none at {path})")
+    elif shutil.which(program) is None:
+        raise ConfigError("command", program, "a program on the PATH the job gets (this one: not found)")
+    if os.path.basename(program).startswith("python") and len(argv) > 1 and argv[1].endswith(".py"):
+        script = Path(argv[1]) if Path(argv[1]).is_absolute() else cwd / argv[1]
+        if not script.is_file():
+            raise ConfigError("command", argv[1], f"a Python script (there is none at {script})")
+
+
+def command_env(cfg: Any, ctx: Any, start: int, launcher: bool, signals: Sequence[str]) -> Dict[str, str]:
+    """The command's environment: the job's, plus where it is (documented in docs/own-script.md)."""
+    from hpcrun.resources import inject_dir
+
+    env = dict(os.environ)
+    env.update(
+        HPCRUN_RUN_DIR=str(ctx.run_dir), HPCRUN_RUN_NAME=str(cfg.run.name), HPCRUN_START=str(start),
+        HPCRUN_RESTART="1" if start > 1 else "0", HPCRUN_END_TIME="" if ctx.end_time is None else f"{ctx.end_time:.0f}",
+        HPCRUN_JOB_ID=ctx.job_id or "", HPCRUN_SIGNALS=",".join(signals),
+        HPCRUN_CHECKPOINT_DIR=str(ctx.checkpoints.root) if ctx.checkpoints else "",
+        HPCRUN_PATCH_TRAINER=env.get("HPCRUN_PATCH_TRAINER", "1" if cfg.command.patch_trainer else "0"),
+        HPCRUN_WRAPPER_PID=str(os.getpid()), PYTHONUNBUFFERED="1",
+    )
+    # Every python the command starts reads hpcrun's sitecustomize (it chains to any other): it gives Trainers
+    # hpcrun's behaviour and undoes, in workers, the ignored stop signals their launcher was started with.
+    env["PYTHONPATH"] = os.pathsep.join([str(inject_dir()), *filter(None, [env.get("PYTHONPATH")])])
+    if launcher:
+        # torchrun (and accelerate launch, through it) would turn SIGTERM into "kill the workers 30 s later", cutting
+        # a save short, and dies of SIGUSR2: it ignores the stop signals (they reach the workers directly).
+        env["HPCRUN_LAUNCHER_IGNORES"] = ",".join(signals)
+        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    return env
+
+
+def run(cfg: Any, ctx: Any) -> Any:
+    """The job side of ``hpcrun run``: runs the command once (per node or per process), returns how it ended."""
+    from hpcrun.job.context import Stopped
+    from hpcrun.job.processes import Child
+    from hpcrun.job.signals import job_signals
+    from hpcrun.rundir import RunDir
+    from hpcrun.rundir.atomic import read_json
+    from hpcrun.rundir.ledger import progress, read_ledger
+
+    rd = RunDir(ctx.run_dir)
+    start = ctx.ledger.start if ctx.ledger is not None else 1
+    if ctx.is_main:
+        rd.stop_request.unlink(missing_ok=True)
+    argv = [str(a) for a in cfg.command.argv]
+    launcher = cfg.command.launcher()
+    signals = job_signals(cfg.cluster.signal, local=not ctx.on_slurm)
+    env = command_env(cfg, ctx, start, launcher, signals)
+    log.info("command: %s%s", shlex.join(argv), " (a launcher: it starts the workers)" if launcher else "")
+    child = Child(argv, env, log_path=rd.start_log(start, ctx.rank), ignore=signals if launcher else (),
+                  forward=not ctx.on_slurm)
+    local_signal = None if ctx.on_slurm else (f"SIG{cfg.cluster.signal}", cfg.cluster.signal_delay_seconds())
+    rc = child.wait(signals, ctx.end_time, local_signal)
+
+    def last_step() -> Optional[int]:
+        step, _ = progress([e for e in read_ledger(ctx.run_dir) if e.get("start") == start])
+        return step or None
+
+    if ctx.ledger is not None:  # the steps the command's Trainer (or hpcrun.script) recorded, for the run's end
+        ctx.ledger.last_step = last_step()
+    request = read_json(rd.stop_request, {}) if ctx.is_main else {}
+    if isinstance(request, dict) and request.get("start") == start:
+        return Stopped(step=int(request.get("step") or 0), reason=str(request.get("reason") or "stopped"),
+                       signal=request.get("signal") or child.first_signal)
+    if child.first_signal is not None:
+        how = "was killed: it outlived the job's time" if child.killed else f"exited with status {rc}"
+        return Stopped(step=last_step() or 0, signal=child.first_signal,
+                       reason=f"signal {child.first_signal}; the command {how}")
+    if rc == 0:
+        return "the command exited with status 0"
+    from hpcrun.errors import JobError
+
+    what = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+    raise JobError(f"the command {what}: {shlex.join(argv)} (its output: {rd.start_log(start, ctx.rank)})")

@@ -26,6 +26,7 @@ A transformers Trainer in the command needs none of this: hpcrun adopts it (hpcr
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -66,7 +67,7 @@ class Session:
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("hpcrun: %(message)s"))
             log.addHandler(handler)
-            log.setLevel(logging.INFO)
+            log.setLevel(logging.INFO if rank() == 0 else logging.WARNING)
             log.propagate = False
         self.run_dir = Path(env["HPCRUN_RUN_DIR"])
         self.start = int(env.get("HPCRUN_START") or 1)
@@ -76,6 +77,13 @@ class Session:
         signals = [s for s in (env.get("HPCRUN_SIGNALS") or "SIGUSR2,SIGTERM").split(",") if s]
         self.flags = StopFlags().install(signals)
         self._triggers: Dict[Path, Any] = {}
+        self.last_step: Optional[int] = None
+        atexit.register(self._exit)
+
+    def _exit(self) -> None:
+        """Where the command got to, for ``hpcrun status`` (progress is otherwise recorded once a minute)."""
+        if self.last_step is not None:
+            self.ledger.step(self.last_step, force=True)
 
     @property
     def restarted(self) -> bool:
@@ -146,6 +154,12 @@ def latest_checkpoint(folder: Optional[str] = None) -> Optional[Path]:
     return latest.path if latest else None
 
 
+def planned(steps: int) -> None:
+    """Tells hpcrun how many steps the run trains in all (``hpcrun status`` shows step N/steps)."""
+    if active() and rank() == 0:
+        session().ledger.planned(steps)
+
+
 def step_ended(step: int) -> Any:
     """Call after each optimizer step, on every rank: returns a Decision whose ``save`` says to checkpoint now
     (periodic, deadline or a stop signal) and ``stop`` to stop after that save (then :func:`stop_and_requeue`)."""
@@ -158,6 +172,7 @@ def step_ended(step: int) -> Any:
     s = session()
     triggers = s.triggers(s.checkpoints())
     decision = decide(triggers, s.flags, rank() == 0, s.ledger, step)
+    s.last_step = step
     triggers.step_started()  # the next step is timed from here
     return decision
 

@@ -240,13 +240,14 @@ class JobEntry:
         """Rank 0: clear interrupted saves, pick the checkpoint, record the start, apply the crash-loop breaker."""
         from hpcrun.rundir.checkpoints import newest_complete, run_checkpoint_dirs
 
-        for where in run_checkpoint_dirs(ctx.run_dir):  # checkpoints/, and a command's Trainer output folders
-            for name in where.clear_staging():
-                log.warning("removed %s in %s: a save that was interrupted before it completed", name, where.root)
+        removed = [(name, where.root) for where in run_checkpoint_dirs(ctx.run_dir)  # and a command's output dirs
+                   for name in where.clear_staging()]
         latest, skipped = newest_complete(ctx.run_dir, cfg.checkpoint.keep_last)
         prev = state.previous_start
         start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
         setup_logging(ctx, start["n"])
+        for name, root in removed:
+            log.warning("removed %s in %s: a save that was interrupted before it completed", name, root)
         where = f"Slurm job {ctx.job_id} (restart {ctx.restart})" if ctx.on_slurm else "this machine (local)"
         log.info("===== start %d of run %s in %s, on %s, %d process(es) =====",
                  start["n"], cfg.run.name, ctx.run_dir, where, ctx.world_size)

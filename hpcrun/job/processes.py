@@ -123,7 +123,8 @@ class Child:
             raise KeyboardInterrupt
         if self.first_signal is None:
             self.first_signal = name
-            log.info("%s: passed on to the command%s", name, "" if self.forward else " (Slurm signals it too)")
+            log.info("%s: %s", name, "passed on to the command" if self.forward else
+                     "Slurm signals the command's processes too; waiting for the command to stop")
         if self.forward:
             self.signal_tree(name)
 

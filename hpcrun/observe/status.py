@@ -122,7 +122,8 @@ def table(rows: List[RunStatus], colour: Optional[bool] = None) -> str:
     cells = []
     for r in rows:
         cells.append([
-            f"{r.name}/{r.id}", r.state, str(r.restarts), f"{r.step}/{r.max_steps}",
+            f"{r.name}/{r.id}", r.state, str(r.restarts),
+            f"{r.step}/{r.max_steps}" if r.max_steps else (str(r.step) if r.step else "-"),
             format_human(r.last_checkpoint_age_s) if r.last_checkpoint_age_s is not None else "-",
             format_human(r.elapsed_s), format_human(r.time_left_s) if r.time_left_s is not None else "-",
             f"{r.goodput:.0%}" if r.goodput is not None else "-", r.job_id or "-",

@@ -135,8 +135,9 @@ def command_env(cfg: Any, ctx: Any, start: int, launcher: bool, signals: Sequenc
     if launcher:
         # torchrun (and accelerate launch, through it) would turn SIGTERM into "kill the workers 30 s later", cutting
         # a save short, and dies of SIGUSR2: it ignores the stop signals (they reach the workers directly).
+        # (torchrun's --signals-to-handle reads PET_SIGNALS_TO_HANDLE and sets TORCHELASTIC_SIGNALS_TO_HANDLE.)
         env["HPCRUN_LAUNCHER_IGNORES"] = ",".join(signals)
-        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+        env["PET_SIGNALS_TO_HANDLE"] = env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
     return env
 
 

@@ -55,7 +55,7 @@ def adopt(trainer: Any) -> None:
                                    ledger=session.ledger)
     trainer.add_callback(callback)
     trainer._hpcrun = Adopted(checkpoints, callback)
-    log.info("hpcrun: this Trainer saves every %s of wall clock, on a stop signal and before the job's end, "
+    log.info("this Trainer saves every %s of wall clock, on a stop signal and before the job's end, "
              "atomically into %s", session.cfg.checkpoint.save_every, out)
 
 
@@ -127,14 +127,14 @@ def install(trainer_cls: Any) -> None:
                 log.warning("skipping %s: %s", ckpt.path, why)
             if latest is not None:
                 if resume_from_checkpoint not in (None, False, True, str(latest.path)):
-                    log.info("hpcrun: resuming from %s (the newest complete checkpoint), not %s",
+                    log.info("resuming from %s (the newest complete checkpoint), not %s",
                              latest.path, resume_from_checkpoint)
                 resume_from_checkpoint = str(latest.path)
-                log.info("hpcrun: resuming from %s", latest.path)
+                log.info("resuming from %s", latest.path)
         result = train(self, resume_from_checkpoint, *args, **kwargs)
         if adopted is not None and adopted.callback.stop_reason:
             step = adopted.callback.stop_step or self.state.global_step
-            log.info("hpcrun: saved step %s after %s; exiting to be requeued", step, adopted.callback.stop_reason)
+            log.info("saved step %s after %s; exiting to be requeued", step, adopted.callback.stop_reason)
             script.stop_and_requeue(step, adopted.callback.stop_reason)
         return result
 

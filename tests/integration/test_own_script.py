@@ -1,0 +1,134 @@
+"""``hpcrun run -- COMMAND`` locally: a Trainer script that knows nothing of hpcrun, stopped and run again, killed in
+the middle of a save; and the bad inputs. The Slurm paths are in test_own_script_slurm.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.own_scripts import SCRIPTS, clm_args, make_work
+from tests.training import assert_same_weights, state, wait_until
+
+STEPS = 500
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return make_work(tmp_path_factory.mktemp("own-script"))
+
+
+@pytest.fixture(scope="module")
+def straight(work: Path) -> Path:
+    """The script run by itself, without hpcrun, straight through: the weights every interrupted run must match."""
+    out = subprocess.run(clm_args(work, str(work / "straight"), STEPS), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return work / "straight"
+
+
+def _start(tmp_path: Path, args: list, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hpcrun", *args], cwd=tmp_path, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run_dir(tmp_path: Path, name: str = "clm_trainer") -> Path:
+    wait_until(lambda: len(list((tmp_path / "runs" / name).glob("*/config.yaml"))) == 1, 60, "the run directory")
+    return next((tmp_path / "runs" / name).glob("*/config.yaml")).parent
+
+
+def _checkpoints(out: Path) -> list:
+    return sorted(out.glob("checkpoint-*")) if out.is_dir() else []
+
+
+def test_a_trainer_script_stopped_by_ctrl_c_resumes_on_the_same_command_to_the_straight_runs_weights(
+        hpcrun, tmp_path, work, straight):
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(work, "${run.dir}/out", STEPS)]
+    proc = _start(tmp_path, args)
+    run_dir = _run_dir(tmp_path)
+    out = run_dir / "out"  # ${run.dir}/out, interpolated
+    wait_until(lambda: _checkpoints(out), 120, "a periodic checkpoint-N in the script's output_dir")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    st = state(run_dir)
+    assert st["status"] == "stopped" and "SIGINT" in st["reason"]
+    stopped_at = st["starts"][0]["step"]
+    assert 0 < stopped_at < STEPS
+    assert out / f"checkpoint-{stopped_at}" in _checkpoints(out)  # the save the stop asked for, in place
+    assert not (out / "model.safetensors").exists()  # the script's final save_model() did not run on a partial model
+    for ckpt in _checkpoints(out):
+        assert (ckpt / "hpcrun-complete.json").is_file()
+
+    again = hpcrun(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = (run_dir / "logs" / "start-2.log").read_text()
+    assert f"resuming from {out / f'checkpoint-{stopped_at}'}" in log
+    assert_same_weights(out, straight)
+    (row,) = json.loads(hpcrun("status", str(run_dir), "--json").stdout)
+    assert row["recorded"] == "completed" and row["step"] == STEPS and row["max_steps"] == STEPS
+
+
+def test_kill_9_during_a_trainer_save_leaves_nothing_that_resume_or_get_last_checkpoint_would_pick(
+        hpcrun, tmp_path, work, straight):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(work, "${run.dir}/out", STEPS)]
+    proc = _start(tmp_path, args, env={"HPCRUN_FAULTS": "save_pause=60"})  # every file written, no marker yet
+    run_dir = _run_dir(tmp_path)
+    staging = run_dir / "out" / ".hpcrun-staging"
+    wait_until(lambda: any(staging.glob("checkpoint-*/trainer_state.json")), 120, "a save paused before its commit")
+    from hpcrun.job.processes import descendants
+
+    script = [p for p in descendants(proc.pid) if "clm_trainer.py" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert script, "the script's process"
+    os.kill(script[0], signal.SIGKILL)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, output[-3000:]
+    assert "killed by signal 9" in state(run_dir)["reason"]
+    out = run_dir / "out"
+    assert _checkpoints(out) == []  # the half-written save is not a checkpoint-N ...
+    assert get_last_checkpoint(str(out)) is None  # ... for transformers either
+
+    again = hpcrun(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "interrupted before it completed" in (run_dir / "logs" / "start-2.log").read_text()
+    assert not staging.exists()
+    assert_same_weights(out, straight)
+
+
+def test_a_script_of_its_own_gets_where_it_is_from_its_environment(hpcrun, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import json, os\nprint(json.dumps({k: v for k, v in os.environ.items() "
+                     "if k.startswith('HPCRUN_')}))\n")
+    out = hpcrun("run", "cluster=local", "cluster.time=1:00:00", "--", sys.executable, str(probe))
+    assert out.returncode == 0, out.stderr[-3000:]
+    env = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
+    run_dir = _run_dir(tmp_path, "probe")
+    assert env["HPCRUN_RUN_DIR"] == str(run_dir) and env["HPCRUN_START"] == "1" and env["HPCRUN_RESTART"] == "0"
+    assert abs(float(env["HPCRUN_END_TIME"]) - (time.time() + 3600)) < 120
+    assert env["HPCRUN_SIGNALS"] == "SIGUSR2,SIGTERM,SIGINT"
+    assert state(run_dir)["status"] == "completed"
+    assert json.dumps(env) in (run_dir / "logs" / "start-1.log").read_text()  # the command's output, in its log
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "cluster=local"], "hpcrun run needs a command after --"),
+    (["run", "cluster=local", "--"], "hpcrun run needs a command after --"),
+    (["run", "cluster=local", "--", "no-such-program-here", "x"], "command='no-such-program-here'"),
+    (["run", "cluster=local", "--", sys.executable, "missing_script.py"], "command='missing_script.py'"),
+    (["run", "cluster=local", "--", sys.executable, str(SCRIPTS / "echo_arg.py"), "--lr", "${nope}"], "command='${nope}'"),
+    (["-m", "run", "cluster=local", "+lr=1,2", "--", sys.executable, str(SCRIPTS / "echo_arg.py"), "${lr.x}"],
+     "command='${lr.x}'"),
+])
+def test_bad_input_is_one_line_nonzero_and_leaves_nothing(hpcrun, tmp_path, args, expected):
+    out = hpcrun(*args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("hpcrun: error:")]
+    assert len(errors) == 1 and expected in errors[0], out.stderr
+    assert not (tmp_path / "runs").exists()

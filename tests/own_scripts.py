@@ -63,3 +63,14 @@ def trainer_steps(output_dir: Path) -> List[int]:
     state = Path(output_dir) / "trainer_state.json"
     history = json.loads(state.read_text())["log_history"] if state.exists() else []
     return [h["step"] for h in history if "loss" in h]
+
+
+def sft_args(work: Path, output_dir: str, max_steps: int) -> List[str]:
+    """The sft_trl.py command line (TRL's SFTTrainer on a jsonl file of texts)."""
+    data = work / "data" / "sft.jsonl"
+    if not data.exists():
+        lines = (work / "data" / "train.txt").read_text().splitlines()
+        data.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    return [sys.executable, str(SCRIPTS / "sft_trl.py"), "--model_config", str(work / "model" / "config"),
+            "--tokenizer", str(work / "model" / "tokenizer"), "--data", str(data), "--output_dir", output_dir,
+            "--max_steps", str(max_steps)]

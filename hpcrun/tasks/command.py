@@ -183,4 +183,4 @@ def run(cfg: Any, ctx: Any) -> Any:
     from hpcrun.errors import JobError
 
     what = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-    raise JobError(f"the command {what}: {shlex.join(argv)} (its output: {rd.start_log(start, ctx.rank)})")
+    raise JobError(f"the command {what} (its output: {rd.start_log(start, ctx.rank)})")

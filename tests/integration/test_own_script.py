@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.own_scripts import SCRIPTS, clm_args, make_work
+from tests.own_scripts import SCRIPTS, clm_args, make_work, sft_args
 from tests.training import assert_same_weights, state, wait_until
 
 STEPS = 500
@@ -72,6 +72,35 @@ def test_a_trainer_script_stopped_by_ctrl_c_resumes_on_the_same_command_to_the_s
     assert_same_weights(out, straight)
     (row,) = json.loads(hpcrun("status", str(run_dir), "--json").stdout)
     assert row["recorded"] == "completed" and row["step"] == STEPS and row["max_steps"] == STEPS
+
+
+def _stop_with_ctrl_c_and_run_again(hpcrun, tmp_path: Path, args: list, name: str) -> Path:
+    """Starts ``hpcrun ARGS``, Ctrl-C once a periodic checkpoint exists, runs it again; returns the output_dir."""
+    proc = _start(tmp_path, args)
+    out = _run_dir(tmp_path, name) / "out"
+    wait_until(lambda: _checkpoints(out), 120, "a periodic checkpoint-N in the script's output_dir")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    again = hpcrun(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming from" in (out.parent / "logs" / "start-2.log").read_text()
+    return out
+
+
+def test_trainer_subclasses_are_adopted_too_seq2seq_trainer(hpcrun, tmp_path, work, straight):
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--",
+            *clm_args(work, "${run.dir}/out", STEPS, ["--trainer_class", "Seq2SeqTrainer"])]
+    assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "clm_trainer"), straight)
+
+
+def test_trainer_subclasses_are_adopted_too_trl_sft_trainer(hpcrun, tmp_path, work):
+    steps = 300
+    reference = subprocess.run(sft_args(work, str(tmp_path / "straight"), steps), capture_output=True, text=True,
+                               timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *sft_args(work, "${run.dir}/out", steps)]
+    assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "sft_trl"), tmp_path / "straight")
 
 
 def test_kill_9_during_a_trainer_save_leaves_nothing_that_resume_or_get_last_checkpoint_would_pick(

@@ -4,7 +4,8 @@ HfArgumentParser over model, data and TrainingArguments dataclasses; text files 
 group into blocks; a Trainer; ``trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)``;
 save_model, metrics and state; an evaluation with perplexity. Everything it reads is local (made by the test).
 
---trainer_class picks Trainer (default) or a subclass (Seq2SeqTrainer), as scripts grown from other examples do.
+--trainer_class picks Trainer (default) or a subclass (Seq2SeqTrainer, with its own TrainingArguments subclass), as
+scripts grown from other examples do.
 """
 
 import logging
@@ -18,7 +19,7 @@ import datasets
 import transformers
 from datasets import load_dataset
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Seq2SeqTrainer,
-                          Trainer, TrainingArguments, default_data_collator, set_seed)
+                          Seq2SeqTrainingArguments, Trainer, default_data_collator, set_seed)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class DataTrainingArguments:
 
 
 def main():
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout)])

@@ -24,7 +24,7 @@ def _packaged(name: str) -> Path:
 
 def inject_dir() -> Path:
     """The folder put first on a command's PYTHONPATH (``hpcrun run``): it holds hpcrun's ``sitecustomize``."""
-    return Path(__file__).resolve().parent / "job" / "inject"
+    return Path(__file__).resolve().parent / "frameworks" / "inject"
 
 
 def conf_dir() -> Path:

@@ -229,7 +229,7 @@ def compose(
     typed.check()
     typed.task.check_importable(cwd)
     if command:
-        from hpcrun.tasks.command import check_runnable
+        from hpcrun.config.command import check_runnable
 
         check_runnable(typed.command.argv, typed, cwd)
     return typed
@@ -241,7 +241,7 @@ def _set_command(cfg: Any, command: Sequence[str], overrides: Sequence[str], cwd
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from hpcrun.tasks.command import command_name
+    from hpcrun.config.command import command_name
 
     if "command" not in section_types(settings):
         raise ConfigError("task._target_", OmegaConf.select(cfg, "task._target_"),
@@ -262,7 +262,7 @@ def _set_command(cfg: Any, command: Sequence[str], overrides: Sequence[str], cwd
             cfg.command.argv[i]  # resolves it
         except OmegaConfBaseException as exc:
             raise ConfigError("command", arg, problem=f"takes a value the config does not have ({one_line(exc)})",
-                              hint="add a key of your own with +KEY=VALUE; write \\${...} for a literal ${...}"
+                              hint="add a key of your own with +KEY=VALUE; a shell variable is $NAME, without braces"
                               ) from None
 
 

@@ -6,7 +6,7 @@ Signals. On Slurm, slurmstepd delivers a job step's signals (``--signal``, scanc
 every process of the step, the command's too, so nothing is forwarded there. Locally the command runs in its own
 process group (Ctrl-C reaches hpcrun alone) and hpcrun passes each stop signal to every process of the command's
 tree. A launcher (torchrun, accelerate launch) starts with the stop signals ignored, so only its workers act on
-them (hpcrun's sitecustomize restores them in the workers, see hpcrun/job/inject/sitecustomize.py).
+them (hpcrun's sitecustomize restores them in the workers, see hpcrun/frameworks/inject/sitecustomize.py).
 """
 
 from __future__ import annotations

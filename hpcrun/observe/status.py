@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from hpcrun.durations import format_human
-from hpcrun.rundir import RunDir
 from hpcrun.rundir.checkpoints import MARKER, newest_complete
 from hpcrun.rundir.ledger import progress, read_ledger
 from hpcrun.rundir.metrics import logged_steps

@@ -11,7 +11,7 @@ PACKAGE = ROOT / "hpcrun"
 # Where code runs, by package (hpcrun.<name>); modules directly under hpcrun/ count as their own package.
 LOGIN = {"cli", "launch", "observe", "plan", "__main__"}
 SHARED = {"config", "rundir", "slurm", "errors", "durations", "resources", "console", "__init__"}
-JOB = {"job"}
+JOB = {"job", "script"}  # script: hpcrun.script, the API a command of the user's own calls in its processes
 FRAMEWORKS = {"frameworks"}
 TASKS = {"tasks"}
 HEAVY = ("torch", "transformers", "accelerate", "peft", "trl", "datasets")

@@ -1,6 +1,6 @@
 """Every transformers Trainer a command under ``hpcrun run`` creates gets hpcrun's behaviour, unmodified scripts too.
 
-hpcrun's sitecustomize (hpcrun/job/inject/) calls :func:`install` when ``transformers.trainer`` is imported. It wraps
+hpcrun's sitecustomize (hpcrun/frameworks/inject/) calls :func:`install` when ``transformers.trainer`` is imported. It wraps
 four methods of the base ``Trainer`` class, so subclasses (TRL's SFTTrainer, Seq2SeqTrainer, a user's own) are
 covered wherever they call up to them:
 

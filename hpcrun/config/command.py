@@ -1,0 +1,67 @@
+"""``hpcrun run -- COMMAND`` on the login node: what the command line tells before anything runs (torch-free).
+
+The run's name from the command, whether it is a launcher that starts its own workers, and whether its program and
+script exist. The task itself (its settings and the job side) is :mod:`hpcrun.tasks.command`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from hpcrun.errors import ConfigError
+
+# Commands that start one worker process per GPU themselves (torchrun, accelerate launch, deepspeed): the job runs
+# them once per node, not once per GPU under srun.
+_LAUNCHER_PROGRAMS = {"torchrun", "deepspeed"}
+_LAUNCHER_MODULES = {"torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch"}
+
+
+def starts_workers(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a launcher that starts its own worker processes (torchrun, accelerate launch, ...)."""
+    if not argv:
+        return False
+    name = os.path.basename(argv[0])
+    if name in _LAUNCHER_PROGRAMS:
+        return True
+    if name == "accelerate":
+        return len(argv) > 1 and argv[1] == "launch"
+    if name.startswith("python") and "-m" in argv[1:]:
+        i = list(argv).index("-m")
+        return i + 1 < len(argv) and argv[i + 1] in _LAUNCHER_MODULES
+    return False
+
+
+def command_name(argv: Sequence[str]) -> str:
+    """A run name for a command: its script's name (``run_clm`` for ``python run_clm.py``, ``train`` for
+    ``torchrun --nproc_per_node=2 train.py``), its module's (``-m pkg.train``), or the program's."""
+    args = list(argv)
+    for i, a in enumerate(args):
+        if a == "-m" and i + 1 < len(args):
+            return args[i + 1].rpartition(".")[2] or "command"
+    for a in args[1:]:
+        if a.endswith((".py", ".sh")) and not a.startswith("-"):
+            return Path(a).stem or "command"
+    return Path(args[0]).name if args else "command"
+
+
+def check_runnable(argv: Sequence[str], cfg: Any, cwd: Path) -> None:
+    """On the login node: the program exists where the job will look for it (this PATH: sbatch passes the
+    environment on), and a script named after python exists. Not checked inside a container, or after
+    ``cluster.setup`` lines, which change what the job finds."""
+    import shutil
+
+    program = argv[0]
+    if cfg.cluster.container.enabled or cfg.cluster.setup:
+        return
+    if "/" in program:
+        path = Path(program) if Path(program).is_absolute() else cwd / program
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError("command", program, f"an executable file (there is none at {path})")
+    elif shutil.which(program) is None:
+        raise ConfigError("command", program, "a program on the PATH the job gets (this one: not found)")
+    if os.path.basename(program).startswith("python") and len(argv) > 1 and argv[1].endswith(".py"):
+        script = Path(argv[1]) if Path(argv[1]).is_absolute() else cwd / argv[1]
+        if not script.is_file():
+            raise ConfigError("command", argv[1], f"a Python script (there is none at {script})")

@@ -136,3 +136,21 @@ def test_a_sweep_over_a_script_argument_is_one_job_array_each_task_with_its_own_
         values[point["overrides"][-1]] = (run_dir / "value.txt").read_text()
     assert values == {"+lr=0.0001": "--learning_rate=0.0001", "+lr=0.0003": "--learning_rate=0.0003",
                       "+lr=0.001": "--learning_rate=0.001"}
+
+
+def test_a_command_rendered_as_a_standalone_script_and_sbatched_by_hand_requeues_and_completes(
+        hpcrun, tmp_path, slurm_cluster):
+    units = 80
+    out = hpcrun("render", "--standalone", "cluster=slurm", "run.dir=run", "-o", "job.sbatch", "--", sys.executable,
+                 str(SCRIPTS / "units.py"), "${run.dir}/work", str(units), "0.1")
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "run").exists()
+    job = subprocess.run(["sbatch", "--parsable", "job.sbatch"], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    log = tmp_path / "run" / "work" / "units.log"
+    wait_until(lambda: log.exists() and len(log.read_text().split()) >= 20, 180, "20 units")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    release_when_requeued(job)
+    st = _finished(tmp_path / "run", job)
+    assert [int(u) for u in log.read_text().split()] == list(range(units))
+    assert st["status"] == "completed" and st["requeues"] == 1

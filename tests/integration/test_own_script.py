@@ -161,3 +161,15 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(hpcrun, tmp_path, args
     errors = [line for line in out.stderr.splitlines() if line.startswith("hpcrun: error:")]
     assert len(errors) == 1 and expected in errors[0], out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_trainer_script_under_torchrun_with_two_processes_resumes_to_the_straight_runs_weights(
+        hpcrun, tmp_path, work):
+    steps = 300
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2"]
+    script = clm_args(work, str(tmp_path / "straight"), steps)[1:]  # without the python: torchrun starts it
+    reference = subprocess.run([*torchrun, *script], capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *torchrun,
+            *clm_args(work, "${run.dir}/out", steps)[1:]]
+    assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "clm_trainer"), tmp_path / "straight")

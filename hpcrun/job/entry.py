@@ -316,6 +316,10 @@ class JobEntry:
             if ctx.is_main and requeue(ctx.job_id or ""):
                 state.end("requeued", f"transient error: {type(exc).__name__}: {exc}", step)
                 return "requeued after a transient error"
+        if isinstance(exc, JobError):  # e.g. a command of the user's own exited non-zero: its own words
+            state.end("failed", f"{exc} (not requeued: it would repeat)", None)
+            log.error("run failed: %s", exc)
+            raise exc
         reason = f"{type(exc).__name__}: {exc}"
         state.end("failed", f"{reason} (a Python error is not requeued: it would repeat)", None)
         log.error("run failed: %s", reason)

@@ -78,3 +78,11 @@ def reference_run(tmp_path_factory) -> Path:
     out = run_hpcrun(*TINY, "cluster=local", "run.dir=straight", cwd=work)
     assert out.returncode == 0, out.stderr[-3000:]
     return work / "straight"
+
+
+@pytest.fixture(scope="session")
+def own_work(tmp_path_factory) -> Path:
+    """A tiny model config, tokenizer and text files for the own-script tests (tests/own_scripts.py)."""
+    from tests.own_scripts import make_work
+
+    return make_work(tmp_path_factory.mktemp("own-script"))

@@ -74,3 +74,15 @@ def sft_args(work: Path, output_dir: str, max_steps: int) -> List[str]:
     return [sys.executable, str(SCRIPTS / "sft_trl.py"), "--model_config", str(work / "model" / "config"),
             "--tokenizer", str(work / "model" / "tokenizer"), "--data", str(data), "--output_dir", output_dir,
             "--max_steps", str(max_steps)]
+
+
+def straight_run(work: Path, steps: int) -> Path:
+    """clm_trainer.py by itself, without hpcrun, straight through (cached per step count): the weights every
+    interrupted run of the same length must end with."""
+    import subprocess
+
+    out = work / f"straight-{steps}"
+    if not (out / "model.safetensors").exists():
+        done = subprocess.run(clm_args(work, str(out), steps), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out

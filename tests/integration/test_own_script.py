@@ -13,23 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.own_scripts import SCRIPTS, clm_args, make_work, sft_args
+from tests.own_scripts import SCRIPTS, clm_args, sft_args, straight_run
 from tests.training import assert_same_weights, state, wait_until
 
 STEPS = 500
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return make_work(tmp_path_factory.mktemp("own-script"))
-
-
-@pytest.fixture(scope="module")
-def straight(work: Path) -> Path:
-    """The script run by itself, without hpcrun, straight through: the weights every interrupted run must match."""
-    out = subprocess.run(clm_args(work, str(work / "straight"), STEPS), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return work / "straight"
+def straight(own_work: Path) -> Path:
+    return straight_run(own_work, STEPS)
 
 
 def _start(tmp_path: Path, args: list, env: dict | None = None) -> subprocess.Popen:
@@ -47,8 +39,8 @@ def _checkpoints(out: Path) -> list:
 
 
 def test_a_trainer_script_stopped_by_ctrl_c_resumes_on_the_same_command_to_the_straight_runs_weights(
-        hpcrun, tmp_path, work, straight):
-    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(work, "${run.dir}/out", STEPS)]
+        hpcrun, tmp_path, own_work, straight):
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(own_work, "${run.dir}/out", STEPS)]
     proc = _start(tmp_path, args)
     run_dir = _run_dir(tmp_path)
     out = run_dir / "out"  # ${run.dir}/out, interpolated
@@ -88,26 +80,26 @@ def _stop_with_ctrl_c_and_run_again(hpcrun, tmp_path: Path, args: list, name: st
     return out
 
 
-def test_trainer_subclasses_are_adopted_too_seq2seq_trainer(hpcrun, tmp_path, work, straight):
+def test_trainer_subclasses_are_adopted_too_seq2seq_trainer(hpcrun, tmp_path, own_work, straight):
     args = ["run", "cluster=local", "checkpoint.save_every=1s", "--",
-            *clm_args(work, "${run.dir}/out", STEPS, ["--trainer_class", "Seq2SeqTrainer"])]
+            *clm_args(own_work, "${run.dir}/out", STEPS, ["--trainer_class", "Seq2SeqTrainer"])]
     assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "clm_trainer"), straight)
 
 
-def test_trainer_subclasses_are_adopted_too_trl_sft_trainer(hpcrun, tmp_path, work):
+def test_trainer_subclasses_are_adopted_too_trl_sft_trainer(hpcrun, tmp_path, own_work):
     steps = 300
-    reference = subprocess.run(sft_args(work, str(tmp_path / "straight"), steps), capture_output=True, text=True,
+    reference = subprocess.run(sft_args(own_work, str(tmp_path / "straight"), steps), capture_output=True, text=True,
                                timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *sft_args(work, "${run.dir}/out", steps)]
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *sft_args(own_work, "${run.dir}/out", steps)]
     assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "sft_trl"), tmp_path / "straight")
 
 
 def test_kill_9_during_a_trainer_save_leaves_nothing_that_resume_or_get_last_checkpoint_would_pick(
-        hpcrun, tmp_path, work, straight):
+        hpcrun, tmp_path, own_work, straight):
     from transformers.trainer_utils import get_last_checkpoint
 
-    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(work, "${run.dir}/out", STEPS)]
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(own_work, "${run.dir}/out", STEPS)]
     proc = _start(tmp_path, args, env={"HPCRUN_FAULTS": "save_pause=60"})  # every file written, no marker yet
     run_dir = _run_dir(tmp_path)
     staging = run_dir / "out" / ".hpcrun-staging"
@@ -164,12 +156,12 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(hpcrun, tmp_path, args
 
 
 def test_a_trainer_script_under_torchrun_with_two_processes_resumes_to_the_straight_runs_weights(
-        hpcrun, tmp_path, work):
+        hpcrun, tmp_path, own_work):
     steps = 300
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2"]
-    script = clm_args(work, str(tmp_path / "straight"), steps)[1:]  # without the python: torchrun starts it
+    script = clm_args(own_work, str(tmp_path / "straight"), steps)[1:]  # without the python: torchrun starts it
     reference = subprocess.run([*torchrun, *script], capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-3000:]
     args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *torchrun,
-            *clm_args(work, "${run.dir}/out", steps)[1:]]
+            *clm_args(own_work, "${run.dir}/out", steps)[1:]]
     assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "clm_trainer"), tmp_path / "straight")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.own_scripts import SCRIPTS, clm_args, make_work
+from tests.own_scripts import SCRIPTS, clm_args, straight_run
 from tests.slurm import job_id_from, release_when_requeued, wait_for_end
 from tests.training import assert_same_weights, state, wait_until
 
@@ -20,15 +20,8 @@ STEPS = 1000
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return make_work(tmp_path_factory.mktemp("own-script-slurm"))
-
-
-@pytest.fixture(scope="module")
-def straight(work: Path) -> Path:
-    out = subprocess.run(clm_args(work, str(work / "straight"), STEPS), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return work / "straight"
+def straight(own_work: Path) -> Path:
+    return straight_run(own_work, STEPS)
 
 
 def _submit(hpcrun, *args: str) -> tuple:
@@ -50,8 +43,8 @@ def _finished(run_dir: Path, job: str) -> dict:
 
 
 def test_a_trainer_script_survives_the_timeout_signal_and_a_preemption_and_ends_with_the_straight_weights(
-        hpcrun, tmp_path, slurm_cluster, work, straight):
-    job, run_dir = _submit(hpcrun, "checkpoint.save_every=1s", "--", *clm_args(work, "${run.dir}/out", STEPS))
+        hpcrun, tmp_path, slurm_cluster, own_work, straight):
+    job, run_dir = _submit(hpcrun, "checkpoint.save_every=1s", "--", *clm_args(own_work, "${run.dir}/out", STEPS))
     out = run_dir / "out"
     wait_until(lambda: _newest_checkpoint(out) > 0, 180, "a periodic checkpoint")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # the time limit's warning

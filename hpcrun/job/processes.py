@@ -46,6 +46,17 @@ def descendants(pid: int) -> List[int]:
     return out
 
 
+def _die_with_parent() -> None:
+    """The command is killed when hpcrun's job process dies (kill -9, out of memory), rather than left running
+    unwatched (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _send(pids: Sequence[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -73,6 +84,7 @@ class Child:
         ignored = [signal.Signals[n] for n in ignore]
 
         def before_exec() -> None:  # in the child, between fork and exec
+            _die_with_parent()
             if forward:
                 os.setpgid(0, 0)  # its own process group: a Ctrl-C in the terminal reaches hpcrun only
             for s in ignored:
@@ -82,8 +94,7 @@ class Child:
         self._log = open(log_path, "ab")
         try:
             self.proc = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT,
-                                         preexec_fn=before_exec if ignored or forward else None)
+                                         stderr=subprocess.STDOUT, preexec_fn=before_exec)
         except OSError as exc:
             self._log.close()
             from hpcrun.errors import JobError
@@ -100,8 +111,11 @@ class Child:
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            self._log.write(chunk)
-            self._log.flush()
+            try:
+                self._log.write(chunk)
+                self._log.flush()
+            except ValueError:  # closed: hpcrun is leaving after a second Ctrl-C
+                break
             if out is not None:
                 try:
                     out.write(chunk)

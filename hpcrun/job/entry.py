@@ -243,11 +243,14 @@ class JobEntry:
         removed = [(name, where.root) for where in run_checkpoint_dirs(ctx.run_dir)  # and a command's output dirs
                    for name in where.clear_staging()]
         latest, skipped = newest_complete(ctx.run_dir, cfg.checkpoint.keep_last)
+        from hpcrun.job.requeue import clear_request
+
+        clear_request(ctx.run_dir)
         prev = state.previous_start
         start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
         setup_logging(ctx, start["n"])
         for name, root in removed:
-            log.warning("removed %s in %s: a save that was interrupted before it completed", name, root)
+            log.warning("removed %s: a save that was interrupted before it completed (in %s)", name, root)
         where = f"Slurm job {ctx.job_id} (restart {ctx.restart})" if ctx.on_slurm else "this machine (local)"
         log.info("===== start %d of run %s in %s, on %s, %d process(es) =====",
                  start["n"], cfg.run.name, ctx.run_dir, where, ctx.world_size)
@@ -279,9 +282,13 @@ class JobEntry:
             return f"stopped at step {stop.step}"
         # scancel sends SIGTERM too, and a cancelled job must stay cancelled (its checkpoint stays, to resume
         # later). A preempted job reads RUNNING here, one at its time limit TIMEOUT: those requeue.
-        from hpcrun.slurm.jobs import job_states, requeue
+        from hpcrun.job.requeue import requeue_job
+        from hpcrun.slurm.client import client_here
+        from hpcrun.slurm.jobs import job_states
 
-        if stop.signal == "SIGTERM" and job_states([ctx.job_id or ""]).get(ctx.job_id or "") == "CANCELLED":
+        # (Without a Slurm client here, the batch script checks for a cancel on the host before it requeues.)
+        if stop.signal == "SIGTERM" and client_here() and \
+                job_states([ctx.job_id or ""]).get(ctx.job_id or "") == "CANCELLED":
             state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step)
             log.info("job cancelled: saved step %d, not requeueing", stop.step)
             return f"cancelled at step {stop.step}"
@@ -290,7 +297,7 @@ class JobEntry:
             state.end("failed", reason, stop.step)
             log.error(reason)
             raise JobError(reason)
-        if requeue(ctx.job_id or ""):
+        if requeue_job(ctx.run_dir, ctx.job_id or ""):
             state.end("requeued", stop.reason, stop.step, clean_stop=True)
             log.info("saved step %d and requeued job %s (%s)", stop.step, ctx.job_id, stop.reason)
             return f"requeued at step {stop.step}"
@@ -311,9 +318,9 @@ class JobEntry:
         if ctx.on_slurm and is_transient(exc) and state.data["requeues"] < cfg.run.max_requeues:
             log.exception("transient error; requeueing (the crash-loop breaker stops repeated restarts "
                           "without progress)")
-            from hpcrun.slurm.jobs import requeue
+            from hpcrun.job.requeue import requeue_job
 
-            if ctx.is_main and requeue(ctx.job_id or ""):
+            if ctx.is_main and requeue_job(ctx.run_dir, ctx.job_id or ""):
                 state.end("requeued", f"transient error: {type(exc).__name__}: {exc}", step)
                 return "requeued after a transient error"
         if isinstance(exc, JobError):  # e.g. a command of the user's own exited non-zero: its own words

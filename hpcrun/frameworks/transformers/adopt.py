@@ -50,7 +50,7 @@ def adopt(trainer: Any) -> None:
     if trainer.is_world_process_zero():
         record_output(session.run_dir, out)
         for name in checkpoints.clear_staging():
-            log.warning("removed %s in %s: a save that was interrupted before it completed", name, out)
+            log.warning("removed %s: a save that was interrupted before it completed (in %s)", name, out)
     callback = TimeTriggerCallback(stop_flags=session.flags, triggers=session.triggers(checkpoints),
                                    ledger=session.ledger)
     trainer.add_callback(callback)

@@ -12,8 +12,8 @@ log = logging.getLogger("hpcrun")
 def slurm_times(environ: Mapping[str, str], attempts: int = 3) -> Tuple[Optional[float], Optional[float], str]:
     """The running Slurm job's allocation start and end times, and where they came from.
 
-    ``SLURM_JOB_START_TIME``/``SLURM_JOB_END_TIME`` exist from Slurm 23.02 on; before that, squeue tells
-    (:func:`hpcrun.slurm.jobs.allocation_times`). Every start of the job asks again, so a requeued job gets its new
+    ``SLURM_JOB_START_TIME``/``SLURM_JOB_END_TIME`` exist from Slurm 23.02 on; before that, squeue tells: asked by
+    the batch script on the host (``HPCRUN_JOB_TIMES``), else here (:func:`hpcrun.slurm.jobs.allocation_times`). Every start of the job asks again, so a requeued job gets its new
     times.
     """
     start, end = environ.get("SLURM_JOB_START_TIME", ""), environ.get("SLURM_JOB_END_TIME", "")
@@ -22,7 +22,16 @@ def slurm_times(environ: Mapping[str, str], attempts: int = 3) -> Tuple[Optional
     job = environ.get("SLURM_JOB_ID")
     if not job:
         return None, None, "not a Slurm job"
-    from hpcrun.slurm.jobs import allocation_times
+    from hpcrun.slurm.client import client_here
+    from hpcrun.slurm.jobs import allocation_times, parse_slurm_timestamp
+
+    # Asked by the batch script on the host before srun (hpcrun.slurm.sbatch.setup_lines): a container may have
+    # no squeue.
+    fields = environ.get("HPCRUN_JOB_TIMES", "").split()
+    if len(fields) == 2 and parse_slurm_timestamp(fields[1]) is not None:
+        return parse_slurm_timestamp(fields[0]), parse_slurm_timestamp(fields[1]), "squeue %e (batch script)"
+    if not client_here():
+        return None, None, "no Slurm client here, and the batch script did not tell"
 
     begun, ends = allocation_times(job, attempts)
     if ends is not None:

@@ -81,8 +81,11 @@ class SlurmLauncher:
         from hpcrun.slurm.client import submit_with_retries
         from hpcrun.slurm.sbatch import make_executor
 
+        from hpcrun.slurm.sbatch import teardown_lines
+
         executor = make_executor(cfgs[0], folder=folder)
-        executor.update_parameters(array_parallelism=cfgs[0].cluster.array_throttle or len(cfgs))
+        executor.update_parameters(array_parallelism=cfgs[0].cluster.array_throttle or len(cfgs),
+                                   teardown=teardown_lines("", [c.run.dir for c in cfgs]))
 
         def submit_array() -> List[Any]:
             with executor.batch():

@@ -60,7 +60,7 @@ def render_standalone(cfgs: Sequence[Any], command: str, template: str = "", thr
     """The script for one run (``cfgs`` of one) or a sweep (one array task per config)."""
     import jinja2
 
-    from hpcrun.slurm.sbatch import standalone_options
+    from hpcrun.slurm.sbatch import setup_lines, standalone_options, teardown_lines
 
     from hpcrun import __version__
     from hpcrun.rundir.create import config_yaml
@@ -91,5 +91,5 @@ def render_standalone(cfgs: Sequence[Any], command: str, template: str = "", thr
         version=__version__, command=command, cfg=first, cluster=first.cluster,
         sbatch=standalone_options(first, array), configs=configs, config_end=CONFIG_END,
         n_runs=len(cfgs), python=python, prepare=prepare_cmd, launch=launch_cmd,
-        setup=list(first.cluster.setup),
+        setup=[*first.cluster.setup, *setup_lines()], teardown=teardown_lines(run_dir_expr='"$RUN_DIR"'),
     )

@@ -78,6 +78,7 @@ def _group_key(cfg: Any) -> str:
 
     params = executor_parameters(cfg)
     params.pop("job_name", None)
+    params.pop("teardown", None)  # names the run directory: an array's teardown lists each task's
     return json.dumps([params, python_command(cfg.cluster)], sort_keys=True, default=str)
 
 

@@ -40,6 +40,7 @@ class RunDir:
     FINAL = "final"
     LATEST_LOG = "latest.log"
     STOP_REQUEST = "stop-request.json"
+    REQUEUE_REQUEST = "requeue-request"
     OUTPUTS = "outputs.json"
 
     def __init__(self, path: PathLike) -> None:
@@ -99,6 +100,11 @@ class RunDir:
     def stop_request(self) -> Path:
         """Written by a command's process (``hpcrun.script``) that saved and stopped to be requeued."""
         return self.path / self.STOP_REQUEST
+
+    @property
+    def requeue_request(self) -> Path:
+        """The Slurm job id the job asks the batch script (on the host) to requeue (hpcrun.job.requeue)."""
+        return self.path / self.REQUEUE_REQUEST
 
     @property
     def outputs(self) -> Path:

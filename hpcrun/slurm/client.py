@@ -14,6 +14,7 @@ call itself spends ~9 s trying to connect to a controller that is down, so the d
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -38,6 +39,17 @@ def retry_policy() -> Tuple[int, float]:
     except ValueError:
         return 4, 2.0
     return attempts, backoff
+
+
+@functools.lru_cache(maxsize=None)
+def client_here() -> bool:
+    """Whether this process can run Slurm's commands at all (``scontrol --version``, which asks the controller
+    nothing). Inside a container without a Slurm client it cannot: the job then leaves the Slurm-facing steps to the
+    batch script on the host (:mod:`hpcrun.job.requeue`)."""
+    try:
+        return subprocess.run(["scontrol", "--version"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def run_slurm(command: Sequence[str], attempts: Optional[int] = None, first_delay: Optional[float] = None,

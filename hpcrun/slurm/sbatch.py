@@ -11,7 +11,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from hpcrun.config.schema import ClusterConfig
 from hpcrun.durations import format_slurm_time
@@ -41,6 +41,37 @@ def python_command(cluster: ClusterConfig) -> str:
         inner = f"source {shlex.quote(c.env_script)}; {inner}"
     args += [str(c.image), "/bin/bash", "-c", inner, "hpcrun"]
     return " ".join(shlex.quote(a) for a in args)
+
+
+# The job's Slurm id as sacct and scontrol name it: <array>_<task> for an array task, else the job id.
+_JOB_ID = 'hpcrun_job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}; hpcrun_job=${hpcrun_job:-$SLURM_JOB_ID}'
+
+
+def setup_lines() -> List[str]:
+    """Batch-script lines before srun, on the host: the job's start and end times, for a job whose python cannot
+    ask squeue itself (a container without a Slurm client; hpcrun.job.deadline reads HPCRUN_JOB_TIMES)."""
+    return ["# hpcrun: the job's times, asked here where the Slurm client is (a container may have none)",
+            'HPCRUN_JOB_TIMES="$(squeue -h -j "$SLURM_JOB_ID" -o "%S %e" 2>/dev/null || true)"',
+            "export HPCRUN_JOB_TIMES"]
+
+
+def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr: str = "") -> List[str]:
+    """Batch-script lines after srun, on the host: the requeue the job asked for and could not do itself (no Slurm
+    client in its container; hpcrun.job.requeue), unless Slurm says the job was cancelled. The run directory is
+    ``run_dir``, or by task id one of an array's ``run_dirs``, or the shell's ``run_dir_expr`` (``"$RUN_DIR"``)."""
+    if run_dir_expr:
+        where = [f'hpcrun_request={run_dir_expr}/requeue-request']
+    elif run_dirs:
+        where = [f"hpcrun_runs=({' '.join(shlex.quote(str(d)) for d in run_dirs)})",
+                 'hpcrun_request="${hpcrun_runs[$SLURM_ARRAY_TASK_ID]}/requeue-request"']
+    else:
+        where = [f"hpcrun_request={shlex.quote(str(RunDir(run_dir).requeue_request))}"]
+    return ["# hpcrun: the requeue the job asked for, done here where the Slurm client is (see hpcrun.job.requeue)",
+            _JOB_ID, *where,
+            'if [ "$(cat "$hpcrun_request" 2>/dev/null)" = "$hpcrun_job" ] && '
+            '[ "$(squeue -h -j "$hpcrun_job" -o %T 2>/dev/null)" != CANCELLED ]; then',
+            '  scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"',
+            "fi"]
 
 
 # sbatch reads each '#SBATCH' line by itself, shell quotes included (submitit quotes every value), but drops
@@ -95,7 +126,8 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
         "ntasks_per_node": cluster.tasks_per_node,
         "cpus_per_task": cluster.cpus_per_task,
         "signal_delay_s": cluster.signal_delay_seconds(),
-        "setup": list(cluster.setup),
+        "setup": [*cluster.setup, *setup_lines()],
+        "teardown": teardown_lines(cfg.run.dir),
         "srun_args": list(cluster.srun_args),
         "additional_parameters": extra,
         "stderr_to_stdout": False,

@@ -60,7 +60,10 @@ def test_the_template_follows_the_layout_and_keeps_signal_and_requeue(tmp_path):
         lines = script.splitlines()
         assert "#SBATCH --requeue" in lines and "#SBATCH --open-mode=append" in lines
         assert any(ln.startswith("#SBATCH --signal=USR2@") for ln in lines)
-        assert lines[-1].startswith("srun --unbuffered ") and lines[-1].endswith('-u -m hpcrun.job run "$RUN_DIR"')
+        (srun,) = [i for i, ln in enumerate(lines) if ln.startswith("srun --unbuffered ")]
+        assert lines[srun].endswith('-u -m hpcrun.job run "$RUN_DIR"')
+        after = lines[srun + 1:]  # on the host, after srun: only the requeue a job without a Slurm client asks for
+        assert '  scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"' in after and after[-1] == "fi"
     array = render(tmp_path, *CASES["array"], *STABLE).stdout
     assert "#SBATCH --array=0-3%2" in array.splitlines()
     assert array.count("\n---\n") == 4  # one embedded config per task

@@ -1,0 +1,61 @@
+"""A job whose python cannot reach Slurm, as inside a Singularity image without a Slurm client, on the real dev
+cluster: the stand-in runtime below runs the command on the host (as the real one runs it in the image) with
+"command not found" stand-ins for every Slurm command first on its PATH. The batch script itself runs on the host,
+with the real Slurm client."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tests.slurm import job_id_from, sacct_runs, timeout_signal_at_step, wait_for_end
+from tests.training import TINY, assert_same_weights, state
+
+RUNTIME = """#!/bin/bash
+# A stand-in for `singularity exec [--nv] [--overlay X] [--bind X] IMAGE CMD...` in an image without a Slurm client.
+echo "$*" >> {calls}
+shift  # exec
+while [[ "$1" == --* ]]; do
+  case "$1" in --nv) shift ;; *) shift 2 ;; esac
+done
+shift  # the image
+export PATH={hidden}:$PATH
+exec "$@"
+"""
+SLURM_COMMANDS = ("scontrol", "sacct", "squeue", "sbatch", "scancel", "sinfo", "srun")
+
+
+def _container(tmp_path) -> list:
+    hidden = tmp_path / "no-slurm"
+    hidden.mkdir()
+    for name in SLURM_COMMANDS:
+        stand_in = hidden / name
+        stand_in.write_text(f'#!/bin/sh\necho "bash: {name}: command not found" >&2\nexit 127\n')
+        stand_in.chmod(0o755)
+    runtime = tmp_path / "bin" / "singularity"
+    runtime.parent.mkdir()
+    runtime.write_text(RUNTIME.format(calls=tmp_path / "calls.log", hidden=hidden))
+    runtime.chmod(0o755)
+    return ["cluster.container.enabled=true", f"cluster.container.image={tmp_path / 'image.sif'}",
+            "cluster.container.env_script=", f"cluster.container.python={sys.executable}"]
+
+
+def test_without_a_slurm_client_in_the_container_the_batch_script_requeues_and_the_run_completes(
+        hpcrun, tmp_path, slurm_cluster, reference_run):
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run", *_container(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr
+    job = job_id_from(out.stdout)
+    run_dir = tmp_path / "run"
+    timeout_signal_at_step(job, run_dir, 8)
+    assert wait_for_end(job) == "COMPLETED"
+
+    assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]
+    st = state(run_dir)
+    assert st["status"] == "completed" and st["requeues"] == 1
+    assert st["starts"][0]["end"].startswith("requeued: signal SIGUSR2")
+    first = (run_dir / "logs" / "start-1.log").read_text()
+    assert "no Slurm client in this process" in first and "squeue %e (batch script)" in first
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == 2  # both starts ran inside the "container"
+    assert not (run_dir / "requeue-request").exists()
+    assert_same_weights(run_dir / "final", reference_run / "final")

@@ -297,8 +297,13 @@ class JobEntry:
             state.end("failed", reason, stop.step)
             log.error(reason)
             raise JobError(reason)
-        if requeue_job(ctx.run_dir, ctx.job_id or ""):
-            state.end("requeued", stop.reason, stop.step, clean_stop=True)
+        continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg)
+        if continued:
+            reason = stop.reason
+            if continued != ctx.job_id:  # a follow-up job: status, logs and cancel follow it
+                state.data["job_id"] = continued
+                reason = f"{reason}; continued by job {continued} (`scontrol requeue` refused)"
+            state.end("requeued", reason, stop.step, clean_stop=True)
             log.info("saved step %d and requeued job %s (%s)", stop.step, ctx.job_id, stop.reason)
             return f"requeued at step {stop.step}"
         reason = f"saved step {stop.step} but `scontrol requeue {ctx.job_id}` failed; resubmit to resume"
@@ -320,7 +325,9 @@ class JobEntry:
                           "without progress)")
             from hpcrun.job.requeue import requeue_job
 
-            if ctx.is_main and requeue_job(ctx.run_dir, ctx.job_id or ""):
+            continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg) if ctx.is_main else None
+            if continued:
+                state.data["job_id"] = continued
                 state.end("requeued", f"transient error: {type(exc).__name__}: {exc}", step)
                 return "requeued after a transient error"
         if isinstance(exc, JobError):  # e.g. a command of the user's own exited non-zero: its own words

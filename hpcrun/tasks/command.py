@@ -27,6 +27,7 @@ from hpcrun.errors import ConfigError
 
 log = logging.getLogger("hpcrun")
 
+
 @dataclass
 class CommandSection:
     """The command the job runs (``hpcrun run [KEY=VALUE ...] -- COMMAND [ARGS ...]``)."""

@@ -1,15 +1,19 @@
-"""A job whose python cannot reach Slurm, as inside a Singularity image without a Slurm client, on the real dev
-cluster: the stand-in runtime below runs the command on the host (as the real one runs it in the image) with
-"command not found" stand-ins for every Slurm command first on its PATH. The batch script itself runs on the host,
-with the real Slurm client."""
+"""Where the job cannot requeue itself, on the real dev cluster: inside an image without a Slurm client, and at a
+site that refuses users' `scontrol requeue`.
+
+The stand-in runtime below runs the command on the host (as the real one runs it in the image) with "command not
+found" stand-ins for every Slurm command first on its PATH; the batch script itself runs on the host, with the real
+Slurm client, as it does on a cluster."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 
 from tests.slurm import job_id_from, sacct_runs, timeout_signal_at_step, wait_for_end
-from tests.training import TINY, assert_same_weights, state
+from tests.training import TINY, assert_same_weights, state, wait_for_step, wait_until
 
 RUNTIME = """#!/bin/bash
 # A stand-in for `singularity exec [--nv] [--overlay X] [--bind X] IMAGE CMD...` in an image without a Slurm client.
@@ -58,4 +62,30 @@ def test_without_a_slurm_client_in_the_container_the_batch_script_requeues_and_t
     assert "no Slurm client in this process" in first and "squeue %e (batch script)" in first
     assert len((tmp_path / "calls.log").read_text().splitlines()) == 2  # both starts ran inside the "container"
     assert not (run_dir / "requeue-request").exists()
+    assert_same_weights(run_dir / "final", reference_run / "final")
+
+
+def test_where_scontrol_requeue_is_refused_a_follow_up_job_continues_the_run(hpcrun, tmp_path, slurm_cluster,
+                                                                             reference_run):
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    scontrol = policy / "scontrol"  # as a site that forbids users' requeue answers
+    scontrol.write_text(f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "scontrol: error: Access/permission denied '
+                        f'for job $2" >&2; exit 1; fi\nexec {shutil.which("scontrol")} "$@"\n')
+    scontrol.chmod(0o755)
+    env = {"PATH": f"{policy}:{os.environ['PATH']}", "HPCRUN_SLURM_ATTEMPTS": "1"}
+    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run", env=env)
+    assert out.returncode == 0, out.stderr
+    job = job_id_from(out.stdout)
+    run_dir = tmp_path / "run"
+    wait_for_step(run_dir, 8)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    assert wait_for_end(job) == "COMPLETED"  # it saved, submitted its follow-up and ended
+    wait_until(lambda: state(run_dir).get("job_id") != job, 60, "the follow-up job in the run's state")
+    follow = state(run_dir)["job_id"]
+    assert wait_for_end(follow) == "COMPLETED"
+    st = state(run_dir)
+    assert st["status"] == "completed" and st["requeues"] == 1
+    assert [s["job_id"] for s in st["starts"]] == [job, follow]
+    assert f"continued by job {follow}" in st["starts"][0]["end"]
     assert_same_weights(run_dir / "final", reference_run / "final")

@@ -1,0 +1,54 @@
+"""The batch script's last lines, which requeue a job whose python could not (no Slurm client in its container):
+run by bash here with stand-ins for squeue and scontrol that record what they were asked."""
+
+import subprocess
+
+import pytest
+
+from hpcrun.slurm.sbatch import teardown_lines
+
+
+def _run(tmp_path, lines, env, squeue_says="RUNNING"):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho {squeue_says}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/scontrol.calls\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
+    out = subprocess.run(["bash", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    calls = tmp_path / "scontrol.calls"
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_an_array_task_requeues_its_own_run_when_it_asked(tmp_path):
+    runs = [tmp_path / "run a", tmp_path / "run 'b'", tmp_path / "run $c"]  # spaces and quotes survive
+    for r in runs:
+        r.mkdir()
+    (runs[1] / "requeue-request").write_text("41_1")
+    lines = teardown_lines(run_dirs=[str(r) for r in runs])
+    assert _run(tmp_path, lines, {"SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "44"}) \
+        == ["requeue 41_1"]
+    assert not (runs[1] / "requeue-request").exists()
+
+
+@pytest.mark.parametrize("request_text, squeue_says", [
+    (None, "RUNNING"),  # the job did not ask (it finished, or requeued itself)
+    ("7", "RUNNING"),  # an earlier job's request
+    ("9", "CANCELLED"),  # scancel: a cancelled job stays cancelled
+])
+def test_no_requeue_unless_this_job_asked_and_was_not_cancelled(tmp_path, request_text, squeue_says):
+    run = tmp_path / "run"
+    run.mkdir()
+    if request_text:
+        (run / "requeue-request").write_text(request_text)
+    assert _run(tmp_path, teardown_lines(str(run)), {"SLURM_JOB_ID": "9"}, squeue_says) == []
+
+
+def test_a_single_job_requeues_from_the_host(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "requeue-request").write_text("9")
+    assert _run(tmp_path, teardown_lines(str(run)), {"SLURM_JOB_ID": "9"}) == ["requeue 9"]

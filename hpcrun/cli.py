@@ -3,6 +3,7 @@
     hpcrun [-m] [--wait] [--config-dir DIR] [OVERRIDES...]   run here, or submit to Slurm (-m: a sweep, as arrays)
     hpcrun run [-m] [--wait] [OVERRIDES...] -- COMMAND [ARGS...]   the same, for a command of your own
     hpcrun render [OVERRIDES...]                              print the sbatch script that would be submitted
+    hpcrun doctor [OVERRIDES...] [--no-probe] [--json]        whether saves and requeues work here, before you queue
     hpcrun plan [OVERRIDES...]                                parameters, memory per GPU, checkpoint size and time
     hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
     hpcrun report [RUN_OR_SWEEP] [--json] [--plot FILE.png]   where the allocated time went; goodput
@@ -35,6 +36,8 @@ MAIN_KEYS = (
 COMMAND_HELP = {
     "run": "run a command of your own (after --) as the job: saves, requeue and resume around it (docs/own-script.md)",
     "render": "print the exact sbatch script that would be submitted; submit nothing",
+    "doctor": "before you queue: whether saves and requeues work on this cluster with this config (site, storage, "
+              "a probe job)",
     "plan": "parameters, memory per GPU, checkpoint size and save time of a config, without a GPU or a download",
     "status": "one line per run (a run or sweep directory, or your recent runs): state, restarts, step, ...",
     "report": "where a run's (or sweep's) allocated time went: start-up, training, saving, lost work; goodput",
@@ -129,6 +132,14 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
         parser.add_argument("-m", "--multirun", action="store_true",
                             help="with --standalone: the sweep as one job array")
         parser.add_argument("-o", "--output", metavar="FILE", help="write the script here (default: stdout)")
+    elif command == "doctor":
+        _add_overrides(parser)
+        parser.add_argument("--no-probe", action="store_true", help="skip the probe job (site and storage only)")
+        parser.add_argument("--probe-timeout", type=float, default=300, metavar="S",
+                            help="the most seconds the probe job may take, queue wait included (default 300)")
+        parser.add_argument("--json", action="store_true", help="the checks as JSON")
+        parser.add_argument("--write-cluster", metavar="FILE.yaml",
+                            help="draft a cluster preset from what Slurm reports into FILE.yaml (never overwrites)")
     elif command == "plan":
         _add_overrides(parser)
         parser.add_argument("--bandwidth", default="1GB/s",
@@ -244,6 +255,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if plan.fits else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit status 0 when every check passed, 1 when one failed, 2 on bad input."""
+    from hpcrun.doctor import doctor, draft_cluster, render_json
+
+    if args.write_cluster:
+        out = Path(args.write_cluster)
+        if out.exists():
+            raise UserError(f"--write-cluster {out} exists: not overwritten")
+        text = draft_cluster(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        say(f"wrote {out}: check it, then use cluster={out.stem} (from {out.parent.parent or '.'} as ./conf)")
+        return 0
+    from hpcrun.config.compose import compose
+
+    overrides = args.overrides
+    if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
+        overrides = ["cluster=slurm", *overrides]
+    cfg = compose(overrides, args.config_dir, command=args.argv or ())
+    if cfg.cluster.launcher != "slurm":
+        raise UserError(f"cluster={cfg.cluster.name} runs locally: doctor checks a Slurm cluster (cluster=slurm, "
+                        "cluster=greene, ...)")
+    checks = doctor(cfg, probe=not args.no_probe, timeout=args.probe_timeout, say=say)
+    print(render_json(checks) if args.json else "\n".join(c.line() for c in checks), flush=True)
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcrun.observe.status import status_json, statuses, table
     from hpcrun.rundir.index import resolve_targets
@@ -300,7 +338,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
-    None: cmd_run, "run": cmd_run_command, "render": cmd_render, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
+    None: cmd_run, "run": cmd_run_command, "render": cmd_render, "doctor": cmd_doctor, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
     "logs": cmd_logs, "cancel": cmd_cancel,
     "resume": cmd_resume, "wait": cmd_wait,
 }
@@ -332,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _parser(command, known.config_dir).parse_args(rest)
         args.argv = command_argv
-        if command_argv is not None and command not in ("run", "render", "plan"):
+        if command_argv is not None and command not in ("run", "render", "plan", "doctor"):
             raise UserError(f"hpcrun {command or ''} takes no command after --: hpcrun run ... -- COMMAND runs one"
                             .replace("hpcrun  ", "hpcrun "))
         return COMMANDS[command](args)

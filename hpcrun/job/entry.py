@@ -238,14 +238,13 @@ class JobEntry:
     @staticmethod
     def _begin_main(cfg: Any, ctx: JobContext, state: RunState, checkpoints: Any) -> tuple:
         """Rank 0: clear interrupted saves, pick the checkpoint, record the start, apply the crash-loop breaker."""
+        from hpcrun.job.requeue import clear_request
         from hpcrun.rundir.checkpoints import newest_complete, run_checkpoint_dirs
 
         removed = [(name, where.root) for where in run_checkpoint_dirs(ctx.run_dir)  # and a command's output dirs
                    for name in where.clear_staging()]
         latest, skipped = newest_complete(ctx.run_dir, cfg.checkpoint.keep_last)
-        from hpcrun.job.requeue import clear_request
-
-        clear_request(ctx.run_dir)
+        clear_request(ctx.run_dir)  # an earlier start's requeue request was acted on (or its job cancelled)
         prev = state.previous_start
         start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
         setup_logging(ctx, start["n"])

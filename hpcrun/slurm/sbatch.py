@@ -66,12 +66,14 @@ def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr
                  'hpcrun_request="${hpcrun_runs[$SLURM_ARRAY_TASK_ID]}/requeue-request"']
     else:
         where = [f"hpcrun_request={shlex.quote(str(RunDir(run_dir).requeue_request))}"]
-    return ["# hpcrun: the requeue the job asked for, done here where the Slurm client is (see hpcrun.job.requeue)",
-            _JOB_ID, *where,
+    return ["# hpcrun: the requeue the job asked for, done here where the Slurm client is (see hpcrun.job.requeue);",
+            "# the job's exit status stays srun's (a failed run must stay FAILED in Slurm's accounting)",
+            "hpcrun_status=$?", _JOB_ID, *where,
             'if [ "$(cat "$hpcrun_request" 2>/dev/null)" = "$hpcrun_job" ] && '
             '[ "$(squeue -h -j "$hpcrun_job" -o %T 2>/dev/null)" != CANCELLED ]; then',
             '  scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"',
-            "fi"]
+            "fi",
+            'exit "$hpcrun_status"']
 
 
 # sbatch reads each '#SBATCH' line by itself, shell quotes included (submitit quotes every value), but drops

@@ -47,6 +47,14 @@ def test_no_requeue_unless_this_job_asked_and_was_not_cancelled(tmp_path, reques
     assert _run(tmp_path, teardown_lines(str(run)), {"SLURM_JOB_ID": "9"}, squeue_says) == []
 
 
+def test_the_scripts_exit_status_stays_the_job_steps(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = ["(exit 3)", *teardown_lines(str(run))]  # srun failed: Slurm must record the job FAILED
+    out = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 3
+
+
 def test_a_single_job_requeues_from_the_host(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -1,0 +1,239 @@
+"""``hpcrun doctor [OVERRIDES]``: before a week in the queue, whether hpcrun works on this cluster with this config.
+
+Each check is one line, ok or what failed and what to do (docs/doctor.md):
+
+- site: Slurm reachable (sinfo), accounting (sacct), the partition and the request against its limits (the same
+  check a submission makes), the account and QOS among yours, JobRequeue, MaxArraySize, the partition's
+  PreemptMode and GraceTime;
+- storage: run_root writable, free space and inodes, the write bandwidth (64 MiB written and fsynced);
+- probe (unless ``--no-probe``): a short job with the run's exact launch chain (sbatch, srun, the container, the
+  ranks; :mod:`hpcrun.job.probe`) shows that the stop signal reaches python on every rank and that the job
+  requeues; it is cancelled and its folder removed afterwards, whatever happened.
+
+Login side: no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+from hpcrun.errors import ConfigError, SubmissionError
+
+PROBE_BYTES = 64 * 2**20
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    message: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.message}"
+
+
+def _ask(command: List[str]) -> Optional[str]:
+    from hpcrun.slurm.site import _ask as ask
+
+    return ask(command)
+
+
+def site_checks(cfg: Any) -> List[Check]:
+    """What Slurm itself says about this config (queries only)."""
+    from hpcrun.slurm.site import _user, check_request, parse_associations, parse_fields, parse_partitions, ASSOC_FORMAT
+
+    c = cfg.cluster
+    checks = []
+    if _ask(["sinfo", "-h", "-o", "%P"]) is None:
+        return [Check("slurm", False, "sinfo does not answer: no Slurm client here, or the controller is down "
+                                      "(run doctor on a login node of the cluster)")]
+    checks.append(Check("slurm", True, "the controller answers"))
+    acct = _ask(["sacct", "-n", "-X", "-j", "1"])
+    checks.append(Check("accounting", acct is not None, "sacct answers" if acct is not None else
+                        "sacct does not answer: hpcrun status falls back to squeue and the runs' own files"))
+    text = _ask(["scontrol", "--all", "--oneliner", "show", "partition"]) or ""
+    partitions = parse_partitions(text)
+    try:
+        check_request(c, partitions)
+        names = (c.partition or next((p.name for p in partitions.values() if p.default), "")).split(",")
+        fields = [parse_fields(line) for line in text.splitlines() if line.strip()]
+        about = [f"{f.get('PartitionName')}: MaxTime {f.get('MaxTime')}, PreemptMode {f.get('PreemptMode')}, "
+                 f"GraceTime {f.get('GraceTime')} s" for f in fields if f.get("PartitionName") in names]
+        checks.append(Check("partition", True, f"cluster.time={c.time} fits ({'; '.join(about) or 'default'})"))
+    except ConfigError as exc:
+        checks.append(Check("partition", False, str(exc)))
+    assocs = parse_associations(_ask(["sacctmgr", "-n", "-P", "show", "user", _user(), "withassoc",
+                                      f"format={ASSOC_FORMAT}"]) or "")
+    if c.account:
+        mine = sorted({a.account for a in assocs})
+        ok = not assocs or c.account in mine
+        checks.append(Check("account", ok, f"cluster.account={c.account!r}" + (
+            " is yours" if ok else f" is not one of your accounts ({', '.join(mine)}): fix cluster.account")))
+    elif assocs:
+        checks.append(Check("account", True, f"your default account, {assocs[0].default_account}"))
+    if c.qos:
+        qos = (_ask(["sacctmgr", "-n", "-P", "show", "qos", "format=Name"]) or "").split()
+        ok = not qos or c.qos in qos
+        checks.append(Check("qos", ok, f"cluster.qos={c.qos!r}" + (
+            " exists" if ok else f" does not exist (there are: {', '.join(qos)}): fix cluster.qos")))
+    config = parse_fields(" ".join(f"{k.strip()}={v.strip()}" for k, _, v in (
+        line.partition("=") for line in (_ask(["scontrol", "show", "config"]) or "").splitlines()) if v))
+    requeue = config.get("JobRequeue", "1")
+    checks.append(Check("requeue", True, f"JobRequeue={requeue} (hpcrun always submits with --requeue); "
+                                          f"MaxArraySize={config.get('MaxArraySize', '?')}"))
+    return checks
+
+
+def storage_checks(cfg: Any) -> List[Check]:
+    """run_root: writable, free space and inodes, and how fast a save can be written there."""
+    root = Path(os.path.expanduser(cfg.cluster.run_root)).resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".hpcrun-doctor-{os.getpid()}"
+        block = os.urandom(2**20)
+        began = time.monotonic()
+        with probe.open("wb") as f:
+            for _ in range(PROBE_BYTES // len(block)):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        seconds = max(time.monotonic() - began, 1e-6)
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return [Check("storage", False, f"cluster.run_root={cfg.cluster.run_root} is not writable ({why}): point it "
+                                        "at your scratch space")]
+    st = os.statvfs(root)
+    free, inodes = st.f_bavail * st.f_frsize, st.f_favail
+    rate = PROBE_BYTES / seconds / 1e6
+    ok = free > 2**30 and (inodes == 0 or inodes > 10_000)
+    return [Check("storage", ok, f"{root}: writable, {free / 1e9:.1f} GB and {inodes:,} inodes free, writes at "
+                  f"{rate:.0f} MB/s (fsynced)" + ("" if ok else ": too little space for checkpoints"))]
+
+
+def probe_check(cfg: Any, timeout: float, say: Callable[[str], None] = lambda s: None) -> List[Check]:
+    """Submits the probe job with ``cfg``'s launch chain; cancels it and removes its folder afterwards."""
+    from hpcrun.job.probe import Probe
+    from hpcrun.slurm.client import run_slurm, submit_with_retries
+    from hpcrun.slurm.sbatch import make_executor
+
+    cfg = copy.deepcopy(cfg)
+    root = Path(os.path.expanduser(cfg.cluster.run_root)).resolve()
+    folder = root / ".hpcrun-doctor" / f"probe-{int(time.time())}-{os.getpid()}"
+    folder.mkdir(parents=True)
+    cfg.run.dir, cfg.run.name, cfg.cluster.time = str(folder), "hpcrun-doctor", "10:00"
+    cfg.cluster.signal_delay = "30s"
+    ranks = cfg.cluster.nodes * (cfg.cluster.tasks_per_node or 1)
+    name = f"SIG{cfg.cluster.signal}"
+    began = time.monotonic()
+    job = ""
+
+    def files(prefix: str) -> List[Path]:
+        return sorted(folder.glob(f"{prefix}-*"))
+
+    def wait(condition: Callable[[], bool]) -> bool:
+        while time.monotonic() - began < timeout:
+            if condition():
+                return True
+            time.sleep(0.5)
+        return False
+
+    try:
+        executor = make_executor(cfg)
+        signals = list(dict.fromkeys([name, "SIGTERM"]))  # the run's stop signals on Slurm (hpcrun.job.signals)
+        job = str(submit_with_retries(lambda: executor.submit(Probe(str(folder), signals, 60))).job_id)
+        say(f"probe job {job} submitted; waiting for it to start (at most {timeout:.0f} s)")
+        if not wait(lambda: len(files("ready")) >= ranks):
+            return [Check("probe", False, f"job {job}: {len(files('ready'))} of {ranks} rank(s) started within "
+                          f"{timeout:.0f} s (queue wait?): run doctor again later, or --no-probe")]
+        sent = time.time()
+        run_slurm(["scancel", f"--signal={cfg.cluster.signal}", job])
+        wait(lambda: len(files("signal")) >= ranks or time.time() - sent > 30)
+        got = {int(p.name.split("-")[1]): json.loads(p.read_text()) for p in files("signal")}
+        missing = sorted(set(range(ranks)) - set(got))
+        if missing:
+            return [Check("probe", False, f"{name} did not reach python on rank(s) {missing} of job {job} within "
+                          f"30 s: the launch chain loses it (a shell without exec in cluster.container or "
+                          f"cluster.srun_args?); see docs/signals-and-containers.md")]
+        late = max(g["t"] for g in got.values()) - sent
+        if not wait(lambda: (folder / "requeue").exists()):
+            return [Check("probe", False, f"job {job}: rank 0 got {name} but did not ask for the requeue")]
+        asked = time.monotonic()
+
+        def requeued_or_refused() -> bool:
+            return (folder / "requeue").read_text() == "refused" or time.monotonic() - asked > 60 or (
+                _ask(["squeue", "-h", "-j", job, "-o", "%T"]) or "").strip() in (
+                "PENDING", "REQUEUE_HOLD", "REQUEUED", "REQUEUE_FED")
+
+        wait(requeued_or_refused)
+        requeued = (folder / "requeue").read_text() != "refused" and (
+            _ask(["squeue", "-h", "-j", job, "-o", "%T"]) or "").strip() in (
+            "PENDING", "REQUEUE_HOLD", "REQUEUED", "REQUEUE_FED")
+        took = time.monotonic() - began
+        if not requeued:
+            return [Check("probe", False, f"{name} reached python on all {ranks} rank(s), but job {job} did not "
+                          "requeue: runs continue through follow-up jobs where scontrol requeue is refused; "
+                          f"probe took {took:.0f} s")]
+        return [Check("probe", True, f"{name} reached python on all {ranks} rank(s) in {late:.1f} s; the job "
+                      f"requeued itself; probe took {took:.0f} s")]
+    except SubmissionError as exc:
+        return [Check("probe", False, f"sbatch refused the probe job: {exc}")]
+    finally:
+        if job:
+            _ask(["scancel", job])
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()
+        except OSError:
+            pass
+
+
+def doctor(cfg: Any, probe: bool, timeout: float, say: Callable[[str], None]) -> List[Check]:
+    checks = site_checks(cfg)
+    checks += storage_checks(cfg)
+    if probe and all(c.ok for c in checks if c.name in ("slurm", "partition", "account", "qos")):
+        checks += probe_check(cfg, timeout, say)
+    elif probe:
+        checks.append(Check("probe", False, "not submitted: fix the failures above first"))
+    return checks
+
+
+def render_json(checks: List[Check]) -> str:
+    return json.dumps([asdict(c) for c in checks], indent=1)
+
+
+def draft_cluster(path: Path) -> str:
+    """A cluster preset from what Slurm reports (partitions, GPU types from gres, MaxTime, the default account)."""
+    import re
+
+    from hpcrun.slurm.site import _user, parse_associations, parse_partitions, ASSOC_FORMAT
+
+    partitions = parse_partitions(_ask(["scontrol", "--all", "--oneliner", "show", "partition"]) or "")
+    if not partitions:
+        raise SubmissionError("scontrol show partition did not answer: run this on a login node of the cluster")
+    gres = _ask(["sinfo", "-h", "-o", "%G"]) or ""
+    types = sorted({m.group(1) for m in re.finditer(r"gpu:([A-Za-z0-9_.-]+):(\d+)", gres)})
+    per_node = max([int(m.group(1)) for m in re.finditer(r"gpu:(?:[A-Za-z0-9_.-]+:)?(\d+)", gres)] or [0])
+    default = next((p.name for p in partitions.values() if p.default), next(iter(partitions)))
+    longest = max((p.max_time for p in partitions.values() if p.max_time), default=None)
+    assocs = parse_associations(_ask(["sacctmgr", "-n", "-P", "show", "user", _user(), "withassoc",
+                                      f"format={ASSOC_FORMAT}"]) or "")
+    from hpcrun.durations import format_slurm_time
+
+    time_limit = min(48 * 3600, longest or 48 * 3600)
+    account = assocs[0].default_account if assocs else None
+    lines = [f"# Drafted by `hpcrun doctor --write-cluster {path}` from what Slurm reports; check it, then use "
+             f"cluster={path.stem}.",
+             f"# Partitions: {', '.join(partitions)}.", f"name: {path.stem}", "launcher: slurm",
+             f"partition: {json.dumps(default)}", f"account: {json.dumps(account)}",
+             f"time: {json.dumps(format_slurm_time(time_limit))}",
+             f"max_time: {json.dumps(format_slurm_time(longest) if longest else None)}",
+             f"gpu_types: {json.dumps(types)}", f"max_gpus_per_node: {per_node or 8}"]
+    return "\n".join(lines) + "\n"

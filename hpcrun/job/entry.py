@@ -296,7 +296,7 @@ class JobEntry:
             state.end("failed", reason, stop.step)
             log.error(reason)
             raise JobError(reason)
-        continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg)
+        continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg, self)
         if continued:
             reason = stop.reason
             if continued != ctx.job_id:  # a follow-up job: status, logs and cancel follow it
@@ -324,7 +324,7 @@ class JobEntry:
                           "without progress)")
             from hpcrun.job.requeue import requeue_job
 
-            continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg) if ctx.is_main else None
+            continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg, self) if ctx.is_main else None
             if continued:
                 state.data["job_id"] = continued
                 state.end("requeued", f"transient error: {type(exc).__name__}: {exc}", step)

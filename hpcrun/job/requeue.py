@@ -24,10 +24,10 @@ from hpcrun.rundir.atomic import atomic_write
 log = logging.getLogger("hpcrun")
 
 
-def requeue_job(run_dir: Path, job_id: str, cfg: Any = None) -> Optional[str]:
+def requeue_job(run_dir: Path, job_id: str, cfg: Any = None, entry: Any = None) -> Optional[str]:
     """Has the run continue after this job: requeued (now, or by the batch script once this process has exited), or
-    where Slurm refuses that, a follow-up job (``cfg`` given). Returns the job that continues the run (``job_id``,
-    or the follow-up's), None when neither worked."""
+    where Slurm refuses that, a follow-up job running ``entry`` (the job's own JobEntry) with ``cfg``'s options.
+    Returns the job that continues the run (``job_id``, or the follow-up's), None when neither worked."""
     from hpcrun.slurm.client import client_here
     from hpcrun.slurm.jobs import requeue
 
@@ -41,14 +41,13 @@ def requeue_job(run_dir: Path, job_id: str, cfg: Any = None) -> Optional[str]:
     request.unlink(missing_ok=True)
     if done:
         return job_id
-    return follow_up(cfg, job_id) if cfg is not None else None
+    return follow_up(cfg, job_id, entry) if cfg is not None and entry is not None else None
 
 
-def follow_up(cfg: Any, job_id: str) -> Optional[str]:
-    """Submits the run again, to start once ``job_id`` has ended (``scontrol requeue`` was refused). Returns the new
+def follow_up(cfg: Any, job_id: str, entry: Any) -> Optional[str]:
+    """Submits ``entry`` again, to start once ``job_id`` has ended (``scontrol requeue`` was refused). Returns the new
     job's id, or None when sbatch refused too."""
     from hpcrun.errors import HpcrunError
-    from hpcrun.job.entry import JobEntry
     from hpcrun.slurm.client import submit_with_retries
     from hpcrun.slurm.sbatch import executor_parameters, make_executor
 
@@ -62,7 +61,7 @@ def follow_up(cfg: Any, job_id: str) -> Optional[str]:
     extra = dict(executor_parameters(cfg)["additional_parameters"], dependency=f"afterany:{job_id}")
     executor.update_parameters(additional_parameters=extra)
     try:
-        job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
+        job = submit_with_retries(lambda: executor.submit(entry))
     except HpcrunError as exc:
         log.error("`scontrol requeue %s` was refused, and so was a follow-up job: %s", job_id, exc)
         return None

@@ -164,3 +164,24 @@ def daemon_stopped(name: str) -> Iterator[None]:
         yield
     finally:
         restart_cluster()
+
+
+def stand_in_runtime(path, calls, before_exec: str = "") -> None:
+    """Writes a stand-in for `singularity exec [--nv] [--overlay X] [--bind X] IMAGE CMD...` at ``path``: it logs its
+    arguments to ``calls`` and runs CMD on the host, as the real runtime runs it in the container, with exec (so the
+    signal chain is the wrapper's own), after the shell lines ``before_exec`` (e.g. a PATH without Slurm)."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+shift  # exec
+while [[ "$1" == --* ]]; do
+  case "$1" in --nv) shift ;; *) shift 2 ;; esac
+done
+shift  # the image
+{before_exec}
+exec "$@"
+""")
+    path.chmod(0o755)

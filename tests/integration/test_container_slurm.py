@@ -12,20 +12,9 @@ import shutil
 import subprocess
 import sys
 
-from tests.slurm import job_id_from, sacct_runs, timeout_signal_at_step, wait_for_end
+from tests.slurm import job_id_from, sacct_runs, stand_in_runtime, timeout_signal_at_step, wait_for_end
 from tests.training import TINY, assert_same_weights, state, wait_for_step, wait_until
 
-RUNTIME = """#!/bin/bash
-# A stand-in for `singularity exec [--nv] [--overlay X] [--bind X] IMAGE CMD...` in an image without a Slurm client.
-echo "$*" >> {calls}
-shift  # exec
-while [[ "$1" == --* ]]; do
-  case "$1" in --nv) shift ;; *) shift 2 ;; esac
-done
-shift  # the image
-export PATH={hidden}:$PATH
-exec "$@"
-"""
 SLURM_COMMANDS = ("scontrol", "sacct", "squeue", "sbatch", "scancel", "sinfo", "srun")
 
 
@@ -36,10 +25,8 @@ def _container(tmp_path) -> list:
         stand_in = hidden / name
         stand_in.write_text(f'#!/bin/sh\necho "bash: {name}: command not found" >&2\nexit 127\n')
         stand_in.chmod(0o755)
-    runtime = tmp_path / "bin" / "singularity"
-    runtime.parent.mkdir()
-    runtime.write_text(RUNTIME.format(calls=tmp_path / "calls.log", hidden=hidden))
-    runtime.chmod(0o755)
+    # an image without a Slurm client: its PATH finds "command not found" stand-ins first
+    stand_in_runtime(tmp_path / "bin" / "singularity", tmp_path / "calls.log", f"export PATH={hidden}:$PATH")
     return ["cluster.container.enabled=true", f"cluster.container.image={tmp_path / 'image.sif'}",
             "cluster.container.env_script=", f"cluster.container.python={sys.executable}"]
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.slurm import sacct_runs, timeout_signal_at_step, wait_for_end
+from tests.slurm import sacct_runs, stand_in_runtime, timeout_signal_at_step, wait_for_end
 from tests.training import TINY, assert_same_weights, logged_steps, state
 
 pytestmark = pytest.mark.training
@@ -39,26 +39,12 @@ def test_a_standalone_script_sbatched_by_hand_saves_on_the_signal_requeues_and_r
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
-SHIM = """#!/bin/bash
-# A stand-in for `singularity exec [--nv] [--overlay X] [--bind X] IMAGE CMD...`: runs CMD on the host, as the
-# real runtime runs it in the container. It execs, so the signal chain is the wrapper's own.
-echo "$*" >> {calls}
-shift  # exec
-while [[ "$1" == --* ]]; do
-  case "$1" in --nv) shift ;; *) shift 2 ;; esac
-done
-shift  # the image
-exec "$@"
-"""
 
 
 def test_the_singularity_wrapper_passes_the_signal_to_python_and_the_run_requeues(
         hpcrun, tmp_path, slurm_cluster, reference_run):
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shim = bin_dir / "singularity"
-    shim.write_text(SHIM.format(calls=tmp_path / "calls.log"))
-    shim.chmod(0o755)
+    stand_in_runtime(bin_dir / "singularity", tmp_path / "calls.log")
     env_script = tmp_path / "env.sh"
     env_script.write_text(f"echo sourced >> {tmp_path / 'sourced.log'}\n")
     container = ["cluster.container.enabled=true", f"cluster.container.image={tmp_path / 'image.sif'}",

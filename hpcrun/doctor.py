@@ -27,6 +27,7 @@ from typing import Any, Callable, List, Optional
 from hpcrun.errors import ConfigError, SubmissionError
 
 PROBE_BYTES = 64 * 2**20
+REQUEUED = ("PENDING", "REQUEUE_HOLD", "REQUEUED", "REQUEUE_FED")  # squeue's states of a job back in the queue
 
 
 @dataclass
@@ -167,15 +168,14 @@ def probe_check(cfg: Any, timeout: float, say: Callable[[str], None] = lambda s:
             return [Check("probe", False, f"job {job}: rank 0 got {name} but did not ask for the requeue")]
         asked = time.monotonic()
 
-        def requeued_or_refused() -> bool:
-            return (folder / "requeue").read_text() == "refused" or time.monotonic() - asked > 60 or (
-                _ask(["squeue", "-h", "-j", job, "-o", "%T"]) or "").strip() in (
-                "PENDING", "REQUEUE_HOLD", "REQUEUED", "REQUEUE_FED")
+        def refused() -> bool:
+            return (folder / "requeue").read_text() == "refused"
 
-        wait(requeued_or_refused)
-        requeued = (folder / "requeue").read_text() != "refused" and (
-            _ask(["squeue", "-h", "-j", job, "-o", "%T"]) or "").strip() in (
-            "PENDING", "REQUEUE_HOLD", "REQUEUED", "REQUEUE_FED")
+        def back_in_queue() -> bool:
+            return (_ask(["squeue", "-h", "-j", job, "-o", "%T"]) or "").strip() in REQUEUED
+
+        wait(lambda: refused() or back_in_queue() or time.monotonic() - asked > 60)
+        requeued = not refused() and back_in_queue()
         took = time.monotonic() - began
         if not requeued:
             return [Check("probe", False, f"{name} reached python on all {ranks} rank(s), but job {job} did not "

@@ -40,6 +40,11 @@ def canonical(overrides: Iterable[str]) -> List[tuple]:
     return out
 
 
+def command_hash(command: Sequence[str]) -> str:
+    """``cmd-<8 hex>``: hpcrun run's command, as typed, in a run's (and a sweep's) name."""
+    return "cmd-" + hashlib.sha1("\0".join(command).encode()).hexdigest()[:8]
+
+
 def run_id(overrides: Iterable[str], command: Sequence[str] = ()) -> str:
     """``default`` without training overrides; else the sorted ``key=value`` list, made safe as a folder name.
 
@@ -53,7 +58,7 @@ def run_id(overrides: Iterable[str], command: Sequence[str] = ()) -> str:
             continue
         parts.append(f"{key}={value}")
     if command:
-        parts.append("cmd-" + hashlib.sha1("\0".join(command).encode()).hexdigest()[:8])
+        parts.append(command_hash(command))
     if not parts:
         return "default"
     text = _UNSAFE.sub("_", ",".join(sorted(parts)))

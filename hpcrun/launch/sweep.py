@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from hpcrun.config.identity import is_launch_key
+from hpcrun.config.identity import command_hash, is_launch_key
 from hpcrun.errors import SubmissionError, SubmissionUncertain, UserError
 from hpcrun.rundir import RunDir
 from hpcrun.rundir.index import SWEEP_FILE, read_sweep, write_sweep
@@ -48,7 +48,7 @@ def sweep_id(overrides: Sequence[str], command: Sequence[str] = ()) -> str:
     ``hpcrun run``'s command, its short hash too."""
     parts = sorted(o.lstrip("+~") for o in overrides if not is_launch_key(o.split("=", 1)[0].lstrip("+~")))
     if command:
-        parts.append("cmd-" + hashlib.sha1("\0".join(command).encode()).hexdigest()[:8])
+        parts.append(command_hash(command))
     text = _UNSAFE.sub("_", "__".join(parts)) or "sweep"
     if len(text) > 100:
         text = f"{text[:89]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"

@@ -71,10 +71,16 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         except OSError:
             pass
     elapsed = sum((s.get("ended_at") or now) - s["started_at"] for s in starts if "started_at" in s)
+    reason = state.get("reason", "")
     if status in FINISHED:
         shown = status.upper()
         if status == "stopped" and slurm == "CANCELLED":
             shown = "CANCELLED"
+    elif status == "requeued" and slurm == "COMPLETED":
+        # it saved and asked for a requeue that never came (`scontrol requeue` refused on the host, say)
+        shown = "STOPPED"
+        reason = (f"{state.get('reason', '')}; but job {job} ended {slurm} without being requeued: the same "
+                  "hpcrun command (or hpcrun resume) continues it")
     elif slurm and slurm not in SLURM_ACTIVE:
         shown = slurm  # the job ended without telling its run (killed, node failure, cancelled while pending)
     elif status == "requeued" and slurm in (None, "PENDING", "REQUEUED"):
@@ -96,7 +102,7 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         goodput = None
     return RunStatus(
         run_dir=str(run_dir), name=name, id=rid, state=shown, recorded=status, slurm_state=slurm,
-        reason=state.get("reason", ""), restarts=max(0, len(starts) - 1), step=step, max_steps=planned,
+        reason=reason, restarts=max(0, len(starts) - 1), step=step, max_steps=planned,
         last_checkpoint_step=latest.step if latest else None, last_checkpoint_age_s=ckpt_age, elapsed_s=elapsed,
         time_left_s=time_left, job_id=job, goodput=None if goodput is None else round(goodput, 4),
     )

@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import sys
 
-from tests.slurm import job_id_from, sacct_runs, stand_in_runtime, timeout_signal_at_step, wait_for_end
-from tests.training import TINY, assert_same_weights, state, wait_for_step, wait_until
+from tests.slurm import (job_id_from, release_when_requeued, sacct_runs, squeue_state, stand_in_runtime, timeout_signal_at_step,
+                         wait_for_end)
+from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step, wait_until
 
 SLURM_COMMANDS = ("scontrol", "sacct", "squeue", "sbatch", "scancel", "sinfo", "srun")
 
@@ -50,6 +51,60 @@ def test_without_a_slurm_client_in_the_container_the_batch_script_requeues_and_t
     assert len((tmp_path / "calls.log").read_text().splitlines()) == 2  # both starts ran inside the "container"
     assert not (run_dir / "requeue-request").exists()
     assert_same_weights(run_dir / "final", reference_run / "final")
+
+
+def test_without_a_slurm_client_a_real_preemption_requeues_within_the_grace_time_and_the_run_completes(
+        hpcrun, tmp_path, slurm_cluster, reference_run):
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run", "cluster.partition=preemptible", f"cluster.cpus_per_task={cpus}",
+                 *_container(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr
+    job = job_id_from(out.stdout)
+    run_dir = tmp_path / "run"
+    wait_for_step(run_dir, 8)
+    high = subprocess.run(["sbatch", "--parsable", "-p", "normal", "-c", cpus, "-o", "/dev/null", "--wrap", "sleep 2"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert wait_for_end(high, timeout=120) == "COMPLETED"
+    release_when_requeued(job)
+    assert wait_for_end(job) == "COMPLETED"
+
+    st = state(run_dir)
+    assert st["status"] == "completed" and st["requeues"] == 1
+    assert st["starts"][0]["end"].startswith("requeued: signal SIGTERM")  # saved within GraceTime=15
+    assert sacct_runs(job)[0] in ("REQUEUED", "PREEMPTED")
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == 2
+    assert_same_weights(run_dir / "final", reference_run / "final")
+    assert logged_steps(run_dir) == list(range(1, 31))
+
+
+def test_without_a_slurm_client_the_deadline_save_requeues_from_the_host_and_the_run_completes(
+        hpcrun, tmp_path, slurm_cluster, reference_run):
+    # The end time comes from the batch script (squeue on the host, HPCRUN_JOB_TIMES); a margin of 170 s of a
+    # 3-minute job makes the deadline come within the first steps. The requeued job gets a longer limit (as a user
+    # would), and the second start, with the end time read again, finishes.
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run", "cluster.time=3", "checkpoint.deadline_margin=170s",
+                 *_container(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr
+    job = job_id_from(out.stdout)
+    run_dir = tmp_path / "run"
+    wait_until(lambda: state(run_dir).get("status") == "requeued", timeout=180, what="the deadline requeue")
+    st = state(run_dir)
+    assert st["starts"][0]["end"].startswith("requeued: deadline:")
+    step = st["starts"][0]["step"]
+    log = (run_dir / "logs" / "start-1.log").read_text()
+    assert "squeue %e (batch script)" in log and f"stopping after step {step}: deadline" in log
+    wait_until(lambda: squeue_state(job) == "PENDING", timeout=120, what="the requeued job pending")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=15"], check=True)  # before it can start
+    release_when_requeued(job)
+    assert wait_for_end(job) == "COMPLETED"
+
+    assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]  # requeued by the batch script, on the host
+    st = state(run_dir)
+    assert st["status"] == "completed" and st["requeues"] == 1 and st["starts"][1]["resumed_from"] == step
+    assert_same_weights(run_dir / "final", reference_run / "final")
+    assert logged_steps(run_dir) == list(range(1, 31))
 
 
 def test_where_scontrol_requeue_is_refused_a_follow_up_job_continues_the_run(hpcrun, tmp_path, slurm_cluster,

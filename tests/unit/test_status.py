@@ -87,3 +87,10 @@ def test_a_run_still_in_the_queue_shows_the_steps_its_settings_plan(tmp_path, mo
         assert prepared.kind == "new"
     row = run_status(tmp_path / "run", {})
     assert (row.state, row.step, row.max_steps) == ("NEW", 0, 70)
+
+
+def test_a_run_whose_requeue_never_came_shows_stopped_and_how_to_continue(tmp_path):
+    # it saved and asked to be requeued, but the job ended COMPLETED: `scontrol requeue` refused on the host
+    row = run_status(_run(tmp_path, "requeued"), {"5": "COMPLETED"})
+    assert row.state == "STOPPED" and "without being requeued" in row.reason and "hpcrun resume" in row.reason
+    assert run_status(tmp_path / "exp" / "default", {"5": "PENDING"}).state == "REQUEUED"

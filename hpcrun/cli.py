@@ -368,7 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pre.add_argument("--config-dir", action="append", default=[])
     known, _ = pre.parse_known_args(rest)
     try:
-        args = _parser(command, known.config_dir).parse_args(rest)
+        args = _parser(command, known.config_dir).parse_intermixed_args(rest)  # options anywhere
         args.argv = command_argv
         if command_argv is not None and command not in ("run", "render", "plan", "doctor"):
             raise UserError(f"hpcrun {command or ''} takes no command after --: hpcrun run ... -- COMMAND runs one"

@@ -6,6 +6,8 @@ Each check is one line, ok or what failed and what to do (docs/doctor.md):
   check a submission makes), the account and QOS among yours, JobRequeue, MaxArraySize, the partition's
   PreemptMode and GraceTime;
 - storage: run_root writable, free space and inodes, the write bandwidth (64 MiB written and fsynced);
+- grace: how long a stop gets to save (a preemption's GraceTime, the time limit's signal lead and KillWait) and,
+  with the measured bandwidth, the largest checkpoint a preemption's grace can hold;
 - probe (unless ``--no-probe``): a short job with the run's exact launch chain (sbatch, srun, the container, the
   ranks; :mod:`hpcrun.job.probe`) shows that the stop signal reaches python on every rank and that the job
   requeues; it is cancelled and its folder removed afterwards, whatever happened.
@@ -46,8 +48,9 @@ def _ask(command: List[str]) -> Optional[str]:
     return ask(command)
 
 
-def site_checks(cfg: Any) -> List[Check]:
-    """What Slurm itself says about this config (queries only)."""
+def site_checks(cfg: Any, site: Optional[dict] = None) -> List[Check]:
+    """What Slurm itself says about this config (queries only). ``site`` (when given) receives the chosen
+    partitions' fields (``partitions``) and ``scontrol show config``'s (``config``) for the checks after these."""
     from hpcrun.slurm.site import _user, check_request, parse_associations, parse_fields, parse_partitions, ASSOC_FORMAT
 
     c = cfg.cluster
@@ -64,9 +67,12 @@ def site_checks(cfg: Any) -> List[Check]:
     try:
         check_request(c, partitions)
         names = (c.partition or next((p.name for p in partitions.values() if p.default), "")).split(",")
-        fields = [parse_fields(line) for line in text.splitlines() if line.strip()]
+        fields = [f for f in (parse_fields(line) for line in text.splitlines() if line.strip())
+                  if f.get("PartitionName") in names]
         about = [f"{f.get('PartitionName')}: MaxTime {f.get('MaxTime')}, PreemptMode {f.get('PreemptMode')}, "
-                 f"GraceTime {f.get('GraceTime')} s" for f in fields if f.get("PartitionName") in names]
+                 f"GraceTime {f.get('GraceTime')} s" for f in fields]
+        if site is not None:
+            site["partitions"] = fields
         checks.append(Check("partition", True, f"cluster.time={c.time} fits ({'; '.join(about) or 'default'})"))
     except ConfigError as exc:
         checks.append(Check("partition", False, str(exc)))
@@ -86,14 +92,17 @@ def site_checks(cfg: Any) -> List[Check]:
             " exists" if ok else f" does not exist (there are: {', '.join(qos)}): fix cluster.qos")))
     config = parse_fields(" ".join(f"{k.strip()}={v.strip()}" for k, _, v in (
         line.partition("=") for line in (_ask(["scontrol", "show", "config"]) or "").splitlines()) if v))
+    if site is not None:
+        site["config"] = config
     requeue = config.get("JobRequeue", "1")
     checks.append(Check("requeue", True, f"JobRequeue={requeue} (hpcrun always submits with --requeue); "
                                           f"MaxArraySize={config.get('MaxArraySize', '?')}"))
     return checks
 
 
-def storage_checks(cfg: Any) -> List[Check]:
-    """run_root: writable, free space and inodes, and how fast a save can be written there."""
+def storage_checks(cfg: Any, site: Optional[dict] = None) -> List[Check]:
+    """run_root: writable, free space and inodes, and how fast a save can be written there (into ``site``'s
+    ``bandwidth``, bytes a second)."""
     root = Path(os.path.expanduser(cfg.cluster.run_root)).resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -114,9 +123,43 @@ def storage_checks(cfg: Any) -> List[Check]:
     st = os.statvfs(root)
     free, inodes = st.f_bavail * st.f_frsize, st.f_favail
     rate = PROBE_BYTES / seconds / 1e6
+    if site is not None:
+        site["bandwidth"] = rate * 1e6
     ok = free > 2**30 and (inodes == 0 or inodes > 10_000)
     return [Check("storage", ok, f"{root}: writable, {free / 1e9:.1f} GB and {inodes:,} inodes free, writes at "
                   f"{rate:.0f} MB/s (fsynced)" + ("" if ok else ": too little space for checkpoints"))]
+
+
+def _seconds(text: Any) -> Optional[int]:
+    from hpcrun.slurm.site import _time
+
+    digits = str(text or "").split()[0] if str(text or "").split() else ""
+    return int(digits) if digits.isdigit() else _time(digits)
+
+
+def grace_check(cfg: Any, site: dict) -> List[Check]:
+    """How long a stop gets to save: on preemption the partition's GraceTime, at the time limit the signal's lead
+    and KillWait; with the measured bandwidth, the largest checkpoint that fits in a preemption's grace."""
+    c = cfg.cluster
+    kill_wait = _seconds(site.get("config", {}).get("KillWait"))
+    limit = (f"at the time limit cluster.signal={c.signal} comes cluster.signal_delay={c.signal_delay} before the end "
+             f"(Slurm may send it up to 60 s early), SIGTERM at the end, SIGKILL "
+             f"{'KillWait=%d s' % kill_wait if kill_wait is not None else 'KillWait'} later")
+    preemptible = [(f.get("PartitionName"), _seconds(f.get("GraceTime")) or 0) for f in site.get("partitions", [])
+                   if "REQUEUE" in str(f.get("PreemptMode", "")).upper()]
+    if not preemptible:
+        return [Check("grace", True, f"no preemption by requeue on {c.partition or 'the default partition'}; {limit}")]
+    name, grace = min(preemptible, key=lambda p: p[1])
+    rate = site.get("bandwidth")
+    fits = (f": up to {grace * rate / 1e9:.1f} GB at the measured {rate / 1e6:.0f} MB/s (`hpcrun plan --bandwidth "
+            f"{rate / 1e6:.0f}MB/s` gives this config's checkpoint size)") if rate else ""
+    checkpoint = getattr(cfg, "checkpoint", None)
+    periodic = checkpoint is not None and (checkpoint.save_every_auto or checkpoint.save_every_seconds())
+    if grace == 0 and not periodic:
+        return [Check("grace", False, f"{name} preempts with GraceTime 0 s: a preempted start is killed before it can "
+                                      "save, and checkpoint.save_every is off; set checkpoint.save_every (auto, 30m) "
+                                      "so a preemption loses at most that much")]
+    return [Check("grace", True, f"a preemption on {name} leaves {grace} s (GraceTime) to save{fits}; {limit}")]
 
 
 def probe_check(cfg: Any, timeout: float, say: Callable[[str], None] = lambda s: None) -> List[Check]:
@@ -196,8 +239,11 @@ def probe_check(cfg: Any, timeout: float, say: Callable[[str], None] = lambda s:
 
 
 def doctor(cfg: Any, probe: bool, timeout: float, say: Callable[[str], None]) -> List[Check]:
-    checks = site_checks(cfg)
-    checks += storage_checks(cfg)
+    site: dict = {}
+    checks = site_checks(cfg, site)
+    checks += storage_checks(cfg, site)
+    if site.get("partitions"):
+        checks += grace_check(cfg, site)
     if probe and all(c.ok for c in checks if c.name in ("slurm", "partition", "account", "qos")):
         checks += probe_check(cfg, timeout, say)
     elif probe:

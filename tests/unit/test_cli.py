@@ -52,6 +52,12 @@ def test_render_prints_the_script_and_writes_nothing(hpcrun, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_options_may_stand_between_overrides(hpcrun, tmp_path):
+    out = hpcrun("render", "+experiment=tiny_llama", "-o", "job.sbatch", "cluster=slurm", "run.name=between")
+    assert out.returncode == 0, out.stderr
+    assert "#SBATCH --job-name=between" in (tmp_path / "job.sbatch").read_text()
+
+
 def test_render_finds_a_user_experiment_in_the_working_directory(hpcrun, tmp_path):
     (tmp_path / "conf" / "experiment").mkdir(parents=True)
     (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(

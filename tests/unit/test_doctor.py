@@ -27,3 +27,24 @@ def test_the_drafted_cluster_preset_composes_as_written(tmp_path, monkeypatch):
     assert (c.name, c.launcher, c.partition, c.account) == ("mysite", "slurm", "cpu", "pr_42")
     assert (c.time, c.max_time, c.gpu_types, c.max_gpus_per_node) == ("2-00:00:00", "7-00:00:00",
                                                                       ["a100", "rtx8000"], 8)
+
+
+def _site(grace, mode="REQUEUE"):
+    return {"partitions": [{"PartitionName": "spot", "PreemptMode": mode, "GraceTime": str(grace)}],
+            "config": {"KillWait": "30 sec"}, "bandwidth": 500e6}
+
+
+def test_the_grace_line_says_what_a_preemptions_grace_holds_at_the_measured_bandwidth():
+    cfg = compose(["+experiment=tiny_llama", "cluster=slurm"])
+    check, = doctor.grace_check(cfg, _site(30))
+    assert check.ok and "leaves 30 s (GraceTime)" in check.message and "up to 15.0 GB at the measured 500 MB/s" in \
+        check.message and "KillWait=30 s" in check.message
+    check, = doctor.grace_check(cfg, _site(0, mode="OFF"))
+    assert check.ok and "no preemption by requeue" in check.message
+
+
+def test_no_grace_and_no_periodic_saves_fails_naming_the_key_to_set():
+    check, = doctor.grace_check(compose(["+experiment=tiny_llama", "cluster=slurm", "checkpoint.save_every=0"]),
+                                _site(0))
+    assert not check.ok and "GraceTime 0 s" in check.message and "checkpoint.save_every" in check.message
+    assert doctor.grace_check(compose(["+experiment=tiny_llama", "cluster=slurm"]), _site(0))[0].ok  # 30m saves

@@ -33,8 +33,10 @@ def train(cfg: Any, ctx: Any) -> Union[Path, Any]:
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
-    from hpcrun.tasks.causal_lm import build_model
-    from hpcrun.tasks.text import load_corpus, token_blocks, tokenizer_for
+    from hpcrun.rundir import RunDir
+    from hpcrun.tasks.models import build_model
+    from hpcrun.tasks.text import tokenizer_for
+    from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -44,9 +46,9 @@ def train(cfg: Any, ctx: Any) -> Union[Path, Any]:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(cfg.train.seed)
-    documents = load_corpus(cfg.data.corpus)
-    tokenizer = tokenizer_for(cfg, documents, ctx.run_dir, ctx.is_main)
-    train_set, _ = token_blocks(documents, tokenizer, cfg.data.seq_len, cfg.data.eval_fraction)
+    with accelerator.main_process_first():  # rank 0 writes the tokenizer and token caches, the others read them
+        tokenizer = tokenizer_for(cfg, ctx.run_dir, ctx.is_main)
+        train_set, _ = corpus_blocks(cfg, tokenizer, RunDir(ctx.run_dir).task_file(TOKENS_DIR), write=ctx.is_main)
     model = build_model(cfg, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,

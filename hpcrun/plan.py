@@ -13,8 +13,10 @@ formulas and their sources):
   (``h`` per token) is kept, plus one layer's full set while it is recomputed; the logits and their gradient in fp32;
 - a fixed allowance for the CUDA context and allocator fragmentation.
 
-A checkpoint holds the fp32 weights and the optimizer state (12 bytes per parameter); its save time is the size
-over the stated aggregate write bandwidth of the job's filesystem.
+A checkpoint holds the trained weights and their optimizer state (12 bytes per parameter in fp32, 6 with
+``model.dtype=bfloat16``; with LoRA only the adapters'); its save time is the size over the stated aggregate write
+bandwidth of the job's filesystem. The model is any architecture ``hpcrun.tasks.models.architecture`` builds; its
+hidden size, depth and MLP width drive the activation estimate.
 """
 
 from __future__ import annotations
@@ -50,32 +52,44 @@ def parse_bandwidth(text: str) -> float:
     return value
 
 
-def vocab_size(cfg: Any) -> int:
+def vocab_size(cfg: Any, known: Optional[int] = None) -> int:
+    """The vocabulary: model.vocab_size, the trained BPE's, or ``known`` (a model folder's config.json says)."""
     if cfg.model.vocab_size:
         return cfg.model.vocab_size
     if cfg.data.tokenizer == "bpe":
         return cfg.data.vocab_size
+    if known:
+        return known
     raise ConfigError("model.vocab_size", cfg.model.vocab_size,
                       f"the vocabulary size when data.tokenizer={cfg.data.tokenizer} (hpcrun plan downloads nothing)")
 
 
 def count_parameters(cfg: Any) -> Dict[str, int]:
-    """Parameters of the configured Llama, built on the meta device: total, and one decoder layer's."""
+    """Parameters of the configured model, built on the meta device: total, one of its blocks (the unit FSDP
+    gathers), trained (the LoRA adapters' with model.lora.r above 0), and the architecture's sizes."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    m = cfg.model
-    config = LlamaConfig(
-        vocab_size=vocab_size(cfg), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_key_value_heads, max_position_embeddings=m.max_position_embeddings,
-        tie_word_embeddings=m.tie_word_embeddings,
-    )
+    from hpcrun.tasks.models import architecture, torch_dtype, wrap_classes
+
+    config = architecture(cfg.model, local_only=True)
+    config.vocab_size = vocab_size(cfg, getattr(config, "vocab_size", None))
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    total = sum(p.numel() for p in model.parameters())
-    layer = sum(p.numel() for p in model.model.layers[0].parameters())
-    return {"total": total, "layer": layer}
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.model.dtype))
+        blocks = set(wrap_classes(config))
+        block = next((mod for mod in model.modules() if type(mod).__name__ in blocks), None)
+        total = sum(p.numel() for p in model.parameters())
+        trained, name = total, type(model).__name__
+        if cfg.model.lora.r:
+            from hpcrun.tasks.models import with_lora
+
+            model = with_lora(model, cfg.model.lora)
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    hidden = getattr(config, "hidden_size", 0)
+    return {"total": total, "layer": sum(p.numel() for p in block.parameters()) if block is not None else 0,
+            "trained": trained, "hidden": hidden, "vocab": config.vocab_size, "model": name,
+            "layers": getattr(config, "num_hidden_layers", 0),
+            "intermediate": getattr(config, "intermediate_size", None) or 4 * hidden}
 
 
 @dataclass
@@ -91,6 +105,8 @@ class Plan:
     bandwidth: float
     save_seconds: float
     warnings: List[str] = field(default_factory=list)
+    model: str = "LlamaForCausalLM"
+    trained_parameters: Optional[int] = None  # with LoRA: the adapters' (None: every parameter trains)
 
     @property
     def per_gpu_total(self) -> float:
@@ -106,15 +122,19 @@ class Plan:
         return d
 
 
-def activation_bytes(cfg: Any, vocab: int) -> float:
-    m, t = cfg.model, cfg.train
+def activation_bytes(cfg: Any, vocab: int, counts: Dict[str, int]) -> float:
+    t = cfg.train
+    m = cfg.model
+    h = counts.get("hidden") or m.hidden_size or 0
+    i = counts.get("intermediate") or m.intermediate_size or 4 * h
+    n_layers = counts.get("layers") or m.num_hidden_layers or 0
     tokens = t.batch_size * cfg.data.seq_len
-    act = 4 if t.precision == "fp32" else 2
-    per_layer = (8 * m.hidden_size + 5 * m.intermediate_size) * tokens * act
-    if m.gradient_checkpointing:
-        layers = m.num_hidden_layers * m.hidden_size * tokens * act + per_layer
+    act = 4 if t.precision == "fp32" and cfg.model.dtype == "float32" else 2
+    per_layer = (8 * h + 5 * i) * tokens * act
+    if cfg.model.gradient_checkpointing:
+        layers = n_layers * h * tokens * act + per_layer
     else:
-        layers = m.num_hidden_layers * per_layer
+        layers = n_layers * per_layer
     logits = 2 * tokens * vocab * 4  # fp32 logits and their gradient
     return float(layers + logits)
 
@@ -135,22 +155,29 @@ def make_plan(cfg: Any, bandwidth: float, gpu_memory_gb: Optional[float] = None,
     ranks = c.nodes * c.tasks_per_node
     sharded = bool(cfg.train.fsdp) and ranks > 1
     shard = ranks if sharded else 1
-    compute = 4 if cfg.train.precision == "fp32" else 2
+    compute = 4 if cfg.train.precision == "fp32" and cfg.model.dtype == "float32" else 2
+    trained = counts.get("trained", n)
+    w, kind = (4, "fp32") if cfg.model.dtype == "float32" else (2, cfg.model.dtype)
+    lora = trained != n
+    wt, kind_t = (4, "fp32") if lora else (w, kind)  # peft keeps the adapters in fp32 whatever the base's dtype
+    what = "LoRA " if lora else ""
     per_gpu = {
-        "weights (fp32 master)": 4.0 * n / shard,
-        "gradients (fp32)": 4.0 * n / shard,
-        "optimizer (AdamW, 2 x fp32)": 8.0 * n / shard,
+        "weights (fp32 master)" if w == 4 else f"weights ({kind})": w * n / shard,
+        f"{what}gradients ({kind_t})": wt * trained / shard,
+        f"{what}optimizer (AdamW, 2 x {kind_t})": 2.0 * wt * trained / shard,
     }
     if sharded:
         per_gpu["gathered layers (FSDP, 2 in flight)"] = 2.0 * layer * compute
-    per_gpu["activations (one micro-batch)"] = activation_bytes(cfg, vocab_size(cfg))
+    per_gpu["activations (one micro-batch)"] = activation_bytes(cfg, vocab_size(cfg, counts.get("vocab")), counts)
     per_gpu["CUDA context and fragmentation (allowance)"] = OVERHEAD_BYTES
     if gpu_memory_gb is None and c.gpu_type:
         gpu_memory_gb = GPU_MEMORY_GB.get(c.gpu_type)
-    checkpoint = 12.0 * n
+    checkpoint = 3.0 * wt * trained  # the trained weights and their two AdamW moments (LoRA: the adapters')
     plan = Plan(parameters=n, layer_parameters=layer, ranks=ranks, sharded=sharded, gpu_type=c.gpu_type,
                 gpu_memory=gpu_memory_gb * GB if gpu_memory_gb else None, per_gpu=per_gpu,
-                checkpoint_bytes=checkpoint, bandwidth=bandwidth, save_seconds=checkpoint / bandwidth)
+                checkpoint_bytes=checkpoint, bandwidth=bandwidth, save_seconds=checkpoint / bandwidth,
+                model=str(counts.get("model", "LlamaForCausalLM")),
+                trained_parameters=trained if trained != n else None)
     plan.warnings = _warnings(cfg, plan)
     return plan
 
@@ -199,11 +226,14 @@ def render_text(cfg: Any, plan: Plan) -> str:
               f"{', ' + str(c.gpus_per_node) + ' x ' + (c.gpu_type or 'GPU') + ' per node' if c.gpus_per_node else ''}")
     strategy = (f"FSDP full shard over {plan.ranks} ranks" if plan.sharded
                 else "replicated on every rank (DDP)" if plan.ranks > 1 else "one process")
+    weights = "fp32 master" if cfg.model.dtype == "float32" else cfg.model.dtype
+    final_bytes = 4 if weights == "fp32 master" or plan.trained_parameters else 2  # peft's adapters are fp32
     lines = [
         f"run {cfg.run.name}: {layout}",
-        f"model: Llama, {plan.parameters:,} parameters ({plan.parameters / 1e9:.2f} B); one decoder layer "
-        f"{plan.layer_parameters:,}",
-        f"training: {cfg.train.precision} compute, fp32 master weights, AdamW; {strategy}; gradient checkpointing "
+        f"model: {plan.model}, {plan.parameters:,} parameters ({plan.parameters / 1e9:.2f} B); one block "
+        f"{plan.layer_parameters:,}" + (f"; LoRA r={cfg.model.lora.r}: {plan.trained_parameters:,} trained"
+                                        if plan.trained_parameters is not None else ""),
+        f"training: {cfg.train.precision} compute, {weights} weights, AdamW; {strategy}; gradient checkpointing "
         f"{'on' if cfg.model.gradient_checkpointing else 'off'}; micro-batch {cfg.train.batch_size} x "
         f"{cfg.data.seq_len} tokens",
         "",
@@ -213,9 +243,10 @@ def render_text(cfg: Any, plan: Plan) -> str:
         + (f"  of {plan.gpu_memory / GB:.0f} GB ({c.gpu_type}): {'fits' if plan.fits else 'DOES NOT FIT'}"
            if plan.gpu_memory else ""),
         "",
-        f"checkpoint: {plan.checkpoint_bytes / GB:.1f} GB (fp32 weights + AdamW state"
-        f"{', sharded: each rank writes 1/' + str(plan.ranks) if plan.sharded else ''}); final weights "
-        f"{4 * plan.parameters / GB:.1f} GB",
+        f"checkpoint: {plan.checkpoint_bytes / GB:.1f} GB ({'adapters' if plan.trained_parameters else 'weights'} "
+        f"+ AdamW state{', sharded: each rank writes 1/' + str(plan.ranks) if plan.sharded else ''}); final "
+        f"{'adapters' if plan.trained_parameters else 'weights'} "
+        f"{(plan.trained_parameters or plan.parameters) * final_bytes / GB:.1f} GB",
         f"save time: about {format_human(plan.save_seconds)} at {plan.bandwidth / GB:g} GB/s (--bandwidth)",
     ]
     lines += [f"warning: {w}" for w in plan.warnings]

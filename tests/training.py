@@ -39,10 +39,13 @@ def state(run_dir: Path) -> dict:
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
-    """Bitwise equality of two save_pretrained folders' safetensors."""
+    """Bitwise equality of two save_pretrained folders' safetensors (the model's, or a LoRA adapter's)."""
     from safetensors.torch import load_file
 
-    wa, wb = load_file(str(Path(a) / "model.safetensors")), load_file(str(Path(b) / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not (wa[k] == wb[k]).all()]
-    assert different == [], f"{len(different)} of {len(wa)} tensors differ, e.g. {different[:3]}"
+    names = sorted(p.name for p in Path(a).glob("*.safetensors"))
+    assert names and names == sorted(p.name for p in Path(b).glob("*.safetensors")), (a, b)
+    for name in names:
+        wa, wb = load_file(str(Path(a) / name)), load_file(str(Path(b) / name))
+        assert wa.keys() == wb.keys()
+        different = [k for k in wa if not (wa[k] == wb[k]).all()]
+        assert different == [], f"{name}: {len(different)} of {len(wa)} tensors differ, e.g. {different[:3]}"

@@ -56,8 +56,10 @@ class TrainerJob(submitit.helpers.Checkpointable):
 
         from hpcrun.config.compose import compose
         from hpcrun.job.context import JobContext
-        from hpcrun.tasks.causal_lm import build_model, metrics_callback, training_arguments
-        from hpcrun.tasks.text import load_corpus, token_blocks, tokenizer_for
+        from hpcrun.tasks.causal_lm import metrics_callback, training_arguments
+        from hpcrun.tasks.models import build_model
+        from hpcrun.tasks.text import tokenizer_for
+        from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
 
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,9 +68,8 @@ class TrainerJob(submitit.helpers.Checkpointable):
 
         # As hpcrun.tasks.causal_lm.train: the seed before the model is built (the random init depends on it).
         set_seed(cfg.train.seed)
-        documents = load_corpus(cfg.data.corpus)
-        tokenizer = tokenizer_for(cfg, documents, run_dir, is_main=True)
-        train_set, eval_set = token_blocks(documents, tokenizer, cfg.data.seq_len, cfg.data.eval_fraction)
+        tokenizer = tokenizer_for(cfg, run_dir, is_main=True)
+        train_set, eval_set = corpus_blocks(cfg, tokenizer, run_dir / TOKENS_DIR)
         model = build_model(cfg, tokenizer)
 
         # hpcrun's arguments (output_dir = run_dir/trainer, save_strategy="no"); only the saving differs.

@@ -5,7 +5,7 @@ Each raises :class:`~hpcrun.errors.ConfigError` naming the full key and the valu
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hpcrun.durations import EXPECTED as DURATION_FORMS
 from hpcrun.durations import parse_duration
@@ -25,3 +25,17 @@ def duration(key: str, value: Any) -> int:
         return parse_duration(value)
     except ValueError:
         raise ConfigError(key, value, DURATION_FORMS) from None
+
+
+TRACKERS = ("tensorboard", "wandb")  # what train.report_to may name (hpcrun.frameworks.transformers.trackers)
+
+
+def trackers(key: str, value: Any) -> List[str]:
+    """The tracker names of ``value`` (a list, or one name), each once, in order."""
+    names = [value] if isinstance(value, str) else list(value)
+    for name in names:
+        if name not in TRACKERS:
+            hint = "mlflow is not supported: each requeue would open a new MLflow run" if name == "mlflow" else None
+            raise ConfigError(key, name, choices=TRACKERS, problem="names no tracker hpcrun supports",
+                              hint=hint or "use [] for none")
+    return list(dict.fromkeys(names))

@@ -1,6 +1,9 @@
-"""The built-in task: train a Llama-architecture causal LM with the transformers Trainer.
+"""The built-in task: train any causal LM with the transformers Trainer (TRL's SFTTrainer for chat and
+prompt/completion data), optionally with LoRA, reporting to W&B or TensorBoard.
 
-Reads top to bottom: text and tokenizer, model, training arguments, train, save ``<run.dir>/final``.
+Reads top to bottom: training arguments, tokenizer and data (rank 0 first), model, trainer, train, save
+``<run.dir>/final``. The model is :mod:`hpcrun.tasks.models`; the data :mod:`hpcrun.tasks.tokens` (language
+modelling) or :mod:`hpcrun.tasks.sft` (SFT).
 """
 
 from __future__ import annotations
@@ -13,54 +16,19 @@ from typing import Any, Union
 
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.rundir import RunDir
-from hpcrun.tasks.text import TOKENS_FILE, load_corpus, load_pretrained, stream_key, token_blocks, tokenizer_for
+from hpcrun.tasks.models import architecture, build_model, save_final, wrap_classes
+from hpcrun.tasks.text import tokenizer_for
+from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
 
 log = logging.getLogger("hpcrun")
 Config = Any  # the composed config: run/cluster/checkpoint plus this task's model/data/train (hpcrun.tasks.settings)
 TRAINER_DIR = "trainer"  # the Trainer's own output_dir (hpcrun, not the Trainer, owns the checkpoints)
 
 
-def build_model(cfg: Config, tokenizer: Any) -> Any:
-    """A LlamaForCausalLM: pretrained weights from model.name_or_path, or random init from the config.
-
-    Weights stay in fp32 (the optimizer's master copy); train.precision=bf16/fp16 runs the compute under autocast.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    m = cfg.model
-    if m.pretrained:
-        model = load_pretrained(LlamaForCausalLM.from_pretrained, "model.name_or_path", m.name_or_path,
-                                dtype=torch.float32)
-    else:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=m.hidden_size,
-            intermediate_size=m.intermediate_size,
-            num_hidden_layers=m.num_hidden_layers,
-            num_attention_heads=m.num_attention_heads,
-            num_key_value_heads=m.num_key_value_heads,
-            max_position_embeddings=m.max_position_embeddings,
-            rms_norm_eps=m.rms_norm_eps,
-            rope_theta=m.rope_theta,
-            tie_word_embeddings=m.tie_word_embeddings,
-            attention_dropout=m.attention_dropout,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model = LlamaForCausalLM(config)
-    if m.gradient_checkpointing and not cfg.train.fsdp:  # under FSDP, FSDP's own activation checkpointing
-        model.gradient_checkpointing_enable()
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: Llama, %.2f M parameters (%s)", n_params / 1e6,
-             f"pretrained {m.name_or_path}" if m.pretrained else "random init")
-    return model
-
-
 def fsdp_arguments(cfg: Config, ctx: JobContext) -> dict:
-    """FSDP2 full shard through accelerate: one unit per decoder layer, sharded checkpoints (each rank writes its
-    shard, in parallel; no rank gathers 7B parameters), FSDP's activation checkpointing. Off with one process."""
+    """FSDP2 full shard through accelerate: one unit per block of the model (its ``_no_split_modules``), sharded
+    checkpoints (each rank writes its shard, in parallel; no rank gathers 7B parameters), FSDP's activation
+    checkpointing. Off with one process."""
     if not cfg.train.fsdp or ctx.world_size < 2:
         return {}
     import torch
@@ -71,7 +39,7 @@ def fsdp_arguments(cfg: Config, ctx: JobContext) -> dict:
         "fsdp": "full_shard auto_wrap",
         "fsdp_config": {
             "version": 2,
-            "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+            "transformer_layer_cls_to_wrap": wrap_classes(architecture(cfg.model)),
             "state_dict_type": "SHARDED_STATE_DICT",
             "activation_checkpointing": cfg.model.gradient_checkpointing,
         },
@@ -99,14 +67,21 @@ def _allow_cpu_fsdp() -> None:
     state.AcceleratorState.__init__ = init
 
 
-def training_arguments(cfg: Config, ctx: JobContext) -> Any:
-    """transformers TrainingArguments from the config. hpcrun, not the Trainer, owns checkpointing."""
+def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = ()) -> Any:
+    """transformers TrainingArguments (TRL's SFTConfig for SFT) from the config. hpcrun, not the Trainer, owns
+    checkpointing."""
     import torch
     from transformers import TrainingArguments
 
     t = cfg.train
     on_cpu = not torch.cuda.is_available()
-    return TrainingArguments(
+    kind, extra = TrainingArguments, {}
+    if cfg.data.format != "text":
+        from hpcrun.tasks.sft import sft_arguments
+
+        kind, extra = sft_arguments(cfg)
+    return kind(
+        **extra,
         **fsdp_arguments(cfg, ctx),
         output_dir=str(RunDir(ctx.run_dir).task_file(TRAINER_DIR)),
         max_steps=t.max_steps,
@@ -127,7 +102,7 @@ def training_arguments(cfg: Config, ctx: JobContext) -> Any:
         eval_strategy="steps" if t.eval_every else "no",
         eval_steps=t.eval_every or None,
         save_strategy="no",
-        report_to="none",
+        report_to=list(report_to) or "none",
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu and ctx.world_size > 1 else None,
         dataloader_num_workers=t.num_workers,
@@ -167,21 +142,6 @@ def time_triggers(cfg: Config, ctx: JobContext) -> Any:
     return TimeTriggerCallback(triggers=triggers, stop_flags=ctx.stop_flags, ledger=ctx.ledger)
 
 
-def save_final(trainer: Any, final: Path, ctx: JobContext) -> None:
-    """The final weights as one save_pretrained folder (safetensors). Under FSDP with sharded state dicts the
-    Trainer's save_model writes nothing, so every rank takes part in gathering the full state dict (to CPU) and
-    rank 0 writes it."""
-    if not trainer.is_fsdp_enabled:
-        trainer.save_model(str(final))  # only the main process writes
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if ctx.is_main:
-        trainer.model.save_pretrained(str(final), state_dict=state)
-    trainer.accelerator.wait_for_everyone()
-
-
 def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     """Trains the configured model on the configured text, resuming from ``ctx.resume_from`` if set.
 
@@ -189,32 +149,46 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
         The folder of the final weights (``save_pretrained`` format, safetensors), or :class:`Stopped` when a
         signal or the deadline stopped training after a save.
     """
-    from transformers import set_seed
+    from transformers import Trainer, set_seed
 
-    from hpcrun.frameworks.transformers import HpcrunTrainer
+    from hpcrun.frameworks.transformers import hpcrun_trainer
+    from hpcrun.frameworks.transformers.trackers import tracker_callbacks
     from hpcrun.rundir.checkpoints import CheckpointDir
+    from hpcrun.rundir.state import read_state
 
     set_seed(cfg.train.seed)  # before the model is built: the random init depends on it
-    documents = load_corpus(cfg.data.corpus)
-    tokenizer = tokenizer_for(cfg, documents, ctx.run_dir, ctx.is_main)
     rd = RunDir(ctx.run_dir)
-    train_set, eval_set = token_blocks(documents, tokenizer, cfg.data.seq_len, cfg.data.eval_fraction,
-                                       cache=rd.task_file(TOKENS_FILE), key=stream_key(cfg.data.corpus, tokenizer),
-                                       write=ctx.is_main)
+    start_n = len(read_state(ctx.run_dir).get("starts", [])) or 1
+    report_to, tracking = tracker_callbacks(list(cfg.train.report_to), ctx.run_dir, cfg.run.name, start_n,
+                                           is_main=ctx.is_main)
+    args = training_arguments(cfg, ctx, report_to)
+    with args.main_process_first(desc="tokenizer and data"):  # rank 0 writes the caches the others then read
+        tokenizer = tokenizer_for(cfg, ctx.run_dir, ctx.is_main)
+        if cfg.data.format == "text":
+            train_set, eval_set = corpus_blocks(cfg, tokenizer, rd.task_file(TOKENS_DIR), write=ctx.is_main)
+            base, data_kwargs = Trainer, {}
+        else:
+            from trl import SFTTrainer
+
+            from hpcrun.tasks.sft import sft_data
+
+            train_set, eval_set = sft_data(cfg, tokenizer)
+            base, data_kwargs = SFTTrainer, {"processing_class": tokenizer}
     model = build_model(cfg, tokenizer)
 
     triggers = time_triggers(cfg, ctx)
     resume = ctx.resume_from
     if resume is not None:
         log.info("resuming from %s", resume.path)
-    trainer = HpcrunTrainer(
+    trainer = hpcrun_trainer(base)(
         model=model,
-        args=training_arguments(cfg, ctx),
+        args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        callbacks=[metrics_callback(rd.metrics), triggers],
+        callbacks=[metrics_callback(rd.metrics), triggers, *tracking],
         checkpoints=ctx.checkpoints or CheckpointDir(rd.checkpoints, cfg.checkpoint.keep_last),
         triggers=triggers,
+        **data_kwargs,
     )
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
@@ -226,7 +200,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     metrics = trainer.evaluate()
     log.info("eval loss %.4f", metrics["eval_loss"])
     final = rd.final
-    save_final(trainer, final, ctx)
+    save_final(trainer, final, ctx, cfg.model.lora)
     if ctx.is_main:
         tokenizer.save_pretrained(final)
         # The Trainer adds its arguments as a pickle; config.yaml holds them in the open, so keep final/ free of
@@ -234,3 +208,4 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
         (final / "training_args.bin").unlink(missing_ok=True)
         log.info("final weights in %s", final)
     return final
+

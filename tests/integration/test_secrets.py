@@ -49,11 +49,14 @@ def test_rendered_scripts_never_hold_the_secrets(hpcrun, tmp_path):
 
 @pytest.mark.training
 def test_a_local_run_writes_no_secret_anywhere_and_its_directory_is_private(hpcrun, tmp_path):
+    # with both trackers on (W&B offline): their files are under the run directory too
     out = hpcrun("+experiment=tiny_llama", "cluster=local", "train.max_steps=4", "checkpoint.save_every=1s",
-                 "run.dir=run", env=env_with_secrets())
+                 "run.dir=run", "train.report_to=[wandb,tensorboard]",
+                 env={**env_with_secrets(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert out.returncode == 0, out.stderr[-2000:]
     run = tmp_path / "run"
     assert (run / "final" / "model.safetensors").exists() and list(run.glob("checkpoints/step-*"))
+    assert list(run.glob("wandb/offline-run-*/run-*.wandb")) and list(run.glob("tensorboard/events.out.tfevents.*"))
     assert leaks(run) == []
     assert stat.S_IMODE(run.stat().st_mode) & 0o077 == 0  # no access for group or others
     assert stat.S_IMODE((run / "config.yaml").stat().st_mode) & 0o077 == 0

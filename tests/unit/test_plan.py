@@ -67,3 +67,23 @@ def test_bandwidths_parse_with_their_units_and_a_bare_number_is_refused():
     out = _plan("--bandwidth", "3", "+experiment=llama7b")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "hpcrun: error: --bandwidth='3' is invalid: expected a write bandwidth such as 2GB/s or 500MB/s"]
+
+
+# Published parameter counts of the shipped experiments' models (their hub model cards), counted here from the
+# architecture keys the experiments carry, without a download.
+PUBLISHED = {"llama7b": 6_738_415_616, "full_ft_1b": 1_100_048_384, "lora_sft_chat": 494_032_768}
+
+
+def test_every_shipped_experiment_is_plannable_offline_and_counts_its_models_published_parameters():
+    from hpcrun.config.compose import available
+    from hpcrun.resources import conf_dir
+
+    for experiment in available("experiment", [conf_dir()]):
+        out = _plan("--json", f"+experiment={experiment}", "cluster=greene")
+        assert out.returncode in (0, 1), (experiment, out.stderr)
+        plan = json.loads(out.stdout)
+        assert plan["parameters"] == PUBLISHED.get(experiment, plan["parameters"]) > 0, experiment
+        assert plan["fits"] is True, experiment  # each is sized for the GPUs it asks for
+    lora = json.loads(_plan("--json", "+experiment=lora_sft_chat", "cluster=greene").stdout)
+    assert 0 < lora["trained_parameters"] < 0.02 * lora["parameters"]
+    assert lora["checkpoint_bytes"] == 12 * lora["trained_parameters"]  # fp32 adapters and their AdamW moments

@@ -89,6 +89,8 @@ def test_the_login_side_never_imports_frameworks_tasks_or_torch():
         # The job side reaches the login side only through its entry points (what submitit pickles and what a local
         # run calls): hpcrun.job.entry, and hpcrun.job.probe for `hpcrun doctor`'s probe job; their imports are lazy.
         bad |= {t for t in targets if _package(t) in JOB and t not in ("hpcrun.job.entry", "hpcrun.job.probe")}
+        if mod == "hpcrun.plan":  # it forecasts the built-in task: that task's model, built lazily on the meta device
+            bad -= {"hpcrun.tasks.models"}
         assert not bad, f"{mod} imports {bad}"
         heavy = set(HEAVY) & g["external"][mod]
         if mod == "hpcrun.plan":  # `hpcrun plan` builds the model on the meta device: torch, lazily (docs/plan.md)

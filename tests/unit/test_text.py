@@ -1,15 +1,31 @@
-"""The built-in corpus and the offline tokenizer (job side)."""
+"""The corpus (every kind of file datasets reads), the memory-mapped token cache, and the offline tokenizer."""
 
 import gzip
+import json
+from types import SimpleNamespace
 
 import pytest
 
 from hpcrun.errors import ConfigError
-from hpcrun.tasks.text import corpus_files, load_corpus, token_blocks, train_bpe
+from hpcrun.resources import corpus_path
+from hpcrun.tasks.sources import check_corpus, resolve
+from hpcrun.tasks.text import train_bpe
+from hpcrun.tasks.tokens import TokenBlocks, corpus_blocks, open_stream, stream_key, texts
+
+
+def _shakespeare(n: int) -> str:
+    with gzip.open(corpus_path("shakespeare"), "rt", encoding="utf-8") as f:
+        return f.read(n)
+
+
+def _data(corpus, **kw):
+    base = dict(corpus=str(corpus), text_field="text", format="text", messages_field="messages", num_proc=None,
+                seq_len=32, eval_fraction=0.1)
+    return SimpleNamespace(data=SimpleNamespace(**{**base, **kw}))
 
 
 def test_the_builtin_corpus_is_real_english_shipped_with_the_package():
-    text = load_corpus("shakespeare")[0]
+    text = "".join(texts(resolve("shakespeare"), "text"))
     assert len(text) > 1_000_000
     assert "To be, or not to be" in text
     words = text.lower().split()
@@ -21,77 +37,115 @@ def test_a_folder_corpus_reads_txt_and_gz_files_in_order(tmp_path):
     with gzip.open(tmp_path / "a.txt.gz", "wt") as f:
         f.write("first")
     (tmp_path / "skip.md").write_text("not text")
-    assert load_corpus(str(tmp_path)) == ["first", "second"]
+    assert [p.name for p in resolve(str(tmp_path)).files] == ["a.txt.gz", "b.txt"]
+    assert list(texts(resolve(str(tmp_path)), "text")) == ["first", "second"]
 
 
-def test_a_missing_corpus_names_the_key(tmp_path):
+def test_corpus_kinds_and_bad_corpora_name_the_key(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "d.csv").write_text("text\na\n")
+    assert resolve(str(tmp_path / "d.jsonl")).kind == "json" and resolve(str(tmp_path / "d.csv")).kind == "csv"
+    assert resolve("someone/dataset").kind == "hub"
+    with pytest.raises(ConfigError, match="data.corpus=.*a folder of one kind of file"):
+        resolve(str(tmp_path))
     with pytest.raises(ConfigError, match="data.corpus=.*nope.*expected an existing file or folder"):
-        corpus_files(str(tmp_path / "nope"))
+        resolve(str(tmp_path / "nope"))
+    (tmp_path / "x.docx").write_text("")
+    with pytest.raises(ConfigError, match="data.corpus=.*x.docx"):
+        resolve(str(tmp_path / "x.docx"))
+
+
+def test_a_data_file_without_the_text_field_is_refused_on_the_login_node_naming_the_key(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"body": "a", "id": 1}\n')
+    with pytest.raises(ConfigError, match=r"data.text_field='text' is invalid: expected a column of d.jsonl "
+                                          r"\(it has: body, id\)"):
+        check_corpus(_data(tmp_path / "d.jsonl").data)
+    check_corpus(_data(tmp_path / "d.jsonl", text_field="body").data)
+    with pytest.raises(ConfigError, match="data.messages_field='messages'"):
+        check_corpus(_data(tmp_path / "d.jsonl", format="chat").data)
 
 
 def test_bpe_training_is_deterministic_and_round_trips_text():
-    docs = [load_corpus("shakespeare")[0][:200_000]]
-    a, b = train_bpe(docs, 1000), train_bpe(docs, 1000)
+    lines = _shakespeare(200_000).splitlines(keepends=True)
+    a, b = train_bpe(lines, 1000), train_bpe(lines, 1000)
     assert a.get_vocab() == b.get_vocab()
     sample = "Now is the winter of our discontent, café — 1603!"
     assert a.decode(a(sample)["input_ids"]) == sample  # byte-level: nothing is unknown
 
 
-def test_token_blocks_split_the_stream_into_train_and_eval():
-    docs = [load_corpus("shakespeare")[0][:100_000]]
-    tok = train_bpe(docs, 600)
-    train, evaluation = token_blocks(docs, tok, seq_len=64, eval_fraction=0.1)
-    assert len(train) > 5 * len(evaluation) > 0
-    item = train[0]
-    assert item["input_ids"].shape == (64,) and (item["labels"] == item["input_ids"]).all()
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "parquet", "saved"])
+def test_every_kind_of_corpus_gives_the_same_token_stream(tmp_path, kind):
+    docs = [_shakespeare(30_000)[i * 10_000:(i + 1) * 10_000] for i in range(3)]
+    tok = train_bpe("".join(docs).splitlines(keepends=True), 400)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if kind == "txt":
+        for i, d in enumerate(docs):
+            (folder / f"{i}.txt").write_text(d)
+    else:
+        import datasets
+
+        ds = datasets.Dataset.from_dict({"text": docs, "n": [0, 1, 2]})
+        {"jsonl": lambda: ds.to_json(str(folder / "d.jsonl")), "csv": lambda: ds.to_csv(str(folder / "d.csv")),
+         "parquet": lambda: ds.to_parquet(str(folder / "d.parquet")),
+         "saved": lambda: ds.save_to_disk(str(folder))}[kind]()
+    train, evaluation = corpus_blocks(_data(folder), tok, tmp_path / "tokens")
+    ids = [int(t) for b in range(len(train)) for t in train[b]["input_ids"]]
+    stream = []  # each document tokenized line by line, then EOS
+    for d in docs:
+        stream += [t for line in d.splitlines(keepends=True) for t in tok(line)["input_ids"]] + [tok.eos_token_id]
+    assert ids == stream[:len(ids)] and len(ids) > 0.8 * len(stream)  # the train blocks are the stream's head
+    assert train[0]["input_ids"].shape == (32,) and (train[0]["labels"] == train[0]["input_ids"]).all()
+    assert len(evaluation) > 0
 
 
-def test_the_token_cache_is_reused_only_for_the_same_corpus_and_tokenizer(tmp_path, caplog):
-    from hpcrun.tasks.text import stream_key, token_stream
+def test_the_token_cache_is_memory_mapped_and_reused_only_for_the_same_files_and_tokenizer(tmp_path):
+    import numpy as np
 
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(load_corpus("shakespeare")[0][:50_000])
-    docs = load_corpus(str(corpus))
-    tok = train_bpe(docs, 400)
-    cache = tmp_path / "tokens.safetensors"
-    key = stream_key(str(corpus), tok)
-    first = token_stream(docs, tok, cache, key, write=True)
-    assert cache.exists()
-    # Same key: the cached stream, not the documents (given as nothing here), is what comes back.
-    assert (token_stream([], tok, cache, key) == first).all()
-    # Another tokenizer, or a changed corpus file, is another key: tokenized again.
-    assert stream_key(str(corpus), train_bpe(docs, 300)) != key
-    corpus.write_text(corpus.read_text() + "more")
-    assert stream_key(str(corpus), tok) != key
-    assert len(token_stream([], tok, cache, "other")) == 0  # EOS-free empty stream: it did not use the cache
-    # A damaged cache is only a slower start.
-    cache.write_bytes(b"not safetensors")
-    assert (token_stream(docs, tok, cache, key) == first).all()
-    assert "ignoring the token cache" in caplog.text
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": _shakespeare(20_000)[i::4]}) + "\n" for i in range(4)))
+    tok = train_bpe(_shakespeare(20_000).splitlines(keepends=True), 400)
+    folder = tmp_path / "tokens"
+    corpus_blocks(_data(corpus), tok, folder)
+    key = stream_key(resolve(str(corpus)), "text", tok)
+    stream = open_stream(folder, key)
+    assert isinstance(stream, np.memmap) and json.loads((folder / "meta.json").read_text())["documents"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work files left
+    assert stream_key(resolve(str(corpus)), "text", train_bpe(["other text\n"] * 50, 300)) != key
+    assert stream_key(resolve(str(corpus)), "body", tok) != key
+    corpus.write_text(corpus.read_text() + json.dumps({"text": "more"}) + "\n")
+    assert stream_key(resolve(str(corpus)), "text", tok) != key
+    assert open_stream(folder, "other") is None
+
+
+def test_token_blocks_index_a_range_of_the_stream():
+    import numpy as np
+
+    blocks = TokenBlocks(np.arange(100, dtype=np.uint32), 8, start=10, end=50)
+    assert len(blocks) == 5 and blocks[1]["input_ids"].tolist() == list(range(18, 26))
+    with pytest.raises(IndexError):
+        blocks[5]
 
 
 def test_a_trained_bpe_is_shared_through_the_cache_and_each_run_keeps_its_own_copy(tmp_path, monkeypatch, caplog):
-    from types import SimpleNamespace
-
     from hpcrun.tasks.text import tokenizer_for
 
     caplog.set_level("INFO", logger="hpcrun")
     monkeypatch.setenv("HPCRUN_CACHE_DIR", str(tmp_path / "cache"))
     corpus = tmp_path / "c.txt"
-    corpus.write_text(load_corpus("shakespeare")[0][:50_000])
-    cfg = SimpleNamespace(data=SimpleNamespace(tokenizer="bpe", corpus=str(corpus), vocab_size=400))
-    docs = load_corpus(str(corpus))
+    corpus.write_text(_shakespeare(50_000))
+    cfg = SimpleNamespace(data=SimpleNamespace(tokenizer="bpe", corpus=str(corpus), vocab_size=400, text_field="text"))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first = tokenizer_for(cfg, docs, tmp_path / "a", is_main=True)
+    first = tokenizer_for(cfg, tmp_path / "a", is_main=True)
     assert "trained a 400-token" in caplog.text
     caplog.clear()
-    second = tokenizer_for(cfg, [], tmp_path / "b", is_main=True)  # no documents: it cannot have trained
+    second = tokenizer_for(cfg, tmp_path / "b", is_main=True)
     assert "from " + str(tmp_path / "cache" / "tokenizers") in caplog.text
     assert second.get_vocab() == first.get_vocab()
     assert (tmp_path / "a" / "tokenizer" / "tokenizer.json").exists() and (tmp_path / "b" / "tokenizer").is_dir()
     # Another vocabulary size is another tokenizer.
     caplog.clear()
-    tokenizer_for(SimpleNamespace(data=SimpleNamespace(tokenizer="bpe", corpus=str(corpus), vocab_size=300)), docs,
-                  tmp_path / "b2", is_main=False)
+    cfg.data.vocab_size = 300
+    tokenizer_for(cfg, tmp_path / "b2", is_main=False)
     assert "trained a 300-token" in caplog.text

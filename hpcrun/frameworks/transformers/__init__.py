@@ -2,6 +2,6 @@
 (:class:`TimeTriggerCallback`), and atomic ``step-N`` checkpoints (:class:`HpcrunTrainer`)."""
 
 from hpcrun.frameworks.transformers.callback import TimeTriggerCallback
-from hpcrun.frameworks.transformers.trainer import HpcrunTrainer
+from hpcrun.frameworks.transformers.trainer import HpcrunTrainer, hpcrun_trainer
 
-__all__ = ["HpcrunTrainer", "TimeTriggerCallback"]
+__all__ = ["HpcrunTrainer", "TimeTriggerCallback", "hpcrun_trainer"]

@@ -21,8 +21,11 @@ from hpcrun.rundir.checkpoints import CheckpointDir
 log = logging.getLogger("hpcrun")
 
 
-class HpcrunTrainer(Trainer):
-    """``Trainer`` with atomic checkpoints in ``checkpoints`` and the time triggers of ``triggers``."""
+class HpcrunTrainerMixin:
+    """Atomic checkpoints in ``checkpoints`` and the time triggers of ``triggers``, for ``Trainer`` or any subclass
+    (:func:`hpcrun_trainer`)."""
+
+    state: Any
 
     def __init__(self, *args: Any, checkpoints: CheckpointDir, triggers: Optional[TimeTriggerCallback] = None,
                  **kwargs: Any) -> None:
@@ -34,7 +37,7 @@ class HpcrunTrainer(Trainer):
     def _get_output_dir(self, trial: Any) -> str:
         if self._staging:
             return str(self.checkpoints.staging_root)
-        return super()._get_output_dir(trial)
+        return super()._get_output_dir(trial)  # type: ignore[misc]
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """The Trainer's own save, written into the staging folder of hpcrun's save sequence and committed there
@@ -46,6 +49,17 @@ class HpcrunTrainer(Trainer):
                              triggers=triggers, ledger=callback.ledger if callback else None, why=why):
             self._staging = True
             try:
-                super()._save_checkpoint(model, trial)
+                super()._save_checkpoint(model, trial)  # type: ignore[misc]
             finally:
                 self._staging = False
+
+
+class HpcrunTrainer(HpcrunTrainerMixin, Trainer):
+    """``Trainer`` with atomic checkpoints in ``checkpoints`` and the time triggers of ``triggers``."""
+
+
+def hpcrun_trainer(base: type) -> type:
+    """``base`` (a Trainer subclass, e.g. TRL's SFTTrainer) with hpcrun's atomic checkpoints and time triggers."""
+    if base is Trainer:
+        return HpcrunTrainer
+    return type(f"Hpcrun{base.__name__}", (HpcrunTrainerMixin, base), {})

@@ -1,0 +1,99 @@
+"""The built-in task beyond the tiny Llama, through a requeue on the real dev cluster: a pretrained GPT-2 folder on a
+JSON Lines dataset with LoRA and both trackers, and chat SFT through TRL. Each interrupted run ends with the weights
+of the same run trained straight through, bit for bit (docs/models-and-data.md, docs/sft.md, docs/trackers.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.builtin_data import make_builtin_work
+from tests.slurm import job_id_from, sacct_runs, timeout_signal_at_step, wait_for_end
+from tests.training import assert_same_weights, logged_steps, state
+from tests.wandb_files import wandb_history
+
+pytestmark = pytest.mark.training
+OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return make_builtin_work(tmp_path_factory.mktemp("builtin"))
+
+
+def gpt2_lora(work):
+    return ["+experiment=tiny_llama", "run.name=gpt2_lora", "model.type=null", f"model.name_or_path={work / 'gpt2'}",
+            "model.pretrained=true", "model.lora.r=4", "model.lora.target_modules=[c_attn,c_proj]",
+            f"data.corpus={work / 'text.jsonl'}", "data.text_field=body", "data.tokenizer=model", "data.seq_len=64",
+            "train.max_steps=40", "train.log_every=1", "train.batch_size=4", "train.warmup_steps=5",
+            "checkpoint.save_every=0", "train.report_to=[tensorboard,wandb]"]
+
+
+def chat_sft(work):
+    return ["+experiment=tiny_llama", "run.name=chat_sft", "model.type=null", f"model.name_or_path={work / 'gpt2'}",
+            "model.pretrained=true", f"data.corpus={work / 'chat.jsonl'}", "data.format=chat", "data.tokenizer=model",
+            "data.seq_len=64", "train.max_steps=30", "train.log_every=1", "train.batch_size=4",
+            "train.warmup_steps=5", "checkpoint.save_every=0"]
+
+
+def _straight(hpcrun, args, env=None):
+    out = hpcrun(*args, "cluster=local", "run.dir=straight", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _interrupted(hpcrun, tmp_path, args, step, env=None):
+    out = hpcrun(*args, "cluster=slurm", "run.dir=run", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    job = job_id_from(out.stdout)
+    timeout_signal_at_step(job, tmp_path / "run", step)
+    assert wait_for_end(job) == "COMPLETED"
+    assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]
+    st = state(tmp_path / "run")
+    assert st["status"] == "completed" and st["requeues"] == 1
+    return tmp_path / "run"
+
+
+def _tensorboard_steps(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars(tag)]
+    return steps
+
+
+def test_a_pretrained_gpt2_with_lora_on_jsonl_resumes_exactly_and_its_trackers_keep_one_run(
+        hpcrun, tmp_path, slurm_cluster, work):
+    args = gpt2_lora(work)
+    _straight(hpcrun, args, env=OFFLINE)
+    run = _interrupted(hpcrun, tmp_path, args, 12, env=OFFLINE)
+
+    assert_same_weights(run / "final", tmp_path / "straight" / "final")  # adapter_model.safetensors
+    assert (run / "final" / "adapter_config.json").exists() and not (run / "final" / "model.safetensors").exists()
+    assert logged_steps(run) == list(range(1, 41))
+    assert json.loads((run / "tokens" / "meta.json").read_text())["documents"] == 400
+    # TensorBoard: one folder across both starts, every step's loss once, the restart visible
+    tb = run / "tensorboard"
+    assert sorted(_tensorboard_steps(tb, "train/loss")) == list(range(1, 41))
+    assert len(_tensorboard_steps(tb, "hpcrun/start")) == 2
+    # W&B offline: both starts wrote to the one run id kept in the run directory
+    run_id = json.loads((run / "trackers.json").read_text())["wandb"]["run_id"]
+    folders, rows = wandb_history(run, run_id)
+    assert len(folders) == 2 == len(list((run / "wandb").glob("offline-run-*")))  # one per start, one id
+    assert [row["train/global_step"] for row in rows if "train/loss" in row] == list(range(1, 41))
+    assert sorted(row["hpcrun/start"] for row in rows if "hpcrun/start" in row) == [1, 2]
+
+
+def test_chat_sft_through_trl_resumes_exactly_with_the_loss_on_the_answers_only(hpcrun, tmp_path, slurm_cluster,
+                                                                                 work):
+    args = chat_sft(work)
+    _straight(hpcrun, args)
+    run = _interrupted(hpcrun, tmp_path, args, 10)
+    assert_same_weights(run / "final", tmp_path / "straight" / "final")
+    assert logged_steps(run) == list(range(1, 31))
+    log = (run / "logs" / "start-2.log").read_text()
+    assert "resuming from" in log and "GPT2LMHeadModel" in log

@@ -30,7 +30,8 @@ sft=(+experiment=tiny_llama run.name=sft model.type=null "model.name_or_path=$wo
      model.dtype=bfloat16 model.lora.r=8 "model.lora.target_modules=[c_attn,c_proj]" "data.corpus=$work/w/chat.jsonl"
      data.format=chat data.tokenizer=model data.seq_len=64 "train.max_steps=${SFT_STEPS:-2000}" train.log_every=10
      train.precision=bf16 train.batch_size=8 cluster=local run.dir=sft)
-hp "${sft[@]}" > "$out/sft-1.log" 2>&1 &
+# python itself in the background (not the hp function, whose subshell would take the signal and ignore it)
+"$py" -m hpcrun "${sft[@]}" > "$out/sft-1.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do [ "$(step sft/metrics.jsonl)" -ge "${STOP_AT:-300}" ] && break; sleep 0.2; done
 kill -INT "$pid"; wait "$pid"; echo "first start: exit $?, stopped at step $(step sft/metrics.jsonl)"

@@ -128,6 +128,23 @@ def calls(tmp_path, name: str) -> list:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def node_cpus() -> str:
+    """The dev cluster node's CPU count (a job that takes them all is preempted by any job that needs one)."""
+    return subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def preempt_at_step(job_id: str, run_dir, step: int) -> None:
+    """Once the run (on the preemptible partition, holding every CPU) logged ``step``: a job on the higher-priority
+    normal partition that needs the CPUs preempts it (SIGTERM, GraceTime=15); then skip the requeue hold."""
+    from tests.training import wait_for_step
+
+    wait_for_step(run_dir, step)
+    high = subprocess.run(["sbatch", "--parsable", "-p", "normal", "-c", node_cpus(), "-o", "/dev/null", "--wrap",
+                           "sleep 2"], capture_output=True, text=True, check=True).stdout.strip()
+    assert wait_for_end(high, timeout=120) == "COMPLETED"
+    release_when_requeued(job_id)
+
+
 def timeout_signal_at_step(job_id: str, run_dir, step: int) -> None:
     """Once the run logged `step`: the time-limit warning (`scancel --signal=USR2`), then skip the requeue hold."""
     from tests.training import wait_for_step

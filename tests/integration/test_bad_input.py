@@ -12,7 +12,7 @@ from tests.slurm import calls, counting_shims
 
 CASES = [
     # (arguments, what the one line must contain)
-    (["+experiment=llama8b"], "experiment='llama8b' is invalid; valid choices: llama7b, tiny_llama"),
+    (["+experiment=llama8b"], "experiment='llama8b' is invalid; valid choices: full_ft_1b, llama7b, lora_sft_chat, tiny_llama"),
     (["cluster=gren"], "cluster='gren' is invalid; valid choices: greene, local, slurm"),
     (["cluster=slurm", "train.max_step=10"], "train.max_step='10' is an unknown key; did you mean train.max_steps"),
     (["cluster=slurm", "checkpoint.save_every=30 mins"], "checkpoint.save_every='30 mins' is invalid"),

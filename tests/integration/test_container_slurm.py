@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import sys
 
-from tests.slurm import (job_id_from, release_when_requeued, sacct_runs, squeue_state, stand_in_runtime, timeout_signal_at_step,
-                         wait_for_end)
+from tests.slurm import (job_id_from, node_cpus, preempt_at_step, release_when_requeued, sacct_runs, squeue_state,
+                         stand_in_runtime, timeout_signal_at_step, wait_for_end)
 from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step, wait_until
 
 SLURM_COMMANDS = ("scontrol", "sacct", "squeue", "sbatch", "scancel", "sinfo", "srun")
@@ -55,18 +55,13 @@ def test_without_a_slurm_client_in_the_container_the_batch_script_requeues_and_t
 
 def test_without_a_slurm_client_a_real_preemption_requeues_within_the_grace_time_and_the_run_completes(
         hpcrun, tmp_path, slurm_cluster, reference_run):
-    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
     env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
-    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run", "cluster.partition=preemptible", f"cluster.cpus_per_task={cpus}",
-                 *_container(tmp_path), env=env)
+    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run", "cluster.partition=preemptible",
+                 f"cluster.cpus_per_task={node_cpus()}", *_container(tmp_path), env=env)
     assert out.returncode == 0, out.stderr
     job = job_id_from(out.stdout)
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 8)
-    high = subprocess.run(["sbatch", "--parsable", "-p", "normal", "-c", cpus, "-o", "/dev/null", "--wrap", "sleep 2"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    assert wait_for_end(high, timeout=120) == "COMPLETED"
-    release_when_requeued(job)
+    preempt_at_step(job, run_dir, 8)
     assert wait_for_end(job) == "COMPLETED"
 
     st = state(run_dir)

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.slurm import (job_id_from, release_when_requeued, sacct_runs, squeue_state, task_pids,
-                         timeout_signal_at_step, wait_for_end)
+from tests.slurm import (job_id_from, node_cpus, preempt_at_step, release_when_requeued, sacct_runs, squeue_state,
+                         task_pids, timeout_signal_at_step, wait_for_end)
 from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step, wait_until
 
 pytestmark = pytest.mark.training
@@ -54,15 +54,10 @@ def test_scontrol_requeue_like_an_admin_preemption_resumes_and_finishes(hpcrun, 
 
 def test_a_higher_priority_job_preempts_and_the_run_requeues_itself_within_the_grace_time(
         hpcrun, tmp_path, slurm_cluster, reference_run):
-    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
     job = _submit(hpcrun, *TINY, "cluster=slurm", "run.dir=run", "cluster.partition=preemptible",
-                  f"cluster.cpus_per_task={cpus}")
+                  f"cluster.cpus_per_task={node_cpus()}")
     run_dir = tmp_path / "run"
-    wait_for_step(run_dir, 8)
-    high = subprocess.run(["sbatch", "--parsable", "-p", "normal", "-c", cpus, "-o", "/dev/null", "--wrap", "sleep 2"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    assert wait_for_end(high, timeout=120) == "COMPLETED"
-    release_when_requeued(job)
+    preempt_at_step(job, run_dir, 8)
     assert wait_for_end(job) == "COMPLETED"
 
     first_end = state(run_dir)["starts"][0]["end"]

@@ -163,6 +163,7 @@ def compose(
     config_dirs: Sequence[str | os.PathLike] = (),
     cwd: Optional[Path] = None,
     command: Sequence[str] = (),
+    bases: Optional[dict] = None,
 ) -> Config:
     """Composes and checks a run's config.
 
@@ -172,6 +173,8 @@ def compose(
         cwd: the folder relative paths (``./conf``, ``run.dir``) are taken from; the working directory by default.
         command: ``hpcrun run -- COMMAND``'s command: the job runs it (task=command, hpcrun/tasks/command.py); its
             ``${KEY}`` arguments take config values; it is part of the run's identity.
+        bases: a dict kept across calls (a sweep's points): Hydra's composition of each distinct set of group choices
+            is made once and kept there, and each call applies its value overrides to a copy (:func:`_hydra_compose`).
 
     Hydra applies the group choices and hpcrun's own keys; the keys of the task's sections are applied after, once
     ``task.settings`` is known (:func:`_apply_task_overrides`), then everything is typed and checked.
@@ -183,12 +186,7 @@ def compose(
     Raises:
         ConfigError: an unknown key or choice, or a bad value; the message is one line naming both.
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
-    from hydra.core.plugins import Plugins
     from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     register()
@@ -203,18 +201,8 @@ def compose(
     # cluster.sbatch_extra is a free-form dict: its keys may or may not exist yet, so add-or-override them.
     hydra_overrides = [f"++{o}" if o.startswith("cluster.sbatch_extra.") else o for o in hydra_overrides]
 
-    Plugins.instance()  # registers Hydra's config sources (pkg://, file://, structured://)
-    search_path = ConfigSearchPathImpl()
-    search_path.append("hydra", "pkg://hydra.conf")
-    for d in dirs:
-        search_path.append("hpcrun", f"file://{d}")
-    search_path.append("schema", "structured://")
-    loader = ConfigLoaderImpl(config_search_path=search_path)
     try:
-        cfg = loader.load_configuration(config_name=PRIMARY, overrides=hydra_overrides + ([choice] if choice else []),
-                                        run_mode=RunMode.RUN)
-        with open_dict(cfg):
-            del cfg["hydra"]
+        cfg = _hydra_compose(dirs, hydra_overrides + ([choice] if choice else []), bases)
         if not any(o.split("=", 1)[0].lstrip("+~") == "run.id" for o in overrides):
             cfg.run.id = run_id(overrides, command)  # the user's overrides: task=custom chosen here is no part of it
         task, settings = task_settings(cfg, cwd)
@@ -233,6 +221,53 @@ def compose(
 
         check_runnable(typed.command.argv, typed, cwd)
     return typed
+
+
+def _hydra_compose(dirs: list[Path], overrides: Sequence[str], bases: Optional[dict] = None) -> Any:
+    """Hydra's composition of the primary config with ``overrides`` (its ``hydra`` node removed).
+
+    Hydra composes the defaults list (the group choices: ``+experiment=``, ``cluster=``, ``task=``, ...) into one
+    config and then applies the value overrides (``train.lr=...``) to it. With ``bases``, the first half is done once
+    per distinct set of group choices and kept there; each call applies its value overrides to a deep copy, as
+    Hydra itself would (``ConfigLoaderImpl._apply_overrides_to_config``, the function its loader ends with). A sweep's
+    points share their group choices: composing each point from scratch was nearly all of a sweep's time.
+    """
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.plugins import Plugins
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    groups = [o for o in overrides if _is_group(o.split("=", 1)[0].lstrip("+~"), dirs)]
+    values = [o for o in overrides if o not in groups]
+    key = (tuple(str(d) for d in dirs), tuple(groups))
+    base = bases.get(key) if bases is not None else None
+    if base is None:
+        Plugins.instance()  # registers Hydra's config sources (pkg://, file://, structured://)
+        search_path = ConfigSearchPathImpl()
+        search_path.append("hydra", "pkg://hydra.conf")
+        for d in dirs:
+            search_path.append("hpcrun", f"file://{d}")
+        search_path.append("schema", "structured://")
+        loader = ConfigLoaderImpl(config_search_path=search_path)
+        if bases is None:  # one composition: Hydra applies the value overrides itself
+            cfg = loader.load_configuration(config_name=PRIMARY, overrides=list(overrides), run_mode=RunMode.RUN)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            return cfg
+        base = loader.load_configuration(config_name=PRIMARY, overrides=groups, run_mode=RunMode.RUN)
+        with open_dict(base):
+            del base["hydra"]
+        bases[key] = base
+    cfg = copy.deepcopy(base)
+    if values:
+        parsed = OverridesParser.create().parse_overrides(values)
+        ConfigLoaderImpl.validate_sweep_overrides_legal(parsed, RunMode.RUN, True)
+        ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+    return cfg
 
 
 def _set_command(cfg: Any, command: Sequence[str], overrides: Sequence[str], cwd: Path, settings: Any) -> None:

@@ -87,7 +87,8 @@ def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = (), com
     from hpcrun.config.compose import compose
     from hpcrun.launch.prepare import inspect_run_dir
 
-    points = [Point(o, compose(o, config_dirs, command=command)) for o in expand(overrides)]
+    bases: dict = {}  # Hydra's composition of each distinct set of group choices, made once (compose's bases)
+    points = [Point(o, compose(o, config_dirs, command=command, bases=bases)) for o in expand(overrides)]
     dirs = [p.cfg.run.dir for p in points]
     if len(set(dirs)) != len(dirs):
         raise UserError("two sweep points share a run directory (run.dir is set explicitly?): "

@@ -61,13 +61,22 @@ class RunLock:
                        "since": time.time()}
         self._fd: Optional[int] = None
 
-    def holder_now(self) -> Dict[str, Any]:
-        """Who wrote the lock file last (the holder, while it is held)."""
-        try:
-            data = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+    def holder_now(self, wait: float = 1.0) -> Dict[str, Any]:
+        """Who wrote the lock file last (the holder, while it is held).
+
+        A holder writes itself into the file just after it took the lock: a process that finds the lock taken in
+        between reads an empty file. So an empty or torn file is read again, for up to ``wait`` seconds (found on a
+        fresh machine: two launches of one run started together, the second said "in use by a process on ?").
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                data = json.loads(self.path.read_text() or "{}")
+            except (OSError, ValueError):
+                data = {}
+            if (isinstance(data, dict) and data) or time.monotonic() >= deadline:
+                return data if isinstance(data, dict) else {}
+            time.sleep(0.02)
 
     def acquire(self, wait: float = 0.0) -> "RunLock":
         """Takes the lock, waiting up to ``wait`` seconds for it.

@@ -152,7 +152,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     from transformers import Trainer, set_seed
 
     from hpcrun.frameworks.transformers import hpcrun_trainer
-    from hpcrun.frameworks.transformers.trackers import tracker_callbacks
+    from hpcrun.frameworks.transformers.trackers import finish_trackers, tracker_callbacks
     from hpcrun.rundir.checkpoints import CheckpointDir
     from hpcrun.rundir.state import read_state
 
@@ -195,10 +195,12 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     log.info("trained to step %d in %.1f s this start", result.global_step, time.monotonic() - start)
     if triggers.stop_reason is not None and result.global_step < cfg.train.max_steps:
         signal = ctx.stop_flags.signal if ctx.stop_flags else None
+        finish_trackers()  # before the requeue kills this job's processes, W&B's writer among them
         return Stopped(step=result.global_step, reason=triggers.stop_reason, signal=signal)
 
     metrics = trainer.evaluate()
     log.info("eval loss %.4f", metrics["eval_loss"])
+    finish_trackers()
     final = rd.final
     save_final(trainer, final, ctx, cfg.model.lora)
     if ctx.is_main:

@@ -42,6 +42,26 @@ def test_a_second_owner_is_refused_with_who_holds_the_run(tmp_path):
         proc.wait()
 
 
+def test_a_process_that_finds_the_lock_just_taken_waits_for_the_holder_to_say_who_it_is(tmp_path):
+    import fcntl
+    import json
+    import threading
+
+    lock_file = RunLock(tmp_path / "run", "x").path
+    lock_file.parent.mkdir(parents=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # taken, its holder not written yet (the window between the two)
+    later = threading.Timer(0.3, lambda: os.pwrite(fd, json.dumps({"what": "hpcrun launching it", "pid": 1}).encode(),
+                                                   0))
+    later.start()
+    try:
+        with pytest.raises(RunBusy, match=r"in use by hpcrun launching it on \? \(pid 1\)"):
+            RunLock(tmp_path / "run", "another launch").acquire()
+    finally:
+        later.join()
+        os.close(fd)
+
+
 def test_a_lock_left_by_a_process_killed_with_sigkill_does_not_block_the_next_start(tmp_path):
     proc = _holder(tmp_path / "run")
     os.kill(proc.pid, signal.SIGKILL)

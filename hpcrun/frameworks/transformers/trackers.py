@@ -97,6 +97,19 @@ def tracker_callbacks(
     return report, callbacks
 
 
+def finish_trackers() -> None:
+    """Ends this start's W&B run, so that everything it logged is written before the process exits.
+
+    A start that stopped for a requeue is killed with its job's processes (``scontrol requeue``), W&B's writer
+    service among them: rows it had not written to ``<run_dir>/wandb`` yet were lost (seen on the dev cluster: a
+    whole first start's history, in offline mode). transformers' WandbCallback never ends its run itself.
+    TensorBoard's writer flushes at every log.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def wandb_run_id(run_dir: Path) -> str:
     """The run's one W&B run id: the one in ``trackers.json``, or (first start) a new one, stored before it is used.
 

@@ -22,6 +22,7 @@ from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
 
 log = logging.getLogger("hpcrun")
 Config = Any  # the composed config: run/cluster/checkpoint plus this task's model/data/train (hpcrun.tasks.settings)
+SFT_DATA_DIR = ".sft-data"  # <run.dir>/.sft-data/rank-R: datasets' Arrow files of the SFT records, per rank
 TRAINER_DIR = "trainer"  # the Trainer's own output_dir (hpcrun, not the Trainer, owns the checkpoints)
 
 
@@ -172,7 +173,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
 
             from hpcrun.tasks.sft import sft_data
 
-            train_set, eval_set = sft_data(cfg, tokenizer)
+            train_set, eval_set = sft_data(cfg, tokenizer, rd.task_file(SFT_DATA_DIR) / f"rank-{ctx.rank}")
             base, data_kwargs = SFTTrainer, {"processing_class": tokenizer}
     model = build_model(cfg, tokenizer)
 

@@ -16,6 +16,7 @@ tokenizes them at each start (its own ``datasets.map``): SFT data is small next 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Tuple
 
 from hpcrun.errors import ConfigError
@@ -39,10 +40,10 @@ def _split_conversation(messages: Any, field: str) -> dict:
     return {"prompt": turns[:last], "completion": [turns[last]]}
 
 
-def sft_data(cfg: Any, tokenizer: Any) -> Tuple[Any, Any]:
-    """The train and eval records, as TRL's prompt/completion datasets."""
-    import tempfile
-    from pathlib import Path
+def sft_data(cfg: Any, tokenizer: Any, work: Path) -> Tuple[Any, Any]:
+    """The train and eval records, as TRL's prompt/completion datasets; datasets' Arrow files of them in ``work``
+    (emptied first: one copy per rank, replaced at each start, never piling up in /tmp)."""
+    import shutil
 
     from hpcrun.tasks.sources import resolve
     from hpcrun.tasks.tokens import load_rows
@@ -55,7 +56,8 @@ def sft_data(cfg: Any, tokenizer: Any) -> Tuple[Any, Any]:
     source = resolve(d.corpus)
     if source.kind == "text":
         raise ConfigError("data.corpus", d.corpus, f"json, jsonl, csv or parquet records for data.format={d.format}")
-    rows = load_rows(source, Path(tempfile.mkdtemp(prefix="hpcrun-sft-")))
+    shutil.rmtree(work, ignore_errors=True)
+    rows = load_rows(source, work)
     if d.format == "chat":
         if d.messages_field not in rows.column_names:
             raise ConfigError("data.messages_field", d.messages_field,

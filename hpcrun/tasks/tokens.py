@@ -223,8 +223,7 @@ def corpus_blocks(cfg: Any, tokenizer: Any, folder: Path, write: bool = True) ->
     column = "text" if source.kind == "text" else d.text_field
     key = stream_key(source, column, tokenizer)
     stream = open_stream(folder, key)
-    if stream is None and write:
-        stream = build_stream(source, column, tokenizer, folder, key, d.num_proc)
-    elif stream is None:
-        stream = build_stream(source, column, tokenizer, Path(tempfile.mkdtemp()) / TOKENS_DIR, key, d.num_proc)
+    if stream is None:
+        target = folder if write else Path(tempfile.mkdtemp()) / TOKENS_DIR
+        stream = build_stream(source, column, tokenizer, target, key, d.num_proc)
     return token_blocks(stream, d.seq_len, d.eval_fraction)

@@ -8,6 +8,7 @@ depends on a clock: a requeued job, or the same command a week later, lands in t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any, Dict, Iterable, List, Sequence
@@ -25,19 +26,22 @@ def is_launch_key(key: str) -> bool:
 def canonical(overrides: Iterable[str]) -> List[tuple]:
     """(key, value) of each override with the value written the way Hydra's sweeper writes it (``1e-4`` becomes
     ``0.0001``), so a sweep point and the same single command have the same identity."""
+    return [_canonical(o) for o in overrides]
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical(override: str) -> tuple:
+    """(key, value) of one override (a sweep's points share most of theirs: each is parsed once)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    out = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        try:
-            (parsed,) = OverridesParser.create().parse_overrides([o])
-            value = parsed.get_value_element_as_str()
-        except (HydraException, ValueError):
-            pass  # compose reports unparseable overrides; here the raw text will do
-        out.append((key.lstrip("+~"), value))
-    return out
+    key, _, value = override.partition("=")
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+        value = parsed.get_value_element_as_str()
+    except (HydraException, ValueError):
+        pass  # compose reports unparseable overrides; here the raw text will do
+    return (key.lstrip("+~"), value)
 
 
 def command_hash(command: Sequence[str]) -> str:

@@ -225,6 +225,23 @@ def _check_section(node: Any, cls: type, prefix: str, keys: Mapping[str, Any]) -
             _check_section(value, sub, key, keys)
 
 
+def find_interpolations(tree: Any, prefix: str = "") -> Dict[str, str]:
+    """Every interpolation in a tree, unresolved: {dotted key: its text}."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    found: Dict[str, str] = {}
+    keys = tree.keys() if isinstance(tree, DictConfig) else range(len(tree))
+    for key in keys:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_interpolation(tree, key):
+            found[path] = str(tree._get_node(key)._value())
+            continue
+        child = tree._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_missing():
+            found.update(find_interpolations(child, path + "."))
+    return found
+
+
 def one_line(exc: BaseException) -> str:
     """OmegaConf's errors span several lines; keep the first and the key."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
@@ -235,13 +252,16 @@ def one_line(exc: BaseException) -> str:
     return first
 
 
-def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None) -> Config:
+def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None,
+          interpolations: Optional[Dict[str, str]] = None) -> Config:
     """The typed config of a tree (unchecked: :meth:`Config.check` is the caller's, after any last changes).
 
     Args:
         tree: a DictConfig (typed and resolved in place) or a plain mapping of a whole config.
         cwd: where the settings module is imported from (the working directory by default).
         settings: the settings class, when the caller already has it (else found from ``tree.task``).
+        interpolations: filled with every interpolation of the typed tree, before it is resolved ({dotted key:
+            its text}; the sections' defaults included).
     """
     from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
@@ -269,6 +289,8 @@ def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None) -> Config
             for name, (cls, defaults) in typed_sections.items():
                 if name not in tree or OmegaConf.get_type(tree, name) is not cls:
                     tree[name] = OmegaConf.merge(defaults, tree[name] if name in tree else {})
+        if interpolations is not None:
+            interpolations.update(find_interpolations(tree))
         OmegaConf.resolve(tree)
         typed = {name: OmegaConf.to_object(tree[name]) for name in typed_sections}
     except ValidationError as exc:

@@ -22,7 +22,7 @@ def prepare(text: str, index: int, job_id: str = "") -> Path:
     from hpcrun.rundir import RunDir
     from hpcrun.rundir.create import record_submission, refuse_another_run, refuse_foreign, write_run_dir
     from hpcrun.rundir.index import remember
-    from hpcrun.rundir.state import note_planned, read_state
+    from hpcrun.rundir.state import read_state
 
     docs = [d for d in yaml.safe_load_all(text) if d]
     if not 0 <= index < len(docs):
@@ -35,9 +35,8 @@ def prepare(text: str, index: int, job_id: str = "") -> Path:
     else:
         cfg.run.fresh = False
         write_run_dir(cfg, run_dir)
-        note_planned(run_dir, cfg)
         remember(run_dir)
     state = read_state(run_dir)
     if job_id and state.get("status") != "completed" and state.get("job_id") != job_id:
-        record_submission(run_dir, job_id)  # hpcrun status/cancel/logs find the job
+        record_submission(run_dir, job_id, cfg)  # hpcrun status/cancel/logs find the job
     return run_dir

@@ -78,21 +78,21 @@ def inspect_run_dir(cfg: Any) -> Prepared:
     return Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}")
 
 
-def write_prepared(cfg: Any, prepared: Prepared) -> None:
+def write_prepared(cfg: Any, prepared: Prepared, durable: bool = True, index: bool = True) -> None:
     """Writes what :func:`inspect_run_dir` decided: moves an old run aside for run.fresh, creates the run
-    directory with its config, and adds it to the user's index of runs."""
+    directory with its config, and adds it to the user's index of runs (``index=False``: the caller does, for
+    many runs at once)."""
     from hpcrun.rundir.create import move_aside, write_run_dir
     from hpcrun.rundir.index import remember
-    from hpcrun.rundir.state import note_planned
 
     run_dir = prepared.run_dir
     if cfg.run.fresh and RunDir(run_dir).is_run():
         aside = move_aside(run_dir)
         prepared.message = f"new run {cfg.run.name} (run.fresh=true: the previous one moved to {aside})"
         prepared.created = run_dir
-    write_run_dir(cfg, run_dir)
-    note_planned(run_dir, cfg)
-    remember(run_dir)
+    write_run_dir(cfg, run_dir, durable)
+    if index:
+        remember(run_dir)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from hpcrun.rundir import RunDir
 from hpcrun.rundir.index import SWEEP_FILE, read_sweep, write_sweep
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
+_WRITERS = 16  # threads writing run directories (file system waits, not Python, are most of it)
 
 
 def expand(overrides: Sequence[str]) -> List[List[str]]:
@@ -84,11 +85,11 @@ def _group_key(cfg: Any) -> str:
 
 def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = (), command: Sequence[str] = ()) -> Sweep:
     """Composes, checks and classifies every point (``command``: hpcrun run's); writes nothing."""
-    from hpcrun.config.compose import compose
+    from hpcrun.config.points import PointComposer
     from hpcrun.launch.prepare import inspect_run_dir
 
-    bases: dict = {}  # Hydra's composition of each distinct set of group choices, made once (compose's bases)
-    points = [Point(o, compose(o, config_dirs, command=command, bases=bases)) for o in expand(overrides)]
+    composer = PointComposer(config_dirs, command)  # each shape of point composed in full once (its docstring)
+    points = [Point(o, composer.compose(o)) for o in expand(overrides)]
     dirs = [p.cfg.run.dir for p in points]
     if len(set(dirs)) != len(dirs):
         raise UserError("two sweep points share a run directory (run.dir is set explicitly?): "
@@ -105,6 +106,7 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
     holds no submitted point is removed again."""
     from hpcrun.launch.prepare import write_prepared
     from hpcrun.rundir.create import make_dirs, record_submission, remove_new
+    from hpcrun.rundir.index import remember
     from hpcrun.slurm.jobs import chunks, max_array_size
 
     todo = [p for p in sweep.points if p.prepared.launchable]
@@ -119,11 +121,10 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
             groups.setdefault(_group_key(p.cfg), []).append(p)
         for members in groups.values():
             for chunk in chunks(members, limit):
-                for p in chunk:
-                    made = make_dirs(Path(p.cfg.run.dir))
-                    if p.prepared.kind == "new":
-                        p.prepared.created = made
-                    write_prepared(p.cfg, p.prepared)
+                _make_run_dirs(chunk)
+                _each(lambda p: write_prepared(p.cfg, p.prepared, durable=False, index=False), chunk)
+                remember(*(p.cfg.run.dir for p in chunk))
+                _durable(chunk)  # before sbatch: every task finds its config
                 try:
                     job_ids = launcher.launch_array([p.cfg for p in chunk], sweep.sweep_dir / RunDir.SLURM,
                                                     what=f"sbatch of an array of {_points(len(chunk))}")
@@ -140,11 +141,73 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
                 array_id = job_ids[0].split("_")[0]
                 for p, job_id in zip(chunk, job_ids):
                     p.job_id = job_id
-                    record_submission(Path(p.cfg.run.dir), job_id)
+                _each(lambda p: record_submission(Path(p.cfg.run.dir), p.job_id, p.cfg, durable=False), chunk)
+                _durable(chunk)
                 sweep.arrays.append({"job_id": array_id, "submitted_at": time.time(),
                                      "tasks": [p.cfg.run.dir for p in chunk]})
     _write_record(sweep.sweep_dir, record, sweep.arrays)
     return sweep
+
+
+def _make_run_dirs(chunk: List[Point]) -> None:
+    """Creates the points' run directories, their parents here in order (a failed array removes the points in
+    reverse, each up to the highest folder it created: remove_new), the run directories themselves in parallel."""
+    import os
+
+    from hpcrun.rundir.create import make_dirs
+
+    owner: Dict[Path, Optional[Path]] = {}
+    for p in chunk:
+        parent = Path(p.cfg.run.dir).parent
+        if parent not in owner:
+            owner[parent] = make_dirs(parent)
+            first = True
+        else:
+            first = False
+        p.prepared.created = owner[parent] if first else None
+
+    def leaf(p: Point) -> None:
+        run_dir = Path(p.cfg.run.dir)
+        try:
+            os.mkdir(run_dir, 0o700)
+        except FileExistsError:
+            return
+        if p.prepared.kind == "new" and p.prepared.created is None:
+            p.prepared.created = run_dir
+
+    _each(leaf, chunk)
+    for p in chunk:
+        if p.prepared.kind != "new":
+            p.prepared.created = None
+
+
+def _durable(chunk: List[Point]) -> None:
+    """Makes what was written for these points durable: one sync of each file system their runs are on."""
+    import os
+
+    from hpcrun.rundir.atomic import sync_filesystem
+
+    devices: Dict[int, Path] = {}
+    for p in chunk:
+        path = Path(p.cfg.run.dir)
+        devices.setdefault(os.stat(path).st_dev, path)
+    for path in devices.values():
+        sync_filesystem(path)
+
+
+def _each(write: Any, points: List[Point]) -> None:
+    """``write(point)`` for each point, several at once: each run directory's files are written and fsynced
+    apart from the others', and a file system serves many of them at once (a journal commits several fsyncs
+    together; a parallel file system's metadata servers create files in parallel). Raises the first error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(points) < 8:
+        for p in points:
+            write(p)
+        return
+    with ThreadPoolExecutor(max_workers=_WRITERS) as pool:
+        for _ in pool.map(write, points):
+            pass
 
 
 def _submitted_so_far(result: Sweep) -> str:

@@ -7,6 +7,7 @@ folder, or ``run.dir=$HOME``, is refused with one line instead of filling or ren
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -19,12 +20,40 @@ from hpcrun.rundir.state import read_state, write_state
 
 
 def config_yaml(cfg: Any) -> str:
-    """The YAML of a typed config (what ``config.yaml`` holds)."""
-    from omegaconf import OmegaConf
+    """The YAML of a typed config (what ``config.yaml`` holds): what ``OmegaConf.to_yaml`` writes (a string that
+    reads as a number or a boolean is quoted, so OmegaConf reads it back as a string), written by libyaml's emitter
+    when PyYAML has it (a sweep writes a thousand of these)."""
+    import yaml
 
     from hpcrun.config.compose import to_container
 
-    return OmegaConf.to_yaml(OmegaConf.create(to_container(cfg)))
+    # Each top-level section's block is written on its own and kept (by its repr, which tells 1, 1.0, '1' and True
+    # apart): a sweep's points share most of theirs.
+    parts = []
+    for name, value in to_container(cfg).items():
+        key = (name, repr(value))
+        text = _SECTION_YAML.get(key)
+        if text is None:
+            text = yaml.dump({name: value}, Dumper=_dumper(), default_flow_style=False, allow_unicode=True,
+                             sort_keys=False)
+            if len(_SECTION_YAML) < 1024:
+                _SECTION_YAML[key] = text
+        parts.append(text)
+    return "".join(parts)
+
+
+_SECTION_YAML: dict = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _dumper() -> type:
+    import yaml
+    from omegaconf._utils import OmegaConfDumper
+
+    base = getattr(yaml, "CDumper", yaml.Dumper)
+    dumper = type("ConfigDumper", (base,), {})
+    dumper.add_representer(str, OmegaConfDumper.str_representer)
+    return dumper
 
 
 def _looks_like_a_run(path: Path) -> bool:
@@ -141,8 +170,9 @@ def move_aside(run_dir: Path) -> Path:
     return aside
 
 
-def write_run_dir(cfg: Any, run_dir: Path) -> None:
-    """Creates the run directory if needed, marks it as a run, and saves the config in it.
+def write_run_dir(cfg: Any, run_dir: Path, durable: bool = True) -> None:
+    """Creates the run directory if needed, marks it as a run, and saves the config in it (``durable=False``: the
+    caller makes a batch durable at once, :func:`hpcrun.rundir.atomic.sync_filesystem`).
 
     The job reads ``config.yaml`` at every start: nothing about the run is baked into the submission, so a
     requeued job finds the same config and its newest checkpoint on disk. A new folder is private to the user
@@ -151,13 +181,22 @@ def write_run_dir(cfg: Any, run_dir: Path) -> None:
     refuse_foreign(run_dir)
     rd = RunDir(run_dir)
     rd.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not rd.marker.exists():
-        atomic_write(rd.marker, "hpcrun run directory: hpcrun may write, move and delete what is in it\n")
-    atomic_write(rd.config, config_yaml(cfg))
+    try:  # a run is marked by the marker's existence: the folder's fsync after config.yaml makes it durable
+        with open(rd.marker, "x") as f:
+            f.write("hpcrun run directory: hpcrun may write, move and delete what is in it\n")
+    except FileExistsError:
+        pass
+    atomic_write(rd.config, config_yaml(cfg), durable=durable)
 
 
-def record_submission(run_dir: Path, job_id: str) -> None:
-    """Notes the submitted job in the run's state (the job overwrites it with "running" when it starts)."""
+def record_submission(run_dir: Path, job_id: str, cfg: Any = None, durable: bool = True) -> None:
+    """Notes the submitted job in the run's state (the job overwrites it with "running" when it starts), and the
+    steps the run plans when the task's settings can tell before it starts (a settings class with
+    ``planned_steps()``), so ``hpcrun status`` shows ``0/N`` for a run still in the queue (the task's own word, in
+    the ledger, wins once it has started)."""
     state = read_state(run_dir)
     state.update(status="submitted", job_id=job_id, reason="")
-    write_state(run_dir, state)
+    planned = getattr(getattr(cfg, "settings", None), "planned_steps", None)
+    if callable(planned):
+        state["planned_steps"] = int(planned())
+    write_state(run_dir, state, durable=durable)

@@ -24,14 +24,15 @@ def index_path() -> Path:
     return Path(os.environ.get("HPCRUN_STATE_DIR") or os.path.join(base, "hpcrun")) / "runs.jsonl"
 
 
-def remember(run_dir: Path) -> None:
-    """Appends the run to the user's index of runs (one short line, appended: concurrent launches interleave
+def remember(*run_dirs: Path) -> None:
+    """Appends runs to the user's index of runs (one short line each, in one write: concurrent launches interleave
     whole lines, and a torn last line is skipped when read)."""
     path = index_path()
+    now = time.time()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
-            f.write(json.dumps({"time": time.time(), "run_dir": str(run_dir)}) + "\n")
+            f.write("".join(json.dumps({"time": now, "run_dir": str(d)}) + "\n" for d in run_dirs))
     except OSError:
         pass  # an unwritable home is no reason to fail a launch
 

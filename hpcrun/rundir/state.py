@@ -31,20 +31,8 @@ def read_state(run_dir: Path) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_state(run_dir: Path, state: Dict[str, Any]) -> None:
-    atomic_write_json(RunDir(run_dir).state, state)
-
-
-def note_planned(run_dir: Path, cfg: Any) -> None:
-    """Records the steps the run plans, when the task's settings can tell before it starts (a settings class with
-    ``planned_steps()``), so ``hpcrun status`` shows ``0/N`` for a run still in the queue. The task's own word,
-    in the ledger, wins once it has started."""
-    planned = getattr(getattr(cfg, "settings", None), "planned_steps", None)
-    if not callable(planned):
-        return
-    state = read_state(run_dir)
-    state["planned_steps"] = int(planned())
-    write_state(run_dir, state)
+def write_state(run_dir: Path, state: Dict[str, Any], durable: bool = True) -> None:
+    atomic_write_json(RunDir(run_dir).state, state, durable=durable)
 
 
 class RunState:

@@ -80,13 +80,15 @@ def test_collapsed_array_rows_count_for_each_of_their_tasks(tmp_path, monkeypatc
 def test_a_run_still_in_the_queue_shows_the_steps_its_settings_plan(tmp_path, monkeypatch):
     from hpcrun.config.compose import compose
     from hpcrun.launch.prepare import claimed
+    from hpcrun.rundir.create import record_submission
 
     monkeypatch.setenv("HPCRUN_STATE_DIR", str(tmp_path / "state"))
     cfg = compose(["+experiment=tiny_llama", "train.max_steps=70", f"run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    with claimed(cfg) as prepared:
+    with claimed(cfg) as prepared:  # as the Slurm launcher does: write, sbatch, record the job
         assert prepared.kind == "new"
-    row = run_status(tmp_path / "run", {})
-    assert (row.state, row.step, row.max_steps) == ("NEW", 0, 70)
+        record_submission(prepared.run_dir, "77", cfg)
+    row = run_status(tmp_path / "run", {"77": "PENDING"})
+    assert (row.state, row.step, row.max_steps) == ("PENDING", 0, 70)
 
 
 def test_a_run_whose_requeue_never_came_shows_stopped_and_how_to_continue(tmp_path):

@@ -206,6 +206,11 @@ class CheckpointConfig:
     deadline_margin: str = "2m"
     # How long a save is assumed to take until one has been measured.
     save_time_guess: str = "60s"
+    # Write periodic saves in the background: training waits only while the state is copied to CPU memory; the
+    # files, their fsync and the commit follow while it trains (docs/checkpointing.md). Saves that stop the run
+    # (a signal, the deadline) are always written before it stops. false: every save is written before training
+    # goes on.
+    async_save: bool = True
 
     @property
     def save_every_auto(self) -> bool:
@@ -332,6 +337,20 @@ GROUPS = ("cluster", "task", "model", "data", "experiment")
 _registered = False
 
 
+def login_name() -> str:
+    """$USER, else the account name of this process's uid."""
+    import os
+    import pwd
+
+    name = os.environ.get("USER")
+    if name:
+        return name
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        raise ValueError("USER is not set and this uid has no name in the password database: set USER") from None
+
+
 def register() -> None:
     """Stores hpcrun's sections in Hydra's ConfigStore, once per process; conf/hpcrun.yaml extends them.
 
@@ -346,6 +365,11 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     _registered = True
+    from omegaconf import OmegaConf
+
+    # ${hpcrun.user:}: the login name, for paths such as /scratch/${hpcrun.user:}: $USER, or, where USER is unset (a
+    # container, cron, a bare `env -i`), the password database's name for this uid: never a silent "unknown".
+    OmegaConf.register_new_resolver("hpcrun.user", login_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="hpcrun_schema", node=dict(SECTIONS))
     # hpcrun composes with Hydra's config loader but never runs Hydra's app machinery (launchers, sweepers, job

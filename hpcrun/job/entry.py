@@ -13,6 +13,7 @@ transient one is, within the budgets).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -79,6 +80,17 @@ def is_transient(exc: BaseException) -> bool:
     return type(exc).__name__ in ("DistNetworkError", "DistBackendError") or (
         isinstance(exc, RuntimeError) and any(m in text for m in markers)
     )
+
+
+def process_start_time() -> Optional[float]:
+    """When this process started, as a Unix time (Linux: /proc; None elsewhere)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def wait_for_start(run_dir: Path, job_id: Optional[str], restart: int, timeout: float = 600) -> dict:
@@ -165,6 +177,7 @@ class JobEntry:
         """One start of the run, with its lock held (rank 0)."""
         from hpcrun.job.deadline import job_times
         from hpcrun.job.signals import StopFlags, job_signals
+        from hpcrun.job.steps import take_background
         from hpcrun.rundir.checkpoints import CheckpointDir
         from hpcrun.rundir.ledger import Ledger
 
@@ -190,18 +203,32 @@ class JobEntry:
         ledger.event("start", job_id=ctx.job_id, restart=ctx.restart, alloc_start=alloc_start,
                      process_start=started, resumed_from=latest.step if latest else 0, end_time=end_time,
                      world_size=ctx.world_size)
+        interpreter = process_start_time() or started  # the Python process (the entry is called after imports)
+        if ctx.on_slurm and alloc_start and interpreter > alloc_start:
+            ledger.phase("launch", interpreter - alloc_start)  # Slurm's prolog, srun, a container's start
+        ledger.phase("interpreter", started - interpreter)
+        ledger.phase_mark = started
         if end_time is not None:
             log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
                      time.localtime(end_time)), source, end_time - time.time())
         flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
         triggers = self.triggers(cfg, state, latest, end_time, ledger)
+        if cfg.checkpoint.async_save:
+            from hpcrun.job.background import BackgroundSaves
+
+            triggers.writer = BackgroundSaves(ctx.rank, ctx.world_size)
         ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
                                   stop_flags=flags, triggers=triggers, ledger=ledger)
         try:
             faults.maybe_transient_error()
-            result = import_target(cfg.task._target_)(cfg, ctx)
+            task = import_target(cfg.task._target_)
+            ledger.phase("setup")  # config, lock, state, checkpoints, signals, the task's module
+            result = task(cfg, ctx)
+            take_background(triggers, ledger, checkpoints=checkpoints)  # complete before the run ends or requeues
         except Exception as exc:
             flags.uninstall()
+            with contextlib.suppress(Exception):  # a periodic save still being written: let it complete
+                take_background(triggers, ledger, checkpoints=checkpoints)
             return self._failed(cfg, ctx, state, exc)
         flags.uninstall()
         try:
@@ -225,7 +252,7 @@ class JobEntry:
             triggers.restore(CheckpointDir.read_state(latest))
         if not triggers.estimates.saves:  # e.g. the save we resume from was this run's first: the ledger has it
             for e in [e for e in read_ledger(state.run_dir) if e["event"] == "save"][-5:]:
-                triggers.estimates.add_save(float(e["seconds"]))
+                triggers.estimates.add_save(float(e.get("written", e["seconds"])))
 
         def chosen(seconds: float, why: str) -> None:
             log.info("checkpoint.save_every=auto: %s", why)

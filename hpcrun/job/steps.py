@@ -33,7 +33,7 @@ log = logging.getLogger("hpcrun")
 
 # How a full disk or quota shows through the writers: OSError's own words; torch's zip writer says "file write
 # failed" or "unexpected pos N vs M" (a short write); safetensors passes the OS error's text on.
-_FULL = ("No space left on device", "Disk quota exceeded", "file write failed")
+_FULL = ("No space left on device", "Disk quota exceeded", "file write failed", "unexpected pos")
 LOW_SPACE = 64 * 2**20  # less than this free where a save failed: the disk is full, whatever the writer said
 
 
@@ -50,6 +50,7 @@ def decide(triggers: Any, stop_flags: Any, is_main: bool, ledger: Any = None, st
     Returns:
         The decision; ``decision.why`` says which kind of save it asks for (periodic, deadline, signal).
     """
+    take_background(triggers, ledger, wait=False)  # a background save that finished: recorded now
     d = triggers.step_ended()
     signalled = stop_flags.pending() if stop_flags else None
     save, log_, evaluate, deadline, sig = share_max([
@@ -100,11 +101,47 @@ def disk_full(exc: BaseException, where: Any = None) -> bool:
     return False
 
 
+# Saves that may be written in the background (hpcrun.job.background): not one that stops the run (a signal, the
+# deadline: written before the job requeues or ends).
+BACKGROUND = ("periodic", "trainer")
+
+
+def take_background(triggers: Any, ledger: Any = None, wait: bool = True, checkpoints: Any = None) -> None:
+    """Records a background save that finished (``wait``: waits for the one in progress, if any) in the time
+    triggers and the ledger, as a synchronous save records itself; raises its error (a full disk as
+    :class:`~hpcrun.errors.DiskFullError`, its staging folder removed)."""
+    writer = getattr(triggers, "writer", None)
+    if writer is None:
+        return
+    step, checkpoints = writer.step, checkpoints or writer.checkpoints
+    try:
+        done = writer.wait() if wait else writer.poll()
+    except Exception as exc:  # noqa: BLE001 - only a full disk is turned into a DiskFullError
+        root = getattr(checkpoints, "root", None)
+        if not disk_full(exc, root):
+            raise
+        removed = checkpoints.clear_staging() if checkpoints is not None and writer.rank == 0 else []
+        raise DiskFullError(f"disk full while saving step {step} in {root} (written in the background: {exc}); "
+                            f"{'the half-written save was removed; ' if removed else ''}the earlier checkpoints are "
+                            "intact") from exc
+    if done is None:
+        return
+    triggers.written(done.seconds, done.blocked)
+    if ledger is not None:
+        ledger.save(done.step, done.began, done.blocked, done.why, written=done.seconds)
+    log.info("checkpoint step-%d written in the background: %.1f s in all, training blocked %.2f s", done.step,
+             done.seconds, done.blocked)
+
+
 @contextlib.contextmanager
 def checkpoint_save(checkpoints: Any, step: int, *, is_main: bool, triggers: Any, ledger: Any = None,
                     why: Optional[str] = None) -> Iterator[Path]:
     """Saves checkpoint ``step`` atomically, with every rank taking part: yields the staging folder, into which
     every rank writes its part inside the ``with`` block; on leaving it, rank 0 commits.
+
+    With a background writer (``triggers.writer``, checkpoint.async_save), a periodic save's torch.save and
+    safetensors writes are only copied out inside the block; writing them and the commit happen in the background
+    (:mod:`hpcrun.job.background`). Any save first waits for the previous background one.
 
     Args:
         checkpoints: the run's :class:`~hpcrun.rundir.checkpoints.CheckpointDir`.
@@ -119,18 +156,38 @@ def checkpoint_save(checkpoints: Any, step: int, *, is_main: bool, triggers: Any
         Any other error of the writer: the staging folder stays, and the next start removes it.
     """
     why = why or getattr(triggers, "save_why", "") or "periodic"
+    take_background(triggers, ledger, wait=True, checkpoints=checkpoints)  # never two saves at once
+    writer = getattr(triggers, "writer", None)
+    background = writer is not None and why in BACKGROUND
     started, wall = time.monotonic(), time.time()
     try:
         if is_main:
             checkpoints.clear_staging()
             checkpoints.staging(step).mkdir(parents=True)
         barrier()
-        yield checkpoints.staging(step)
-        barrier()  # every rank's part is written
-        pause = save_pause()
-        if pause:
-            log.warning("HPCRUN_FAULTS: pausing %.0f s before completing step-%d", pause, step)
-            time.sleep(pause)
+        if background:
+            from hpcrun.job.snapshots import capture_writes
+
+            with capture_writes(checkpoints.staging(step)) as writes:
+                yield checkpoints.staging(step)
+        else:
+            yield checkpoints.staging(step)
+        barrier()  # every rank's part is written (in the background: copied out)
+        if background:
+            extra = triggers.state()  # this moment's, as a synchronous save records it
+
+            def commit() -> None:
+                _pause_before_commit(step)
+                path = checkpoints.commit(step, extra_state=extra)
+                deleted = checkpoints.prune()
+                log.info("checkpoint %s complete%s", path.name,
+                         f"; deleted step {', '.join(map(str, deleted))}" if deleted else "")
+
+            writer.start(step, checkpoints.staging(step), writes, commit if is_main else (lambda: None), wall,
+                         time.monotonic() - started, why, started, time.monotonic, checkpoints=checkpoints)
+            triggers.handed_off()
+            return
+        _pause_before_commit(step)
         if is_main:
             path = checkpoints.commit(step, extra_state=triggers.state())
             deleted = checkpoints.prune()
@@ -149,3 +206,11 @@ def checkpoint_save(checkpoints: Any, step: int, *, is_main: bool, triggers: Any
     triggers.saved(seconds)
     if ledger is not None:
         ledger.save(step, wall, seconds, why)
+
+
+def _pause_before_commit(step: int) -> None:
+    """HPCRUN_FAULTS' pause (tests: a kill while a save is written leaves the previous checkpoint the newest)."""
+    pause = save_pause()
+    if pause:
+        log.warning("HPCRUN_FAULTS: pausing %.0f s before completing step-%d", pause, step)
+        time.sleep(pause)

@@ -54,6 +54,7 @@ class Estimates:
     window: int = 20
     steps: Deque[float] = field(default_factory=deque)
     saves: Deque[float] = field(default_factory=deque)
+    blocked: Deque[float] = field(default_factory=deque)  # of background saves: what training waited
 
     def add_step(self, seconds: float) -> None:
         self.steps.append(seconds)
@@ -64,6 +65,11 @@ class Estimates:
         self.saves.append(seconds)
         while len(self.saves) > 5:
             self.saves.popleft()
+
+    def add_blocked(self, seconds: float) -> None:
+        self.blocked.append(seconds)
+        while len(self.blocked) > 5:
+            self.blocked.popleft()
 
     @property
     def step(self) -> float:
@@ -170,6 +176,10 @@ class TimeTriggers:
         self.margin = margin
         self.estimates = Estimates(save_guess=save_guess)
         self._step_start: Optional[float] = None
+        # Where saves are written in the background (a hpcrun.job.background.BackgroundSaves; None: each save is
+        # written before training goes on), and since when one is being written.
+        self.writer: Any = None
+        self._writing_since: Optional[float] = None
 
     @classmethod
     def from_config(cls, cfg: Any, end_time: Optional[float], mtbf: Optional[float] = None) -> "TimeTriggers":
@@ -193,8 +203,11 @@ class TimeTriggers:
         """save_every=auto: recompute the interval from the current save-time estimate (at start, after saves)."""
         if not self.auto_save:
             return
-        measured = max(self.estimates.saves) if self.estimates.saves else None
+        # What a save costs training: the time it blocked it (a background save), else the whole save.
+        measured = max(self.estimates.blocked or self.estimates.saves) if self.estimates.saves else None
         seconds, why = auto_interval(measured, self.mtbf)
+        if self.estimates.blocked and seconds < self.estimates.save:  # never sooner than the last one is written
+            seconds, why = self.estimates.save, f"{why}; raised to the background save's {self.estimates.save:.0f}s"
         old = self.save_interval.seconds
         if old is None or abs(seconds - old) > 0.1 * old:
             self.save_interval.seconds = seconds
@@ -219,12 +232,16 @@ class TimeTriggers:
             d.reason = f"periodic save (every {self.save_interval.seconds:.0f}s)"
         left = self.time_left()
         if left is not None:
-            needed = seconds_needed_to_stop(self.estimates, self.margin)
+            # A save still being written in the background must finish before the final one can start.
+            writing = 0.0 if self._writing_since is None else \
+                max(0.0, self.estimates.save - (self.clock() - self._writing_since))
+            needed = seconds_needed_to_stop(self.estimates, self.margin) + writing
             if left < needed:
                 d.stop = d.save = True
                 d.reason = (
                     f"deadline: {left:.0f}s left < step {self.estimates.step:.1f}s + save "
                     f"{self.estimates.save:.1f}s + margin {self.margin:.0f}s"
+                    + (f" + the background save's remaining {writing:.1f}s" if writing else "")
                 )
         if d.log:
             self.log_interval.reset()
@@ -236,6 +253,21 @@ class TimeTriggers:
         """Records a finished save (periodic or final) and restarts the save interval."""
         self.estimates.add_save(seconds)
         self.save_interval.reset()
+        self.update_auto_interval()
+
+    def handed_off(self) -> None:
+        """A save's state is copied out and training goes on while it is written in the background: the save
+        interval restarts now, and the deadline counts the write until :meth:`written`."""
+        self.save_interval.reset()
+        self._writing_since = self.clock()
+
+    def written(self, seconds: float, blocked: float) -> None:
+        """A background save is complete, ``seconds`` after it began, of which training was blocked ``blocked``.
+        The deadline arithmetic keeps the whole time (the final save is written before the job ends); the auto
+        interval weighs what training lost (the blocked time)."""
+        self._writing_since = None
+        self.estimates.add_save(seconds)
+        self.estimates.add_blocked(blocked)
         self.update_auto_interval()
 
     def state(self) -> Dict[str, Any]:

@@ -14,6 +14,11 @@ Each start of a run is cut into segments (docs/goodput.md):
 
 goodput = training / allocated, where allocated = the sum of the starts' allocations.
 
+Each start's start-up is also shown by phase, as the job recorded them (ledger ``phase`` events): launch (the
+allocation's start to the Python process: Slurm's prolog, srun, a container), interpreter (Python and hpcrun's
+imports), setup (config, lock, state, checkpoints), imports (the task's: torch, transformers), data, model, trainer,
+checkpoint load (a resume; train setup on a first start), data position, and the first step itself.
+
 Submitting side: no torch. matplotlib only for ``--plot``.
 """
 
@@ -53,6 +58,8 @@ class StartReport:
     last_step: int
     end: str  # "completed", "requeued", ..., or "killed" (no end event)
     segments: List[Segment] = field(default_factory=list)
+    # Where the start-up went (the ledger's phase events, then the first step itself): [(name, seconds)]
+    phases: List[Tuple[str, float]] = field(default_factory=list)
 
     def total(self, kind: str) -> float:
         return sum(s.seconds for s in self.segments if s.kind == kind)
@@ -131,7 +138,7 @@ def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], nex
     resumed = int(head.get("resumed_from") or 0)
     report = StartReport(n=int(head["start"]), job_id=head.get("job_id"), alloc_start=a, alloc_end=e_,
                          times_from=times_from, resumed_from=resumed, last_step=max([s for _, s in steps], default=resumed),
-                         end=end_event["status"] if end_event else "killed")
+                         end=end_event["status"] if end_event else "killed", phases=_phases(events))
     if first is None:  # never trained: all start-up (or a failure before the first step)
         report.segments.append(Segment("startup", a, e_))
         return report
@@ -164,6 +171,16 @@ def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], nex
     if e_ > t:
         report.segments.append(Segment("other", t, e_))
     return report
+
+
+def _phases(events: List[Dict[str, Any]]) -> List[Tuple[str, float]]:
+    """The start-up phases one start recorded, in order, and its first step (from the last phase's end)."""
+    phases = [(str(e["name"]), float(e["seconds"])) for e in events if e["event"] == "phase"]
+    last = max((float(e["t"]) for e in events if e["event"] == "phase"), default=None)
+    first = next((float(e["t"]) for e in events if e["event"] == "first_step"), None)
+    if phases and last is not None and first is not None and first >= last:
+        phases.append(("first step", first - last))
+    return phases
 
 
 def _split(b: float, e: float, cut: float) -> List[Segment]:
@@ -272,8 +289,9 @@ def report_json(reports: Sequence[RunReport]) -> str:
     runs = []
     for r in reports:
         d = r.summary()
-        d["per_start"] = [{**{k: v for k, v in asdict(s).items() if k != "segments"},
-                           **{f"{k}_s": round(s.total(k), 2) for k in KINDS}} for s in r.starts]
+        d["per_start"] = [{**{k: v for k, v in asdict(s).items() if k not in ("segments", "phases")},
+                           **{f"{k}_s": round(s.total(k), 2) for k in KINDS},
+                           "startup_phases_s": {name: round(sec, 3) for name, sec in s.phases}} for s in r.starts]
         d["queue_waits_s"] = [round(w, 2) for w in r.queue_waits]
         runs.append(d)
     return json.dumps({"runs": runs, "total": totals(reports)}, indent=1)
@@ -293,6 +311,10 @@ def report_text(reports: Sequence[RunReport]) -> str:
             continue
         lines.append(f"  allocated        {format_human(alloc):>9}")
         lines.append(f"  to first step    {format_human(r.time_to_first_step or 0):>9}")
+        for s in r.starts:
+            if s.phases:
+                parts = ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases)
+                lines.append(f"    start {s.n}: {format_human(s.total('startup'))} start-up: {parts}")
         for k, label in (("startup", "start-up"), ("training", "training"), ("saving", "saving"),
                          ("lost", "lost (recomputed)"), ("other", "other")):
             lines.append(f"  {label:<17}{format_human(r.total(k)):>8} {_pct(r.total(k), alloc)}")

@@ -5,10 +5,13 @@ One JSON object per line, appended by global rank 0 only, each with ``event``, `
 
     start       the job (re)started: job_id, restart, alloc_start (when Slurm allocated the nodes, and its source),
                 resumed_from (the checkpoint's step), end_time
+    phase       a part of this start's start-up ended: name (launch, interpreter, setup, imports, data, model,
+                trainer, checkpoint load or train setup, data position), seconds
     first_step  the first optimizer step of this start ended: step
     progress    a training step ended: step (at most one a minute, and before every save)
     planned     the task says how many steps the run trains in all: steps (hpcrun status shows step N/steps)
-    save        a checkpoint was written: step, began, seconds (the time training was blocked), why
+    save        a checkpoint was written: step, began, seconds (the time training was blocked), why; a save
+                written in the background also written (seconds until it was complete) and background
     signal      a stop signal was noticed at a step boundary: signal, received_at
     deadline    the deadline stop fired: step, reason
     save_every  save_every=auto chose an interval: seconds, why
@@ -41,6 +44,7 @@ class Ledger:
         self._first_step_seen = False
         self._last_progress = float("-inf")
         self.last_step: Optional[int] = None  # the newest step this start recorded (for "trained to step N")
+        self.phase_mark: Optional[float] = None  # when the last start-up phase ended (Unix time)
 
     def event(self, event: str, t: Optional[float] = None, **fields: Any) -> None:
         if not self.writer:
@@ -65,12 +69,29 @@ class Ledger:
             self._last_progress = now
             self.event("progress", now, step=step)
 
+    def phase(self, name: str, seconds: Optional[float] = None) -> None:
+        """A start-up phase ended now: ``seconds`` long, or (None) since the previous phase ended."""
+        now = time.time()
+        if seconds is None and self.phase_mark is None:
+            self.phase_mark = now
+            return
+        if seconds is None:
+            seconds = now - (self.phase_mark or now)
+        self.event("phase", now, name=name, seconds=round(max(0.0, seconds), 3))
+        self.phase_mark = now
+
     def planned(self, steps: int) -> None:
         """The task's total number of steps (once per start; the task may change it between starts)."""
         self.event("planned", steps=int(steps))
 
-    def save(self, step: int, began: float, seconds: float, why: str) -> None:
-        self.event("save", began + seconds, step=step, began=began, seconds=round(seconds, 4), why=why)
+    def save(self, step: int, began: float, seconds: float, why: str, written: Optional[float] = None) -> None:
+        """A complete checkpoint: ``seconds`` training was blocked from ``began``; ``written``: a background
+        save's whole time, until the checkpoint was complete (the event's time)."""
+        if written is None:
+            self.event("save", began + seconds, step=step, began=began, seconds=round(seconds, 4), why=why)
+        else:
+            self.event("save", began + written, step=step, began=began, seconds=round(seconds, 4), why=why,
+                       written=round(written, 4), background=True)
 
 
 def read_ledger(run_dir: Path) -> List[Dict[str, Any]]:

@@ -157,6 +157,8 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     from hpcrun.rundir.checkpoints import CheckpointDir
     from hpcrun.rundir.state import read_state
 
+    phase = ctx.ledger.phase if ctx.ledger is not None else (lambda name: None)
+    phase("imports")  # torch, transformers (and what they pull in)
     set_seed(cfg.train.seed)  # before the model is built: the random init depends on it
     rd = RunDir(ctx.run_dir)
     start_n = len(read_state(ctx.run_dir).get("starts", [])) or 1
@@ -175,7 +177,9 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
 
             train_set, eval_set = sft_data(cfg, tokenizer, rd.task_file(SFT_DATA_DIR) / f"rank-{ctx.rank}")
             base, data_kwargs = SFTTrainer, {"processing_class": tokenizer}
-    model = build_model(cfg, tokenizer)
+    phase("data")  # the tokenizer and the tokenized data (read from the cache after the first start)
+    model = build_model(cfg, tokenizer, ctx.resume_from)
+    phase("model")
 
     triggers = time_triggers(cfg, ctx)
     resume = ctx.resume_from
@@ -191,6 +195,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
         triggers=triggers,
         **data_kwargs,
     )
+    phase("trainer")
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     log.info("trained to step %d in %.1f s this start", result.global_step, time.monotonic() - start)
@@ -203,7 +208,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     log.info("eval loss %.4f", metrics["eval_loss"])
     finish_trackers()
     final = rd.final
-    save_final(trainer, final, ctx, cfg.model.lora)
+    save_final(trainer, final, ctx, cfg.model)
     if ctx.is_main:
         tokenizer.save_pretrained(final)
         # The Trainer adds its arguments as a pickle; config.yaml holds them in the open, so keep final/ free of

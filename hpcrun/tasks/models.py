@@ -17,6 +17,7 @@ trained. FSDP wraps each of the model's own "no split" blocks (``_no_split_modul
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any, Dict, List, Optional
 
@@ -85,9 +86,10 @@ def architecture(m: Any, tokenizer: Any = None, vocab_size: Optional[int] = None
     return config
 
 
-def build_model(cfg: Any, tokenizer: Any) -> Any:
+def build_model(cfg: Any, tokenizer: Any, resume: Any = None) -> Any:
     """The model: pretrained weights or a random init (seeded by the caller), in ``model.dtype``; LoRA adapters on
-    top when ``model.lora.r`` is above 0."""
+    top when ``model.lora.r`` is above 0. ``resume``: the checkpoint whose weights the Trainer loads next (the log
+    says so)."""
     from transformers import AutoModelForCausalLM
 
     m = cfg.model
@@ -97,7 +99,7 @@ def build_model(cfg: Any, tokenizer: Any) -> Any:
         from hpcrun.tasks.text import load_pretrained
 
         model = load_pretrained(AutoModelForCausalLM.from_pretrained, "model.name_or_path", m.name_or_path,
-                                config=config, dtype=dtype)
+                                config=config, dtype=dtype, **quantized(m))
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -106,7 +108,13 @@ def build_model(cfg: Any, tokenizer: Any) -> Any:
         except ValueError as exc:  # a model type without a causal-LM head (bert, t5, ...)
             raise ConfigError("model.type", m.type or config.model_type, f"a causal LM architecture ({exc})") \
                 from None
-    if m.gradient_checkpointing and not cfg.train.fsdp:  # under FSDP, FSDP's own activation checkpointing
+    quantized_layers = sum(type(mod).__name__ in ("Linear4bit", "Linear8bitLt") for mod in model.modules())
+    if m.quantize:  # norms and embeddings in fp32, the input's gradient on, checkpointing as configured
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=m.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif m.gradient_checkpointing and not cfg.train.fsdp:  # under FSDP, FSDP's own activation checkpointing
         model.gradient_checkpointing_enable()
     kind = type(model).__name__
     n_params = sum(p.numel() for p in model.parameters())
@@ -115,9 +123,36 @@ def build_model(cfg: Any, tokenizer: Any) -> Any:
             model.enable_input_require_grads()
         model = with_lora(model, m.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model: %s, %.2f M parameters, %.2f M trained, %s (%s)", kind, n_params / 1e6, trainable / 1e6, m.dtype,
-             f"pretrained {m.name_or_path}" if m.pretrained else "random init")
+    log.info("model: %s, %.2f M parameters, %.2f M trained, %s%s (%s)", kind, n_params / 1e6, trainable / 1e6,
+             m.dtype, f", base quantized {m.quantize} ({quantized_layers} linear layers)" if m.quantize else "",
+             (f"pretrained {m.name_or_path}" if m.pretrained else "random init")
+             + (f"; the trained weights of {resume.path.name} are loaded next" if resume is not None else ""))
     return model
+
+
+def quantized(m: Any) -> Dict[str, Any]:
+    """from_pretrained's arguments for ``model.quantize`` (QLoRA's: NF4 with double quantization, computing in
+    ``model.dtype``; or 8-bit), on this process's device; {} when off. A one-line error when bitsandbytes is not
+    installed where the job runs."""
+    if not m.quantize:
+        return {}
+    import importlib.util
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # (see with_lora)
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.quantize", m.quantize, "bitsandbytes installed where the job runs "
+                          "(pip install 'hpcrun-slurm[qlora]')")
+    if m.quantize == "4bit":
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=torch_dtype(m.dtype))
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    device: Any = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": config, "device_map": {"": device}}
 
 
 def linear_module_names(model: Any) -> List[str]:
@@ -131,6 +166,9 @@ def linear_module_names(model: Any) -> List[str]:
 def with_lora(model: Any, lora: Any) -> Any:
     """The model with LoRA adapters (peft) on ``lora.target_modules``; a ConfigError naming the key when the model
     has no such module."""
+    # peft imports bitsandbytes when it is installed; on a CPU with AVX512-BF16 that warns it lacks an optional
+    # kernel package and falls back to its own CPU code, on every import: nothing a user can act on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from peft import LoraConfig, get_peft_model
 
     targets = lora.target_modules
@@ -168,11 +206,13 @@ def wrap_classes(config: Any) -> List[str]:
     return names
 
 
-def save_final(trainer: Any, final: Any, ctx: Any, lora: Any) -> None:
+def save_final(trainer: Any, final: Any, ctx: Any, m: Any) -> None:
     """The final weights as one save_pretrained folder (safetensors): the model, or with LoRA the adapter (and,
-    with ``model.lora.merge``, the merged model in ``final/merged``). Under FSDP with sharded state dicts the
-    Trainer's save_model writes nothing, so every rank takes part in gathering the full state dict (to CPU) and
-    rank 0 writes it."""
+    with ``model.lora.merge``, the merged model in ``final/merged``: with a quantized base, the adapter merged into
+    the base loaded again unquantized, in ``model.dtype``). Under FSDP with sharded state dicts the Trainer's
+    save_model writes nothing, so every rank takes part in gathering the full state dict (to CPU) and rank 0
+    writes it."""
+    lora = m.lora
     if not trainer.is_fsdp_enabled:
         trainer.save_model(str(final))  # only the main process writes (a PeftModel writes its adapter)
     else:
@@ -184,6 +224,14 @@ def save_final(trainer: Any, final: Any, ctx: Any, lora: Any) -> None:
         trainer.accelerator.wait_for_everyone()
     if lora.r and lora.merge and ctx.is_main:
         model = trainer.accelerator.unwrap_model(trainer.model)
+        if m.quantize:
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            base = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=torch_dtype(m.dtype))
+            if base.get_input_embeddings().num_embeddings < model.get_input_embeddings().num_embeddings:
+                base.resize_token_embeddings(model.get_input_embeddings().num_embeddings)
+            model = PeftModel.from_pretrained(base, str(final))
         merged = model.merge_and_unload()
         merged.save_pretrained(str(final / "merged"))
         log.info("merged model (base + adapters) in %s", final / "merged")

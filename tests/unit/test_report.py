@@ -68,3 +68,26 @@ def test_a_run_sums_its_starts_and_the_queue_wait_between_them(tmp_path):
     data = json.loads(report_json([r]))
     assert data["total"]["goodput"] == round(180 / 225, 4) and len(data["runs"][0]["per_start"]) == 2
     assert totals([r, r])["allocated_s"] == 450
+
+
+def test_each_start_shows_where_its_start_up_went_phase_by_phase_and_its_first_step():
+    from hpcrun.observe.report import report_text
+
+    events = [ev("start", 0, resumed_from=40), ev("phase", 0.1, name="launch", seconds=1.7),
+              ev("phase", 0.2, name="interpreter", seconds=0.9), ev("phase", 0.4, name="setup", seconds=0.4),
+              ev("phase", 2.4, name="imports", seconds=2.0), ev("phase", 2.5, name="data", seconds=0.1),
+              ev("phase", 2.8, name="model", seconds=0.3), ev("phase", 3.4, name="checkpoint load", seconds=0.6),
+              ev("first_step", 4.0, step=41), ev("end", 10, status="completed")]
+    r = start_segments(events, (T0 - 2.6, T0 + 10), None, "sacct")
+    assert [name for name, _ in r.phases] == ["launch", "interpreter", "setup", "imports", "data", "model",
+                                               "checkpoint load", "first step"]
+    assert r.phases[-1][1] == pytest.approx(0.6)  # the first step: after the last phase, to its end
+    assert sum(s for _, s in r.phases) == pytest.approx(r.total("startup"))  # the phases cover the start-up
+
+
+def test_a_save_written_in_the_background_counts_as_saving_only_while_it_blocked_training():
+    events = [ev("start", 0, resumed_from=0), ev("first_step", 10, step=1),
+              ev("save", 60, step=40, began=T0 + 50, seconds=0.5, why="periodic", written=10, background=True),
+              ev("progress", 100, step=90), ev("end", 101, status="completed")]
+    r = start_segments(events, (T0, T0 + 101), None, "ledger")
+    assert by_kind(r)["saving"] == 0.5 and by_kind(r)["training"] == pytest.approx(89.5)

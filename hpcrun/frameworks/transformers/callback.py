@@ -70,6 +70,7 @@ class TimeTriggerCallback(TrainerCallback):
         self.stop_reason: Optional[str] = None
         self.stop_step: Optional[int] = None
         self._save_started: Optional[float] = None
+        self._position_pending = False
         if triggers is not None:
             self.triggers = triggers
             return
@@ -86,10 +87,17 @@ class TimeTriggerCallback(TrainerCallback):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.triggers.step_started()
+        if self._position_pending and self.ledger is not None:
+            self._position_pending = False
+            self.ledger.phase("data position")  # the data loader, and the batches a resume skips
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.ledger is not None and state.is_world_process_zero and state.max_steps:
             self.ledger.planned(int(state.max_steps))
+        if self.ledger is not None and self.ledger.phase_mark is not None:
+            # train() up to here: the optimizer and scheduler made, and on a resume the checkpoint loaded
+            self.ledger.phase("checkpoint load" if state.global_step else "train setup")
+            self._position_pending = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         d = decide(self.triggers, self.stop_flags, state.is_world_process_zero, self.ledger, state.global_step)

@@ -79,6 +79,9 @@ def count_parameters(cfg: Any) -> Dict[str, int]:
         blocks = set(wrap_classes(config))
         block = next((mod for mod in model.modules() if type(mod).__name__ in blocks), None)
         total = sum(p.numel() for p in model.parameters())
+        output = model.get_output_embeddings()
+        linear = sum(mod.weight.numel() for mod in model.modules()  # what model.quantize quantizes
+                     if isinstance(mod, torch.nn.Linear) and mod is not output)
         trained, name = total, type(model).__name__
         if cfg.model.lora.r:
             from hpcrun.tasks.models import with_lora
@@ -87,9 +90,14 @@ def count_parameters(cfg: Any) -> Dict[str, int]:
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     hidden = getattr(config, "hidden_size", 0)
     return {"total": total, "layer": sum(p.numel() for p in block.parameters()) if block is not None else 0,
-            "trained": trained, "hidden": hidden, "vocab": config.vocab_size, "model": name,
+            "trained": trained, "hidden": hidden, "vocab": config.vocab_size, "model": name, "linear": linear,
             "layers": getattr(config, "num_hidden_layers", 0),
             "intermediate": getattr(config, "intermediate_size", None) or 4 * hidden}
+
+
+# Bytes per parameter of a bitsandbytes-quantized linear layer: NF4 with double quantization (4 bits, plus an 8-bit
+# scale per 64 values and an fp32 one per 256 scales), or LLM.int8 (one byte, plus a scale per row).
+QUANTIZED_BYTES = {"4bit": 0.5 + 1 / 64 + 4 / (64 * 256), "8bit": 1.0}
 
 
 @dataclass
@@ -161,8 +169,14 @@ def make_plan(cfg: Any, bandwidth: float, gpu_memory_gb: Optional[float] = None,
     lora = trained != n
     wt, kind_t = (4, "fp32") if lora else (w, kind)  # peft keeps the adapters in fp32 whatever the base's dtype
     what = "LoRA " if lora else ""
+    if cfg.model.quantize:  # bitsandbytes: the linear layers in 4 (NF4 + its scales) or 8 bits; the rest in fp32
+        q = QUANTIZED_BYTES[cfg.model.quantize]
+        linear = counts.get("linear", n)
+        weights = {f"base weights ({cfg.model.quantize} linear layers, fp32 rest)": q * linear + 4 * (n - linear)}
+    else:
+        weights = {"weights (fp32 master)" if w == 4 else f"weights ({kind})": w * n / shard}
     per_gpu = {
-        "weights (fp32 master)" if w == 4 else f"weights ({kind})": w * n / shard,
+        **weights,
         f"{what}gradients ({kind_t})": wt * trained / shard,
         f"{what}optimizer (AdamW, 2 x {kind_t})": 2.0 * wt * trained / shard,
     }

@@ -49,6 +49,23 @@ def write_gpt2(folder: Path, tokenizer: Path) -> Path:
     return folder
 
 
+def write_llama(folder: Path, tokenizer: Path) -> Path:
+    """A tiny Llama with random weights, saved as a pretrained folder: linear layers bitsandbytes can quantize (GPT-2's
+    are Conv1D)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                         max_position_embeddings=128, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def write_text_jsonl(path: Path, rows: int = 400, field: str = "body") -> Path:
     """JSON Lines of documents, their text in ``field``, with another column beside it."""
     rng = random.Random(1)
@@ -74,9 +91,11 @@ def write_chat_jsonl(path: Path, rows: int = 200) -> Path:
 
 
 def make_builtin_work(work: Path) -> Path:
-    """tokenizer/ (with a chat template), gpt2/ (a pretrained folder), text.jsonl and chat.jsonl under ``work``."""
+    """tokenizer/ (with a chat template), gpt2/ and llama/ (pretrained folders), text.jsonl and chat.jsonl under
+    ``work``."""
     tok = write_tokenizer(work / "tokenizer")
     write_gpt2(work / "gpt2", tok)
+    write_llama(work / "llama", tok)
     write_text_jsonl(work / "text.jsonl")
     write_chat_jsonl(work / "chat.jsonl")
     return work

@@ -27,6 +27,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZE = ("", "4bit", "8bit")
 DATA_FORMATS = ("text", "chat", "prompt_completion")
 
 
@@ -102,6 +103,10 @@ class ModelConfig:
     vocab_size: Optional[int] = None
     # LoRA adapters (model.lora.r above 0 turns them on).
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # QLoRA: load the pretrained base quantized with bitsandbytes, 4bit (NF4, double quantization, computing in
+    # model.dtype) or 8bit, frozen, and train LoRA adapters on it (needs model.lora.r above 0, model.pretrained=true
+    # and bitsandbytes where the job runs: pip install 'hpcrun-slurm[qlora]'). Empty: not quantized.
+    quantize: str = ""
 
     def check(self) -> None:
         for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -126,6 +131,14 @@ class ModelConfig:
         if self.dtype not in DTYPES:
             raise ConfigError("model.dtype", self.dtype, choices=DTYPES)
         self.lora.check()
+        if self.quantize not in QUANTIZE:
+            raise ConfigError("model.quantize", self.quantize, choices=[q for q in QUANTIZE if q] + ["'' (off)"])
+        if self.quantize and not self.pretrained:
+            raise ConfigError("model.quantize", self.quantize, problem="quantizes pretrained weights",
+                              hint="set model.pretrained=true and model.name_or_path")
+        if self.quantize and not self.lora.r:
+            raise ConfigError("model.quantize", self.quantize, problem="freezes the base model (QLoRA trains LoRA "
+                              "adapters on it)", hint="set model.lora.r, e.g. model.lora.r=16")
 
 
 @dataclass
@@ -262,6 +275,9 @@ class CausalLMSettings:
         if self.data.format != "text" and self.data.tokenizer == "bpe":
             raise ConfigError("data.tokenizer", self.data.tokenizer, f"a tokenizer with a chat template (model, or a "
                               f"path) for data.format={self.data.format}")
+        if self.model.quantize and self.train.fsdp:
+            raise ConfigError("train.fsdp", True, f"false with model.quantize={self.model.quantize} (a quantized base "
+                              "is not sharded here: train it with DDP, one full copy per GPU)")
         cluster = cfg.cluster
         if self.train.precision == "bf16" and cluster.launcher == "slurm" and cluster.gpus_per_node == 0:
             raise ConfigError("train.precision", self.train.precision,

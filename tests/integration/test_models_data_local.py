@@ -47,12 +47,17 @@ def test_a_data_file_without_the_text_field_is_refused_before_anything_is_made(h
      "model.lora.target_modules=['q_proj', 'attn_proj'] is invalid: expected module names of LlamaForCausalLM (no "
      "attn_proj; its linear layers: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj)"),
     (["@plain", "data.format=chat"], "data.tokenizer="),
-], ids=["model type", "lora target", "no chat template"])
+    (["@llama", "model.quantize=4bit", "model.lora.r=4"],  # bitsandbytes is not in the test environment itself
+     "model.quantize='4bit' is invalid: expected bitsandbytes installed where the job runs"),
+], ids=["model type", "lora target", "no chat template", "qlora without bitsandbytes"])
 def test_what_only_the_job_can_check_fails_the_run_at_its_start_without_a_requeue(args, fragment, hpcrun, tmp_path,
                                                                                    work):
     if args[0] == "@plain":  # chat data for a tokenizer without a chat template
         plain = write_tokenizer(tmp_path / "plain", chat=False)
         args = [f"data.tokenizer={plain}", f"data.corpus={work / 'chat.jsonl'}", *args[1:]]
+    if args[0] == "@llama":  # a pretrained folder to quantize
+        args = ["model.type=null", f"model.name_or_path={work / 'llama'}", "model.pretrained=true",
+                "data.tokenizer=model", *args[1:]]
     out = hpcrun(*SMALL, "run.dir=run", *args)
     _one_line(out, fragment)
     st = state(tmp_path / "run")

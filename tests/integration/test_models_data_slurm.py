@@ -1,10 +1,13 @@
 """The built-in task beyond the tiny Llama, through a requeue on the real dev cluster: a pretrained GPT-2 folder on a
-JSON Lines dataset with LoRA and both trackers, and chat SFT through TRL. Each interrupted run ends with the weights
-of the same run trained straight through, bit for bit (docs/models-and-data.md, docs/sft.md, docs/trackers.md)."""
+JSON Lines dataset with LoRA and both trackers, chat SFT through TRL, and QLoRA on a 4-bit base (bitsandbytes on
+the CPU). Each interrupted run ends with the weights of the same run trained straight through, bit for bit
+(docs/fine-tune.md, docs/sft.md, docs/trackers.md)."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +38,25 @@ def chat_sft(work):
             "model.pretrained=true", f"data.corpus={work / 'chat.jsonl'}", "data.format=chat", "data.tokenizer=model",
             "data.seq_len=64", "train.max_steps=30", "train.log_every=1", "train.batch_size=4",
             "train.warmup_steps=5", "checkpoint.save_every=0"]
+
+
+# bitsandbytes for the QLoRA jobs only (scripts/bootstrap installs it apart: beside the rest, peft would import it in
+# every other test's jobs too).
+QLORA_EXTRA = Path(__file__).resolve().parents[2] / ".venv" / "qlora-extra"
+
+
+def qlora_env():
+    if not (QLORA_EXTRA / "bitsandbytes").is_dir():
+        pytest.fail(f"bitsandbytes is not installed in {QLORA_EXTRA}: run scripts/bootstrap")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(QLORA_EXTRA), os.environ.get("PYTHONPATH")) if p)}
+
+
+def qlora(work):
+    return ["+experiment=tiny_llama", "run.name=qlora", "model.type=null", f"model.name_or_path={work / 'llama'}",
+            "model.pretrained=true", "model.quantize=4bit", "model.lora.r=8", "model.lora.merge=true",
+            f"data.corpus={work / 'text.jsonl'}", "data.text_field=body", "data.tokenizer=model", "data.seq_len=64",
+            "train.max_steps=30", "train.log_every=1", "train.batch_size=4", "train.warmup_steps=5",
+            "checkpoint.save_every=0"]
 
 
 def _straight(hpcrun, args, env=None):
@@ -97,3 +119,29 @@ def test_chat_sft_through_trl_resumes_exactly_with_the_loss_on_the_answers_only(
     assert logged_steps(run) == list(range(1, 31))
     log = (run / "logs" / "start-2.log").read_text()
     assert "resuming from" in log and "GPT2LMHeadModel" in log
+
+
+def test_qlora_on_a_4bit_base_resumes_exactly_and_merges_into_the_unquantized_base(hpcrun, tmp_path, slurm_cluster,
+                                                                                  work):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    args, env = qlora(work), qlora_env()
+    _straight(hpcrun, args, env=env)
+    run = _interrupted(hpcrun, tmp_path, args, 12, env=env)
+    assert_same_weights(run / "final", tmp_path / "straight" / "final")  # the adapter
+    assert logged_steps(run) == list(range(1, 31))
+    log = (run / "logs" / "start-2.log").read_text()
+    assert "resuming from" in log and "base quantized 4bit (14 linear layers)" in log  # 2 blocks x 7
+    # the checkpoint holds the adapter and its optimizer state, not the (quantized) base
+    adapter = load_file(run / "final" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    # merged: the adapter on the base loaded again in full precision, a plain model anyone can load
+    merged = AutoModelForCausalLM.from_pretrained(run / "final" / "merged")
+    base = AutoModelForCausalLM.from_pretrained(work / "llama")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    got, was = merged.state_dict()[name], base.state_dict()[name]
+    assert got.dtype == torch.float32 and not torch.equal(got, was)  # the adapter's update is in it
+    assert torch.equal(merged.state_dict()["model.layers.0.mlp.up_proj.weight"],
+                       base.state_dict()["model.layers.0.mlp.up_proj.weight"])  # no adapter there: the base's own

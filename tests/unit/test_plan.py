@@ -87,3 +87,23 @@ def test_every_shipped_experiment_is_plannable_offline_and_counts_its_models_pub
     lora = json.loads(_plan("--json", "+experiment=lora_sft_chat", "cluster=greene").stdout)
     assert 0 < lora["trained_parameters"] < 0.02 * lora["parameters"]
     assert lora["checkpoint_bytes"] == 12 * lora["trained_parameters"]  # fp32 adapters and their AdamW moments
+
+
+def test_a_4bit_base_is_planned_at_about_half_a_byte_a_linear_parameter_and_its_bad_settings_refused():
+    import pytest
+
+    from hpcrun.errors import ConfigError
+
+    plain = make_plan(compose(["+experiment=lora_sft_chat"]), GB)
+    q = make_plan(compose(["+experiment=lora_sft_chat", "model.quantize=4bit"]), GB)
+    (base,) = [v for k, v in q.per_gpu.items() if k.startswith("base weights (4bit")]
+    (bf16,) = [v for k, v in plain.per_gpu.items() if k.startswith("weights (bfloat16)")]
+    # Qwen2.5-0.5B: 358M parameters in linear layers (0.53 bytes each), 136M embeddings in fp32
+    assert 0.6 * GB < base < 0.8 * GB < bf16
+    assert q.checkpoint_bytes == plain.checkpoint_bytes  # the adapters and their AdamW state either way
+    for bad, key in ((["model.quantize=4bit", "model.lora.r=0"], "model.quantize"),
+                     (["model.quantize=4bit", "model.pretrained=false"], "model.quantize"),
+                     (["model.quantize=4bit", "train.fsdp=true"], "train.fsdp"),
+                     (["model.quantize=2bit"], "model.quantize")):
+        with pytest.raises(ConfigError, match=key):
+            compose(["+experiment=lora_sft_chat", *bad])

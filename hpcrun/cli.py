@@ -3,6 +3,7 @@
     hpcrun [-m] [--wait] [--config-dir DIR] [OVERRIDES...]   run here, or submit to Slurm (-m: a sweep, as arrays)
     hpcrun run [-m] [--wait] [OVERRIDES...] -- COMMAND [ARGS...]   the same, for a command of your own
     hpcrun render [OVERRIDES...]                              print the sbatch script that would be submitted
+    hpcrun config [OVERRIDES... | RUN]                        print the composed config (a run's: its config.yaml)
     hpcrun doctor [OVERRIDES...] [--no-probe] [--json]        whether saves and requeues work here, before you queue
     hpcrun plan [OVERRIDES...]                                parameters, memory per GPU, checkpoint size and time
     hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
@@ -36,6 +37,7 @@ MAIN_KEYS = (
 COMMAND_HELP = {
     "run": "run a command of your own (after --) as the job: saves, requeue and resume around it (docs/own-script.md)",
     "render": "print the exact sbatch script that would be submitted; submit nothing",
+    "config": "print the composed config of a command line, or a run's (its config.yaml); `--cfg job` does the same",
     "doctor": "before you queue: whether saves and requeues work on this cluster with this config (site, storage, "
               "a probe job)",
     "plan": "parameters, memory per GPU, checkpoint size and save time of a config, without a GPU or a download",
@@ -99,6 +101,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
                         help="an extra folder of configs, searched before ./conf and hpcrun's own (repeatable)")
 
 
+def _add_cfg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cfg", choices=("job", "all", "hydra"), metavar="job",
+                        help="print the composed config and exit, as Hydra's --cfg job does (= hpcrun config)")
+
+
 def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.ArgumentParser:
     if command is None:
         parser = _base_parser(PROG, "Train Hugging Face models on Slurm GPU clusters without losing wall-clock time.",
@@ -108,6 +115,7 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
         parser.add_argument("-m", "--multirun", action="store_true",
                             help="a sweep: every combination of the comma lists, one job array per sbatch call")
         parser.add_argument("--wait", action="store_true", help="after submitting, wait until every run has ended")
+        _add_cfg(parser)
         parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
         return parser
     parser = _base_parser(f"{PROG} {command}", COMMAND_HELP[command][0].upper() + COMMAND_HELP[command][1:] + ".")
@@ -122,6 +130,9 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
         parser.add_argument("-m", "--multirun", action="store_true",
                             help="a sweep: every combination of the comma lists, one job array per sbatch call")
         parser.add_argument("--wait", action="store_true", help="after submitting, wait until every run has ended")
+        _add_cfg(parser)
+    elif command == "config":
+        _add_overrides(parser)
     elif command == "render":
         _add_overrides(parser)
         parser.add_argument("--standalone", action="store_true",
@@ -170,20 +181,46 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
     return parser
 
 
-def _with_cluster(overrides: List[str]) -> List[str]:
-    """Adds the default cluster choice when the command line names none, and says why."""
+def _with_cluster(overrides: List[str], quiet: bool = False) -> List[str]:
+    """Adds the default cluster choice when the command line names none, and says why (unless ``quiet``)."""
     from hpcrun.launch.choose import default_cluster
 
     if any(o.split("=", 1)[0] == "cluster" for o in overrides):
         return overrides
     choice, reason = default_cluster()
-    say(f"cluster={choice} ({reason})")
+    if not quiet:
+        say(f"cluster={choice} ({reason})")
     return [f"cluster={choice}", *overrides]
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The composed config as config.yaml would hold it (every default filled in, interpolations resolved); with
+    one argument that is a run directory, that run's config.yaml."""
+    from hpcrun.config.compose import compose
+    from hpcrun.rundir import RunDir
+    from hpcrun.rundir.create import config_yaml
+
+    if len(args.overrides) == 1 and "=" not in args.overrides[0]:
+        rd = RunDir(Path(args.overrides[0]))
+        if not rd.config.is_file():
+            raise UserError(f"{args.overrides[0]} is not a run directory (no config.yaml)")
+        sys.stdout.write(rd.config.read_text())
+        return 0
+    if getattr(args, "multirun", False):
+        raise UserError("--cfg prints one config: leave out -m (hpcrun render --standalone -m shows a sweep's)")
+    sys.stdout.write(config_yaml(compose(_with_cluster(args.overrides, quiet=True), args.config_dir,
+                                         command=args.argv or ())))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hpcrun.launch.runner import launch, launch_sweep
 
+    if args.cfg == "hydra":
+        raise UserError("--cfg hydra: hpcrun has no hydra.* settings of its own; --cfg job (or hpcrun config) "
+                        "prints the run's config")
+    if args.cfg:
+        return cmd_config(args)
     argv = args.argv or ()
     overrides = _with_cluster(args.overrides)
     command = shlex.join([PROG, *sys.argv[1:]])
@@ -338,7 +375,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
-    None: cmd_run, "run": cmd_run_command, "render": cmd_render, "doctor": cmd_doctor, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
+    None: cmd_run, "run": cmd_run_command, "config": cmd_config, "render": cmd_render, "doctor": cmd_doctor, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
     "logs": cmd_logs, "cancel": cmd_cancel,
     "resume": cmd_resume, "wait": cmd_wait,
 }
@@ -370,7 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _parser(command, known.config_dir).parse_intermixed_args(rest)  # options anywhere
         args.argv = command_argv
-        if command_argv is not None and command not in ("run", "render", "plan", "doctor"):
+        if command_argv is not None and command not in ("run", "render", "plan", "doctor", "config"):
             raise UserError(f"hpcrun {command or ''} takes no command after --: hpcrun run ... -- COMMAND runs one"
                             .replace("hpcrun  ", "hpcrun "))
         return COMMANDS[command](args)

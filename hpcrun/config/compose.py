@@ -85,6 +85,8 @@ def _check_override(text: str, dirs: list[Path]) -> bool:
                 raise ConfigError(bare, v, choices=choices)
         if bare == "experiment" and not key.startswith("+"):
             raise ConfigError(key, value, f"+experiment={value} (experiments are added with a leading +)")
+        for v in value.split(","):
+            _check_header(bare, v, dirs)
         return True
     if bare.split(".", 1)[0] not in SECTIONS:
         return False
@@ -92,6 +94,30 @@ def _check_override(text: str, dirs: list[Path]) -> bool:
     if bare in keys or bare.startswith("cluster.sbatch_extra."):  # sbatch_extra is a free-form dict
         return True
     raise unknown_key(bare, value, keys)
+
+
+def _check_header(group: str, choice: str, dirs: list[Path]) -> None:
+    """Hydra reads a config's ``# @package`` line only among the file's first lines (before any other comment or
+    content): one further down is silently ignored, and the file's keys land under the wrong package with an error
+    that does not say why. Refused here, naming the file and the line."""
+    path = next((d / group / f"{choice}.yaml" for d in dirs if (d / group / f"{choice}.yaml").is_file()), None)
+    if path is None:
+        return
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return
+    header = True
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        is_directive = re.match(r"^#\s*@", text) is not None
+        if header and not is_directive:
+            header = False
+        if not header and re.match(r"^#\s*@package\b", text):
+            raise UserError(f"{path}: line {n}, {text!r}, comes after other lines, where Hydra ignores it: make it "
+                            "the file's first line")
 
 
 def _task_choice(overrides: Sequence[str]) -> Optional[str]:

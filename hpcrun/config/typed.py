@@ -242,6 +242,30 @@ def find_interpolations(tree: Any, prefix: str = "") -> Dict[str, str]:
     return found
 
 
+def _unresolvable(tree: Any, exc: BaseException) -> UserError:
+    """An interpolation that does not resolve (``${oc.env:USER}`` with USER unset, ``${no.such.key}``), named: the
+    key whose value it is, as written, and why; of several, the one the others fail through (``cluster.run_root``,
+    not ``run.dir`` which reads it)."""
+    import re
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    failing: Dict[str, Tuple[str, str]] = {}
+    for key, text in find_interpolations(tree).items():
+        try:
+            OmegaConf.select(tree, key)
+        except OmegaConfBaseException as inner:
+            reason = re.sub(r" \(key: [^)]*\)$", "", one_line(inner))
+            reason = reason.replace("KeyError raised while resolving interpolation: ", "").strip('"')
+            failing[key] = (text, reason)
+    for key, (text, reason) in failing.items():
+        if not set(re.findall(r"\$\{([\w.]+)\}", text)) & set(failing):
+            return ConfigError(key, text, problem=f"does not resolve ({reason})",
+                               hint="set what it reads, or give the key a value of its own")
+    return UserError(one_line(exc))
+
+
 def one_line(exc: BaseException) -> str:
     """OmegaConf's errors span several lines; keep the first and the key."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
@@ -303,7 +327,7 @@ def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None,
         raise ConfigError(str(exc.full_key), "???", problem="is missing",
                           hint=f"set it: {exc.full_key}=VALUE") from None
     except OmegaConfBaseException as exc:
-        raise UserError(one_line(exc)) from None
+        raise _unresolvable(tree, exc) from None
 
     extra: Dict[str, Any] = {}
     for name in tree:

@@ -70,7 +70,9 @@ def inspect_run_dir(cfg: Any) -> Prepared:
     state = read_state(run_dir)
     if state.get("status") == "completed":
         return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
-                        f"weights in {RunDir(run_dir).final}. Nothing to do (run.fresh=true starts over)")
+                        f"weights in {RunDir(run_dir).final}. Nothing to do: the same experiment and overrides are the "
+                        "same run wherever it runs (cluster.* is not part of it); run.name=NEW makes another run "
+                        "beside it, run.fresh=true trains this one again from scratch")
     job = _queued_job(state)
     if job:
         return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "

@@ -30,11 +30,12 @@ def launch(overrides: Sequence[str], config_dirs: Sequence[str], wait: bool = Fa
     launcher = launcher_for(cfg)
     launcher.check([cfg])  # the site's own limits, before anything is written
     with claimed(cfg) as prepared:
-        say(prepared.message)
         if not prepared.launchable:
+            say(prepared.message)
             return 0
-        if launcher.submits:
+        if launcher.submits:  # said once submitted: a refused sbatch is one line, the error's
             job_id = launcher.launch(cfg, prepared)
+        say(prepared.message)
     if not launcher.submits:
         return launcher.launch(cfg, prepared)  # the job's start takes the run's lock itself
     run_dir = prepared.run_dir

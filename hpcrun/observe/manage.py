@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,10 +35,50 @@ def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> in
             say(f"{run_dir} has no log yet (its job has not started)")
             return 0
     if follow:
-        # tail -F follows latest.log across restarts (the link is replaced at each start).
-        os.execvp("tail", ["tail", "-n", "+1", "-F", str(path)])
+        return _follow(run_dir, None if restart is None else path)
     sys.stdout.write(path.read_text(errors="replace"))
     return 0
+
+
+def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_slurm_every: float = 30.0) -> int:
+    """Prints the run's log as it grows, across restarts (a line marks each new start), until the run has ended:
+    its state is completed, failed or stopped, or its Slurm job is gone without a word (cancelled while
+    pending). ``only``: that one start's log."""
+    from hpcrun.rundir.state import FINISHED
+    from hpcrun.slurm.jobs import SLURM_ACTIVE, job_states
+
+    rd = RunDir(run_dir)
+    current: Optional[Path] = None
+    handle = None
+    asked = time.monotonic()
+    try:
+        while True:
+            target = only or (rd.latest_log.resolve() if rd.latest_log.exists() else None)
+            if target is not None and target != current:
+                if handle is not None:
+                    sys.stdout.write(handle.read())
+                    handle.close()
+                    sys.stdout.write(f"----- {target.name} (a new start) -----\n")
+                handle, current = open(target, errors="replace"), target
+            if handle is not None:
+                sys.stdout.write(handle.read())
+                sys.stdout.flush()
+            state = read_state(run_dir)
+            ended = state.get("status") in FINISHED
+            if not ended and state.get("job_id") and time.monotonic() - asked > ask_slurm_every:
+                asked = time.monotonic()
+                job = str(state["job_id"])
+                ended = job_states([job]).get(job) not in (*SLURM_ACTIVE, None)
+            if ended:
+                time.sleep(poll)  # the last lines written after the state
+                if handle is not None:
+                    sys.stdout.write(handle.read())
+                sys.stdout.flush()
+                return 0
+            time.sleep(poll)
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 def _job_ids(run_dirs: Sequence[Path]) -> List[str]:

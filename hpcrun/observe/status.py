@@ -118,6 +118,9 @@ def statuses(run_dirs: List[Path]) -> List[RunStatus]:
 
 
 COLUMNS = ("RUN", "STATE", "RESTARTS", "STEP", "CKPT AGE", "ELAPSED", "LEFT", "GOODPUT", "JOB")
+# States whose reason the table does not repeat under the row (--json always has it).
+QUIET_STATES = ("COMPLETED", "RUNNING", "PENDING", "REQUEUED", "NEW")
+REASON_WIDTH = 300
 COLOURS = {"COMPLETED": "32", "RUNNING": "36", "FAILED": "31", "CANCELLED": "33", "STOPPED": "33",
            "REQUEUED": "35", "PENDING": "2"}
 
@@ -141,6 +144,9 @@ def table(rows: List[RunStatus], colour: Optional[bool] = None) -> str:
             padded = row[1].ljust(widths[1])
             text = text.replace(padded, f"\033[{COLOURS[r.state]}m{padded}\033[0m", 1)
         lines.append(text)
+        if r.reason and r.state not in QUIET_STATES:  # why it failed or stopped, under its row
+            why = " ".join(r.reason.split())
+            lines.append(f"    why: {why[:REASON_WIDTH - 3] + '...' if len(why) > REASON_WIDTH else why}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,9 @@ call itself spends ~9 s trying to connect to a controller that is down, so the d
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import subprocess
 import time
@@ -103,7 +105,9 @@ def submit_with_retries(submit: Callable[[], T], what: str = "sbatch") -> T:
     started = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
-            return submit()
+            # submitit prints sbatch's stderr itself when sbatch fails; hpcrun's one line quotes its reason instead
+            with contextlib.redirect_stderr(io.StringIO()):
+                return submit()
         except submitit.core.utils.FailedSubmissionError as exc:
             # sbatch said something other than "Submitted batch job N" (a wrapper of the site's, --parsable):
             # nothing of this submission is recorded, and the user is told what sbatch said.

@@ -9,6 +9,8 @@ site first:
   exists (``cluster.partition``; unset: the partition marked ``Default=YES``), ``cluster.time`` is within its
   MaxTime, ``cluster.nodes`` within its nodes (TotalNodes, MaxNodes, MinNodes), and ``cluster.gpus_per_node`` within
   its GPUs (``gres/gpu`` of its TRES, over ``cluster.nodes`` nodes).
+* ONE ``scontrol --all --oneliner show node`` call: the processes per node times ``cluster.cpus_per_task`` within
+  the CPUs of the partition's largest node, and ``cluster.mem`` within its memory (RealMemory).
 * For a sweep, ONE ``sacctmgr show user withassoc`` call: the points to submit fit the association's MaxSubmitJobs
   (each array task counts as a job), less the jobs already queued (one ``squeue`` call, only when there is a limit).
 
@@ -96,6 +98,58 @@ class Partition:
             min_nodes=_count(f.get("MinNodes")) or 0,
             gpus=_tres_gpus(f.get("TRES", "")),
         )
+
+
+@dataclass(frozen=True)
+class Node:
+    """What ``scontrol show node`` says about one node."""
+
+    name: str
+    cpus: Optional[int]
+    memory_mb: Optional[int]
+    partitions: Tuple[str, ...]
+
+
+def parse_nodes(text: str) -> List[Node]:
+    """``scontrol --oneliner show node`` output."""
+    nodes = []
+    for line in text.splitlines():
+        if line.strip().startswith("NodeName="):
+            f = parse_fields(line.strip())
+            nodes.append(Node(f.get("NodeName", ""), _count(f.get("CPUTot")), _count(f.get("RealMemory")),
+                              tuple(p for p in f.get("Partitions", "").split(",") if p)))
+    return nodes
+
+
+def memory_mb(text: str) -> Optional[int]:
+    """``--mem`` as sbatch reads it (a number in megabytes, or with K, M, G or T) in megabytes; None: unreadable."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(text).upper())
+    if not m:
+        return None
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def _node_problem(cluster: Any, names: List[str], nodes: List[Node], by_default: bool) -> Optional[ConfigError]:
+    """Why no node of the partitions asked for can ever hold one node's share of the job (CPUs, memory)."""
+    members = [n for n in nodes if set(n.partitions) & set(names)]
+    where = ("the default partition " if by_default else "partition ") + ",".join(names)
+    cpus = [n.cpus for n in members if n.cpus is not None]
+    tasks = cluster.tasks_per_node or 1
+    if cpus and tasks * cluster.cpus_per_task > max(cpus):
+        most = max(cpus)
+        if cluster.cpus_per_task > most:
+            return ConfigError("cluster.cpus_per_task", cluster.cpus_per_task,
+                               f"at most {most} ({where}: its largest node has {most} CPUs)")
+        return ConfigError("cluster.tasks_per_node", tasks,
+                           f"at most {most // cluster.cpus_per_task} with cluster.cpus_per_task={cluster.cpus_per_task} "
+                           f"({where}: its largest node has {most} CPUs)")
+    mems = [n.memory_mb for n in members if n.memory_mb is not None]
+    wanted = memory_mb(cluster.mem) if cluster.mem else None
+    if mems and wanted is not None and wanted > max(mems):
+        return ConfigError("cluster.mem", cluster.mem, f"at most {max(mems)}M ({where}: its largest node has "
+                                                       f"{max(mems)} MB)")
+    return None
 
 
 def parse_partitions(text: str) -> Dict[str, Partition]:
@@ -281,5 +335,17 @@ def check_site_limits(cfgs: Sequence[Any], sweep: bool = False) -> None:
             if key not in seen:
                 seen.add(key)
                 check_request(c, partitions)
+        node_out = _ask(["scontrol", "--all", "--oneliner", "show", "node"])
+        nodes = parse_nodes(node_out) if node_out else []
+        seen = set()
+        for cfg in cfgs if nodes else []:
+            c = cfg.cluster
+            key = (c.partition, c.tasks_per_node, c.cpus_per_task, c.mem)
+            if key not in seen:
+                seen.add(key)
+                names, by_default = _partition_names(c, partitions)
+                problem = _node_problem(c, names, nodes, by_default)
+                if problem is not None:
+                    raise problem
     if sweep:
         check_job_limit(cfgs, partitions)

@@ -42,10 +42,11 @@ CASES = [
 ]
 
 
-# Requests only the cluster itself can judge (hpcrun/slurm/site.py asks it: ONE `scontrol show partition`
-# call; the dev cluster's partitions normal (default) and preemptible have MaxTime=7-00:00:00 and one node with 4
-# GPUs). sbatch itself accepts the first four and they pend forever (EnforcePartLimits=NO); it refuses the fifth,
-# but only after the run directory was made.
+# Requests only the cluster itself can judge (hpcrun/slurm/site.py asks it: ONE `scontrol show partition` and ONE
+# `scontrol show node` call; the dev cluster's partitions normal (default) and preemptible have MaxTime=7-00:00:00
+# and one node with 2 CPUs, 19284 MB and 4 GPUs). sbatch itself accepts most of these and they pend forever
+# (EnforcePartLimits=NO, reason PartitionConfig for the CPUs); the others it refuses only after the run directory
+# was made.
 SITE_CASES = [
     (["cluster=slurm", "cluster.time=8-00:00:00"],
      "cluster.time='8-00:00:00' is invalid: expected at most 7-00:00:00 (MaxTime of the default partition normal)"),
@@ -57,6 +58,12 @@ SITE_CASES = [
      "cluster.gpus_per_node=8 is invalid: expected at most 4 (the default partition normal has 4 GPUs on 1 node)"),
     (["cluster=slurm", "cluster.partition=nope"], "cluster.partition='nope' is invalid; valid choices: normal, "
                                                   "preemptible"),
+    (["cluster=slurm", "cluster.tasks_per_node=4", "cluster.cpus_per_task=2"],
+     "cluster.tasks_per_node=4 is invalid: expected at most 1 with cluster.cpus_per_task=2 (the default partition "
+     "normal: its largest node has 2 CPUs)"),
+    (["cluster=slurm", "cluster.mem=64G"],
+     "cluster.mem='64G' is invalid: expected at most 19284M (the default partition normal: its largest node has "
+     "19284 MB)"),
     (["-m", "cluster=slurm", "train.lr=1e-3,3e-4", "cluster.time=8-00:00:00"],
      "cluster.time='8-00:00:00' is invalid: expected at most 7-00:00:00"),
 ]
@@ -87,7 +94,8 @@ def test_a_request_the_cluster_can_never_run_is_refused_before_anything_is_writt
     before = {p.name for p in tmp_path.iterdir()}
     out = hpcrun(*args, env=shims)
     _check(out, fragment, tmp_path, before)
-    assert len(calls(tmp_path, "scontrol")) == 1  # one partition query per submission, a sweep included
+    # one partition query (and one node query once the partition checks passed) per submission, a sweep included
+    assert len(calls(tmp_path, "scontrol")) <= 2
 
 
 def _sacctmgr(*args: str) -> None:
@@ -124,8 +132,8 @@ def test_a_sweep_over_the_users_job_limit_is_refused_before_anything_is_submitte
     out = hpcrun("-m", "cluster=slurm", f"cluster.account={account}", "train.seed=0,1,2,3,4", env=shims)
     _check(out, f"cluster.account='{account}' allows user {user} at most 3 queued or running jobs (MaxSubmitJobs; "
                 "each array task counts as one), 0 already queued: this sweep would submit 5", tmp_path, before)
-    # One query of each kind: partitions, the user's associations, and (there being a limit) the user's queue.
-    assert [len(calls(tmp_path, c)) for c in ("scontrol", "sacctmgr", "squeue")] == [1, 1, 1]
+    # One query of each kind: partitions and nodes, the user's associations, and (there being a limit) the queue.
+    assert [len(calls(tmp_path, c)) for c in ("scontrol", "sacctmgr", "squeue")] == [2, 1, 1]
     queued = subprocess.run(["squeue", "-h", "-A", account], capture_output=True, text=True, timeout=60)
     assert queued.stdout.strip() == ""
 

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -28,8 +29,19 @@ def test_the_timeout_signal_saves_requeues_and_resumes_to_the_straight_runs_weig
         hpcrun, tmp_path, slurm_cluster, reference_run):
     job = _submit(hpcrun, *TINY, "cluster=slurm", "run.dir=run")
     run_dir = tmp_path / "run"
+    # `hpcrun logs -f`, started while the job is queued: it follows both starts and returns by itself at the end
+    follow = subprocess.Popen([sys.executable, "-m", "hpcrun", "logs", "-f", str(run_dir)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     timeout_signal_at_step(job, run_dir, 8)
     assert wait_for_end(job) == "COMPLETED"
+    try:
+        followed, err = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0, err
+    assert followed.count("----- start-2.log (a new start) -----") == 1 and "has been replaced" not in followed
+    assert "===== start 1 of run" in followed and "===== start 2 of run" in followed
+    assert any(f"final weights in {run_dir / 'final'}" in line for line in followed.splitlines()[-3:])  # to the end
 
     assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]  # the interrupted run never shows COMPLETED
     st = state(run_dir)

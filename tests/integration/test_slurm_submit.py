@@ -50,8 +50,9 @@ def test_sbatch_refusing_a_job_is_one_clear_line_and_leaves_no_run_directory(hpc
     # A GPU type no node has: hpcrun's own site checks do not look at GPU types, sbatch does.
     out = hpcrun("+experiment=tiny_llama", "cluster=slurm", "cluster.gpus_per_node=1", "cluster.gpu_type=v100")
     assert out.returncode == 2
-    last = out.stderr.strip().splitlines()[-1]
-    assert last == ("hpcrun: error: sbatch refused the job: sbatch: error: Batch job submission failed: "
-                    "Requested node configuration is not available")
+    # ONE line: no "new run" line before it, and not sbatch's raw error as well as hpcrun's
+    assert out.stderr.strip().splitlines() == [
+        "hpcrun: error: sbatch refused the job: sbatch: error: Batch job submission failed: Requested node "
+        "configuration is not available"], out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "runs" / "tiny_llama").exists()

@@ -85,3 +85,26 @@ def test_the_submitting_side_never_imports_torch_transformers_or_accelerate(args
                          env={"USER": "alice", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_cfg_job_and_hpcrun_config_print_the_composed_config_and_start_nothing(hpcrun, tmp_path):
+    """Hydra users reach for --cfg job: it prints what config.yaml would hold (as `hpcrun config` does) and exits;
+    `hpcrun config RUN_DIR` prints a run's own."""
+    import yaml
+
+    from hpcrun.config.compose import compose
+    from hpcrun.rundir.create import config_yaml
+
+    args = ["+experiment=tiny_llama", "cluster=local", "train.lr=1e-3"]
+    out = hpcrun(*args, "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == config_yaml(compose(args, cwd=tmp_path))
+    assert yaml.safe_load(out.stdout)["train"]["lr"] == 0.001
+    assert hpcrun("config", *args).stdout == out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run directory: nothing was started
+    run = tmp_path / "somerun"
+    run.mkdir()
+    (run / "config.yaml").write_text(out.stdout)
+    assert hpcrun("config", str(run)).stdout == out.stdout
+    bad = hpcrun(*args, "--cfg", "hydra")
+    assert bad.returncode == 2 and "hpcrun has no hydra.* settings" in bad.stderr

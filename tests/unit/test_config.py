@@ -2,6 +2,7 @@
 their settings (declared in a dataclass, or free-form)."""
 
 import copy
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -296,3 +297,39 @@ def test_a_settings_class_that_cannot_be_used_is_one_clear_line(project, setting
         compose(["task._target_=mytask.train", f"task.settings={settings}"], cwd=project)
     assert fragment in str(info.value) and "\n" not in str(info.value)
     assert not (project / "runs").exists()
+
+
+def test_an_interpolation_that_does_not_resolve_is_one_line_naming_its_key():
+    from hpcrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^run\.name='\$\{nope\}' does not resolve \(Interpolation key 'nope' "
+                                          r"not found\)"):
+        compose(["+experiment=tiny_llama", "run.name=${nope}"])
+    with pytest.raises(ConfigError, match=r"^run\.name='\$\{oc\.env:HPCRUN_NOT_SET_ANYWHERE\}' does not resolve"):
+        compose(["+experiment=tiny_llama", "run.name=${oc.env:HPCRUN_NOT_SET_ANYWHERE}"])
+
+
+def test_paths_under_the_users_name_take_the_login_name_even_where_user_is_unset(monkeypatch):
+    """cluster=greene puts runs under /scratch/<you>: with USER unset (a container, cron) the password database's
+    name for the uid, never a silent /scratch/unknown."""
+    import pwd
+
+    monkeypatch.setenv("USER", "alice")
+    assert compose(["+experiment=tiny_llama", "cluster=greene"]).cluster.run_root == "/scratch/alice/hpcrun/runs"
+    monkeypatch.delenv("USER")
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert compose(["+experiment=tiny_llama", "cluster=greene"]).cluster.run_root == f"/scratch/{me}/hpcrun/runs"
+
+
+def test_a_package_line_hydra_would_ignore_is_refused_naming_the_file_and_line(tmp_path):
+    """Hydra reads `# @package` only before any other line of the file: below a comment it is silently ignored."""
+    from hpcrun.errors import UserError
+
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    mine = tmp_path / "conf" / "experiment" / "mine.yaml"
+    mine.write_text("# conf/experiment/mine.yaml\n# @package _global_\nrun:\n  name: mine\n")
+    with pytest.raises(UserError, match=r"mine\.yaml: line 2, '# @package _global_', comes after other lines, "
+                                        r"where Hydra ignores it: make it the file's first line"):
+        compose(["+experiment=mine"], cwd=tmp_path)
+    mine.write_text("# @package _global_\n# conf/experiment/mine.yaml\nrun:\n  name: mine\n")
+    assert compose(["+experiment=mine"], cwd=tmp_path).run.name == "mine"

@@ -195,7 +195,7 @@ def test_unreachable_slurm_skips_the_checks(monkeypatch):
 def test_one_partition_query_for_a_whole_sweep_and_none_for_a_local_run(monkeypatch):
     asked = _fake_slurm(monkeypatch, {"scontrol": PARTITIONS, "sacctmgr": ASSOCIATIONS, "squeue": ""})
     check_site_limits(_points(3) + _points(2, partition="preemptible", time="2d"), sweep=True)
-    assert asked == ["scontrol", "sacctmgr"]
+    assert asked == ["scontrol", "scontrol", "sacctmgr"]  # partitions, nodes, the job limit: once for the sweep
     asked.clear()
     check_site_limits([SimpleNamespace(cluster=ClusterConfig())])
     assert asked == []
@@ -220,3 +220,25 @@ def test_render_asks_the_site_nothing(monkeypatch, capsys):
     monkeypatch.setattr(site_limits, "check_site_limits", refuse)
     assert cli.main(["render", "cluster=slurm", "cluster.time=8-00:00:00", "cluster.nodes=2"]) == 0
     assert "#SBATCH --time=8-00:00:00" in capsys.readouterr().out
+
+
+def test_nodes_parse_and_a_request_no_node_can_hold_names_the_key_to_change():
+    from hpcrun.slurm.site import _node_problem, memory_mb, parse_nodes
+
+    big = NODE.replace("NodeName=vm", "NodeName=big").replace("CPUTot=2", "CPUTot=48").replace(
+        "RealMemory=19284", "RealMemory=512000").replace("Partitions=normal,preemptible", "Partitions=gpu")
+    nodes = parse_nodes(NODE + "\n" + big + "\n")
+    assert [(n.name, n.cpus, n.memory_mb, n.partitions) for n in nodes] == [
+        ("vm", 2, 19284, ("normal", "preemptible")), ("big", 48, 512000, ("gpu",))]
+    assert [memory_mb(m) for m in ("64G", "500M", "1T", "2048", "1.5G", "lots")] == [65536, 500, 1048576, 2048, 1536,
+                                                                                      None]
+    assert _node_problem(_cluster(tasks_per_node=1, cpus_per_task=2), ["normal"], nodes, True) is None
+    too_many = _node_problem(_cluster(tasks_per_node=4, cpus_per_task=2), ["normal"], nodes, True)
+    assert str(too_many) == ("cluster.tasks_per_node=4 is invalid: expected at most 1 with cluster.cpus_per_task=2 "
+                             "(the default partition normal: its largest node has 2 CPUs)")
+    assert "cluster.cpus_per_task=3" in str(_node_problem(_cluster(cpus_per_task=3), ["normal"], nodes, False))
+    assert "cluster.mem='64G'" in str(_node_problem(_cluster(mem="64G"), ["normal"], nodes, True))
+    # the partition's largest node decides: 12 x 4 CPUs and 400 GB fit the 48-core node of gpu
+    assert _node_problem(_cluster(tasks_per_node=12, cpus_per_task=4, mem="400G"), ["gpu"], nodes, False) is None
+    # a partition list: a node of either partition will do
+    assert _node_problem(_cluster(tasks_per_node=8, cpus_per_task=2), ["normal", "gpu"], nodes, False) is None

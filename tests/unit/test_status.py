@@ -96,3 +96,19 @@ def test_a_run_whose_requeue_never_came_shows_stopped_and_how_to_continue(tmp_pa
     row = run_status(_run(tmp_path, "requeued"), {"5": "COMPLETED"})
     assert row.state == "STOPPED" and "without being requeued" in row.reason and "hpcrun resume" in row.reason
     assert run_status(tmp_path / "exp" / "default", {"5": "PENDING"}).state == "REQUEUED"
+
+
+def test_the_table_shows_why_a_run_failed_or_stopped_under_its_row():
+    from hpcrun.observe.status import RunStatus, table
+
+    def row(name, state, reason):
+        return RunStatus(run_dir=f"/r/{name}", name=name, id="default", state=state, recorded="", slurm_state=None,
+                         reason=reason, restarts=0, step=3, max_steps=10, last_checkpoint_step=None,
+                         last_checkpoint_age_s=None, elapsed_s=5.0, time_left_s=None, job_id="7", goodput=None)
+
+    text = table([row("ok", "COMPLETED", "trained to step 10"), row("bad", "FAILED", "ValueError: boom (a Python "
+                  "error is not requeued: it would repeat)")], colour=False)
+    lines = text.splitlines()
+    assert lines[1].startswith("ok/default") and lines[2].startswith("bad/default")
+    assert lines[3] == "    why: ValueError: boom (a Python error is not requeued: it would repeat)"
+    assert "trained to step" not in text  # a completed run's reason is not repeated

@@ -83,13 +83,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def process_start_time() -> Optional[float]:
-    """When this process started, as a Unix time (Linux: /proc; None elsewhere)."""
+    """When this process started, as a Unix time (Linux: /proc, to its 10 ms ticks; None elsewhere). The start is
+    counted in ticks since boot; the time since boot is read now (CLOCK_BOOTTIME), not from /proc/stat's btime,
+    which is whole seconds."""
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
 
 

@@ -8,6 +8,7 @@
     hpcrun plan [OVERRIDES...]                                parameters, memory per GPU, checkpoint size and time
     hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
     hpcrun report [RUN_OR_SWEEP] [--json] [--plot FILE.png]   where the allocated time went; goodput
+    hpcrun results SWEEP [--sort M] [--json|--csv] [--plot F]  one row per point: swept values, state, metrics
     hpcrun logs RUN [-f] [--restart N]                        a run's log
     hpcrun cancel RUN_OR_SWEEP                                scancel its jobs
     hpcrun resume RUN [OVERRIDES...]                          resubmit a stopped or failed run
@@ -43,6 +44,8 @@ COMMAND_HELP = {
     "plan": "parameters, memory per GPU, checkpoint size and save time of a config, without a GPU or a download",
     "status": "one line per run (a run or sweep directory, or your recent runs): state, restarts, step, ...",
     "report": "where a run's (or sweep's) allocated time went: start-up, training, saving, lost work; goodput",
+    "results": "one row per point of a sweep, best first: its swept values, state, step and final metrics (--plot: "
+               "the metric against a swept value)",
     "logs": "print a run's log (-f to follow; --restart N for an earlier start)",
     "cancel": "cancel the Slurm jobs of a run or a sweep (each saves before it stops)",
     "resume": "resubmit a stopped or failed run from its saved config (launcher keys may change)",
@@ -165,6 +168,15 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
         parser.add_argument("target", nargs="?", metavar="RUN_OR_SWEEP", help="default: your recent runs")
         parser.add_argument("--json", action="store_true", help="the figures as JSON (per run, per start, total)")
         parser.add_argument("--plot", metavar="FILE.png", help="also draw a timeline per run into FILE.png")
+    elif command == "results":
+        parser.add_argument("target", metavar="SWEEP")
+        parser.add_argument("--sort", metavar="METRIC", help="the metric to rank by (default eval_loss, else loss)")
+        parser.add_argument("--desc", action="store_true", help="largest first (an accuracy)")
+        out = parser.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help="every point and every metric as JSON")
+        out.add_argument("--csv", action="store_true", help="every point and every metric as CSV")
+        parser.add_argument("--plot", metavar="FILE.png", help="also draw the metric against a swept value")
+        parser.add_argument("--x", metavar="KEY", help="with --plot: the swept key on the x axis")
     elif command == "logs":
         parser.add_argument("target", metavar="RUN")
         parser.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
@@ -350,6 +362,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from hpcrun.observe.results import as_csv, as_json, plot, ranked, results, sort_metric, table
+
+    keys, rows = results(Path(args.target).expanduser().resolve())
+    metric = sort_metric(rows, args.sort)
+    rows = ranked(rows, metric, args.desc)
+    if args.json:
+        print(as_json(keys, rows, metric))
+    elif args.csv:
+        sys.stdout.write(as_csv(keys, rows))
+    else:
+        print(table(keys, rows, metric))
+    if args.plot:
+        x = plot(keys, rows, metric, Path(args.plot), args.x)
+        say(f"{metric} against {x} written to {args.plot}")
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from hpcrun.observe.manage import logs
 
@@ -375,7 +405,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
-    None: cmd_run, "run": cmd_run_command, "config": cmd_config, "render": cmd_render, "doctor": cmd_doctor, "plan": cmd_plan, "status": cmd_status, "report": cmd_report,
+    None: cmd_run, "run": cmd_run_command, "config": cmd_config, "render": cmd_render, "doctor": cmd_doctor, "plan": cmd_plan, "status": cmd_status, "report": cmd_report, "results": cmd_results,
     "logs": cmd_logs, "cancel": cmd_cancel,
     "resume": cmd_resume, "wait": cmd_wait,
 }

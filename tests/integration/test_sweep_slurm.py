@@ -69,6 +69,19 @@ def test_a_four_point_sweep_is_one_throttled_array_and_rerunning_it_submits_noth
     table = hpcrun("status", str(sweep), env=env).stdout
     assert table.splitlines()[0].split()[:2] == ["RUN", "STATE"] and table.count("COMPLETED") == 4
 
+    # hpcrun results: the four points, their swept values, and each one's last logged loss (its metrics.jsonl)
+    results = hpcrun("results", str(sweep), "--json", "--sort", "loss")
+    assert results.returncode == 0, results.stderr
+    data = json.loads(results.stdout)
+    assert data["swept"] == ["train.lr", "train.seed"] and len(data["points"]) == 4
+    losses = []
+    for point in data["points"]:
+        last = [json.loads(line) for line in (Path(point["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in line][-1]["loss"]
+        assert point["state"] == "COMPLETED" and point["metrics"]["loss"] == pytest.approx(float(last))
+        losses.append(point["metrics"]["loss"])
+    assert losses == sorted(losses)
+
     again = hpcrun(*args, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "submitted 0" in again.stdout and "skipped 4" in again.stdout

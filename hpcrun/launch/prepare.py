@@ -66,6 +66,10 @@ def inspect_run_dir(cfg: Any) -> Prepared:
         return Prepared(run_dir, "new", f"new run {cfg.run.name}", created=highest_missing(run_dir))
     if cfg.run.fresh:
         return Prepared(run_dir, "new", f"new run {cfg.run.name} (run.fresh=true: the previous one is moved aside)")
+    edited = _edited_version(cfg, run_dir)
+    if edited is not None:
+        return edited
+    run_dir = Path(cfg.run.dir)  # an edited config's own run (<run.id>.vN), when it has one
     refuse_another_run(cfg, run_dir)
     state = read_state(run_dir)
     if state.get("status") == "completed":
@@ -78,6 +82,36 @@ def inspect_run_dir(cfg: Any) -> Prepared:
         return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "
                         f"{job}: nothing submitted")
     return Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}")
+
+
+EDITED = ".v"  # <run.id>.v2, .v3, ...: the same command after its experiment's files changed
+
+
+def _edited_version(cfg: Any, run_dir: Path) -> Optional[Prepared]:
+    """The same command, but its config files were edited since the run was made (the composed training config
+    differs while the command line, hence ``run.id``, is the same): the run of this config beside the first,
+    ``<run.id>.v2`` (then .v3, ...), resumed when it exists, new otherwise; ``cfg.run.dir`` is set to it. None
+    when the training config is the same, or ``run.dir`` was set explicitly (that folder is then refused)."""
+    from hpcrun.rundir.create import describe_diffs, highest_missing, refuse_foreign, training_diffs
+
+    if run_dir.name != cfg.run.id or run_dir.parent.name != cfg.run.name:
+        return None  # run.dir given by hand: the user chose that folder
+    diffs = training_diffs(cfg, run_dir)
+    if not diffs:
+        return None
+    n = 2
+    while True:
+        version = run_dir.with_name(f"{run_dir.name}{EDITED}{n}")
+        refuse_foreign(version)
+        if not RunDir(version).is_run():
+            cfg.run.dir = str(version)
+            return Prepared(version, "new", f"new run {cfg.run.name} in {version}: the training config differs "
+                            f"from the run of the same command in {run_dir.name} ({describe_diffs(diffs)}: its "
+                            "config files changed), which is left as it is", created=highest_missing(version))
+        if not training_diffs(cfg, version):
+            cfg.run.dir = str(version)
+            return None  # that edit's own run: resumed (or complete, or queued) as any run
+        n += 1
 
 
 def write_prepared(cfg: Any, prepared: Prepared, durable: bool = True, index: bool = True) -> None:
@@ -124,7 +158,7 @@ def claimed(cfg: Any) -> Iterator[Prepared]:
     prepared: Optional[Prepared] = None
     try:
         prepared = inspect_run_dir(cfg)
-        if prepared.kind == "new":
+        if prepared.kind == "new" and prepared.run_dir == run_dir:  # (an edited config's run: its own folder)
             prepared.created = created
         if prepared.launchable:
             write_prepared(cfg, prepared)
@@ -133,7 +167,10 @@ def claimed(cfg: Any) -> Iterator[Prepared]:
         from hpcrun.errors import SubmissionUncertain
 
         if not isinstance(exc, SubmissionUncertain) and (prepared is None or prepared.kind == "new"):
-            remove_new(run_dir, created)  # the job may exist only when sbatch's answer was lost
+            # the job may exist only when sbatch's answer was lost
+            if prepared is not None and prepared.run_dir != run_dir:
+                remove_new(prepared.run_dir, prepared.created)
+            remove_new(run_dir, created)
         raise
     finally:
         lock.release()

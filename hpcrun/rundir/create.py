@@ -11,7 +11,7 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hpcrun.errors import UserError
 from hpcrun.rundir.atomic import atomic_write
@@ -92,8 +92,9 @@ def refuse_foreign(path: Path, key: str = "run.dir") -> None:
                         "<cluster.run_root>/<run.name>/<run.id>)")
 
 
-def refuse_another_run(cfg: Any, run_dir: Path) -> None:
-    """Raises UserError when ``run_dir/config.yaml`` is unreadable or holds another training config than ``cfg``."""
+def training_diffs(cfg: Any, run_dir: Path) -> List[str]:
+    """How ``cfg``'s training config differs from the one in ``run_dir/config.yaml`` (``key: old -> new``; [] for
+    none). Raises UserError when that file is unreadable."""
     import yaml
 
     from hpcrun.config.compose import to_container
@@ -106,10 +107,18 @@ def refuse_another_run(cfg: Any, run_dir: Path) -> None:
             raise ValueError("not a mapping")
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
-    diffs = training_differences(saved, to_container(cfg))
+    return training_differences(saved, to_container(cfg))
+
+
+def describe_diffs(diffs: List[str]) -> str:
+    return diffs[0] + (f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else "")
+
+
+def refuse_another_run(cfg: Any, run_dir: Path) -> None:
+    """Raises UserError when ``run_dir/config.yaml`` is unreadable or holds another training config than ``cfg``."""
+    diffs = training_diffs(cfg, run_dir)
     if diffs:
-        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise UserError(f"{run_dir} holds a run with another training config: {diffs[0]}{more}; resume it "
+        raise UserError(f"{run_dir} holds a run with another training config: {describe_diffs(diffs)}; resume it "
                         "unchanged, start over with run.fresh=true, or choose another run.dir")
 
 

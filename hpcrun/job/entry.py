@@ -61,9 +61,53 @@ def setup_logging(ctx: JobContext, start: Optional[int] = None) -> None:
         if ctx.is_main:
             rd.latest_log.unlink(missing_ok=True)
             rd.latest_log.symlink_to(path.name)
+        _tee_stdout(path)
     for h in handlers:
         h.setFormatter(fmt)
     logging.basicConfig(level=level, handlers=handlers, force=True)
+
+
+class _Tee:
+    """``sys.stdout`` that also appends what the task prints to this start's log, so that ``hpcrun logs`` shows a
+    task's own ``print()`` (on Slurm, stdout is otherwise only in slurm/<job>_<task>_log.out). Anything else (the
+    byte buffer, fileno, isatty) is the real stream's."""
+
+    def __init__(self, stream: Any, path: Path) -> None:
+        self.stream = stream
+        self.file = open(path, "a", buffering=1, errors="replace")
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        try:
+            self.file.write(text)
+        except (OSError, ValueError):  # a full disk or a closed file must not break the task's print
+            pass
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        try:
+            self.file.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _untee() -> None:
+    if isinstance(sys.stdout, _Tee):
+        sys.stdout.flush()
+        sys.stdout.file.close()
+        sys.stdout = sys.stdout.stream
+
+
+def _tee_stdout(path: Path) -> None:
+    previous = sys.stdout
+    if isinstance(previous, _Tee):  # a later start in the same process (local): the new start's log
+        previous.file.close()
+        previous = previous.stream
+    sys.stdout = _Tee(previous, path)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -155,6 +199,7 @@ class JobEntry:
         try:
             return self._start(cfg, ctx, started)
         finally:
+            _untee()  # (a local run: the command goes on printing to the terminal only)
             if lock is not None:
                 lock.release()
 

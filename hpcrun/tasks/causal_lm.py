@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Union
@@ -107,12 +108,14 @@ def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = ()) -> Any
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu and ctx.world_size > 1 else None,
         dataloader_num_workers=t.num_workers,
-        disable_tqdm=not ctx.is_main,
+        # A progress bar on a terminal only: in a log file its redraws are carriage returns (log lines say it there)
+        disable_tqdm=not (ctx.is_main and sys.stderr.isatty()),
     )
 
 
 def metrics_callback(path: Path) -> Any:
-    """A TrainerCallback that appends every log record (loss, lr, eval loss) to ``metrics.jsonl``."""
+    """A TrainerCallback that appends every log record (loss, lr, eval loss) to ``metrics.jsonl`` and logs it as one
+    readable line (``step 10/300: loss 8.116, grad_norm 1.886, learning_rate 0.0003, epoch 0.05405``)."""
     from transformers import TrainerCallback
 
     class MetricsToJsonl(TrainerCallback):
@@ -121,8 +124,39 @@ def metrics_callback(path: Path) -> Any:
                 record = {"step": state.global_step, "time": time.time(), **logs}
                 with path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                log.info("step %d/%d: %s", state.global_step, state.max_steps, log_line(logs))
 
     return MetricsToJsonl()
+
+
+def log_line(logs: dict) -> str:
+    """A log record's numbers as ``key value`` pairs, 4 significant digits (the Trainer's own printers write a dict
+    of strings)."""
+    parts = []
+    for key, value in logs.items():
+        if key == "total_flos":
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool)
+                     else f"{key} {value}")
+    return ", ".join(parts)
+
+
+def quiet_printers(trainer: Any) -> None:
+    """The Trainer's own printing of each log record (PrinterCallback's dict of strings, or the progress bar's)
+    gives way to :func:`metrics_callback`'s log line; on a terminal the bar itself stays; model saves draw no
+    progress bar into log files."""
+    from transformers import PrinterCallback, ProgressCallback
+    from transformers.utils import logging as hf_logging
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        class BarOnly(ProgressCallback):
+            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+                pass
+
+        trainer.add_callback(BarOnly())
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
 
 
 def time_triggers(cfg: Config, ctx: JobContext) -> Any:
@@ -195,6 +229,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
         triggers=triggers,
         **data_kwargs,
     )
+    quiet_printers(trainer)
     phase("trainer")
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)

@@ -45,3 +45,17 @@ def test_a_task_of_ones_own_reads_its_free_form_settings_and_status_shows_its_pr
     typo = hpcrun("task._target_=mytask.train", "+mytask.width=7", "+mytask.name=abc", "cluster=local",
                   "train.lrr=1", env=env)
     assert typo.returncode == 2 and "train.lrr" in typo.stderr.strip().splitlines()[-1]
+
+
+def test_what_a_task_prints_on_slurm_is_in_hpcrun_logs(hpcrun, tmp_path, slurm_cluster):
+    """print() in a task goes to the job's stdout (slurm/<job>_0_log.out) and to the start's log, which `hpcrun
+    logs` shows beside hpcrun's own lines."""
+    from tests.slurm import job_id_from, wait_for_end
+
+    (tmp_path / "printer.py").write_text("def train(cfg, ctx):\n    print('hello from the task', cfg.p.x)\n"
+                                         "    return 'done'\n")
+    out = hpcrun("task._target_=printer.train", "+p.x=42", "cluster=slurm", "run.dir=run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert wait_for_end(job_id_from(out.stdout)) == "COMPLETED"
+    logs = hpcrun("logs", str(tmp_path / "run"))
+    assert "hello from the task 42" in logs.stdout and "===== start 1 of run" in logs.stdout

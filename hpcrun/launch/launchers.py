@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, List, Sequence
 
 from hpcrun.console import say
-from hpcrun.errors import UserError
+from hpcrun.errors import JobError, UserError
 
 
 class LocalLauncher:
@@ -33,7 +33,12 @@ class LocalLauncher:
 
         run_dir = prepared.run_dir
         say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
-        result = JobEntry(run_dir)()
+        try:
+            result = JobEntry(run_dir)()
+        except UserError as exc:
+            if read_state(run_dir).get("status") == "failed":  # found at the run's start: a failed run, status 1
+                raise JobError(str(exc)) from None
+            raise  # refused before it started (another process holds the run, ...): status 2
         state = read_state(run_dir)
         if state.get("status") == "stopped":
             # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).

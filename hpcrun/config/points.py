@@ -195,18 +195,26 @@ class PointComposer:
         keys = [o.split("=", 1)[0] for o in overrides]
         if len(set(keys)) != len(keys) or any("${" in a for a in self.command):
             return None
+        if any(k.lstrip("+~") in ("run.id", "run.dir") for k in keys):
+            return None  # set by hand: compose keeps it, for every point (the sweep then refuses a shared one)
+        if any(re.search(r"\$\{\.", text) for text in interpolations.values()):
+            return None  # a relative reference (${.lr}): what it reads is not worked out here
         known = typed_keys(settings)
         convert: List[Optional[Callable[[Any], Any]]] = []
         for key in keys:
+            # (a key whose template value is an interpolation: another point's literal for it is composed in full)
             may_change = (not self._is_group(key.lstrip("+~")) and not key.startswith(("+", "~"))
-                          and key not in ("run.id", "run.dir") and key.split(".", 1)[0] != "task"
+                          and key.split(".", 1)[0] != "task" and key not in interpolations
                           and key in known and _is_field(cfg, key))
             convert.append(_converter(known[key], key) if may_change else None)
         changing = {k for k, c in zip(keys, convert) if c is not None} | {"run.id"}
         dependent: List[Tuple[str, str, Callable[[Any], Any]]] = []
         pending = dict(interpolations)
         while True:  # the interpolations that read a changing key, and those that read them
-            ready = [k for k, text in pending.items() if set(_REFERENCE.findall(text)) & changing]
+            # (a changing key anywhere in the text counts: a resolver's argument, ${oc.select:train.lr,1.0}, reads
+            # it too, and such a text is then not evaluated here: the shape is composed in full)
+            ready = [k for k, text in pending.items()
+                     if set(_REFERENCE.findall(text)) & changing or any(c in text for c in changing)]
             if not ready:
                 break
             for key in ready:

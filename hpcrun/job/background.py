@@ -64,6 +64,7 @@ class BackgroundSaves:
         self._thread: Optional[threading.Thread] = None
         self._result: Optional[Finished] = None
         self._error: Optional[BaseException] = None
+        self._abandon = threading.Event()
         self.step: Optional[int] = None  # the step being written, while one is
         self.checkpoints: Any = None  # where (a CheckpointDir), while one is
 
@@ -99,11 +100,14 @@ class BackgroundSaves:
                     pass
 
         self.step, self.checkpoints = step, checkpoints
-        self._thread = threading.Thread(target=run, name=f"hpcrun-save-{step}", daemon=False)
+        self._abandon.clear()
+        # A daemon: a process that is failing does not wait forever for a rank that died mid-save (wait() with a
+        # timeout, then exit); a run that ends well waits for it explicitly (wait()).
+        self._thread = threading.Thread(target=run, name=f"hpcrun-save-{step}", daemon=True)
         self._thread.start()
 
     def _wait_for_ranks(self, staging: Path) -> None:
-        while True:
+        while not self._abandon.is_set():
             missing = [r for r in range(self.world_size) if not (staging / WRITTEN.format(rank=r)).exists()]
             if not missing:
                 return
@@ -112,6 +116,7 @@ class BackgroundSaves:
                 text = (staging / FAILED.format(rank=failed[0])).read_text()
                 raise OSError(f"rank {failed[0]} could not write its part of the checkpoint: {text}")
             time.sleep(self.poll_seconds)
+        raise OSError("the save was abandoned before every rank had written its part (the job is failing)")
 
     def poll(self) -> Optional[Finished]:
         """The finished background save, once (None while it runs, or when there is none); raises its error."""
@@ -119,11 +124,18 @@ class BackgroundSaves:
             return None
         return self._take()
 
-    def wait(self) -> Optional[Finished]:
-        """Waits for the background save, if any, and returns it (raises its error)."""
+    def wait(self, timeout: Optional[float] = None) -> Optional[Finished]:
+        """Waits for the background save, if any, and returns it (raises its error). With ``timeout`` (a failing
+        job): at most that long; a save still unfinished then is abandoned (its staging folder stays, and the
+        next start removes it)."""
         if self._thread is None:
             return None
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abandon.set()
+            self._thread = None
+            self.step = self.checkpoints = None
+            raise TimeoutError(f"the background save did not finish within {timeout:.0f} s: abandoned")
         return self._take()
 
     def _take(self) -> Optional[Finished]:

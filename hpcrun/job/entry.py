@@ -33,6 +33,7 @@ from hpcrun.rundir.state import RunState, mean_time_between_failures
 
 log = logging.getLogger("hpcrun")
 LOCK_WAIT = 120.0  # seconds a start waits for a holder that lets go soon (see JobEntry._lock)
+FAILING_SAVE_WAIT = 300.0  # seconds a failing start lets a background save finish (a rank may have died)
 
 
 def import_target(path: str) -> Callable[..., Any]:
@@ -273,8 +274,8 @@ class JobEntry:
             take_background(triggers, ledger, checkpoints=checkpoints)  # complete before the run ends or requeues
         except Exception as exc:
             flags.uninstall()
-            with contextlib.suppress(Exception):  # a periodic save still being written: let it complete
-                take_background(triggers, ledger, checkpoints=checkpoints)
+            with contextlib.suppress(Exception):  # a periodic save still being written: let it complete (a while)
+                take_background(triggers, ledger, checkpoints=checkpoints, timeout=FAILING_SAVE_WAIT)
             return self._failed(cfg, ctx, state, exc)
         flags.uninstall()
         try:

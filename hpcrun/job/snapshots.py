@@ -124,7 +124,7 @@ def _install() -> None:
             pinned: List[Any] = []
             state = _cpu_copy(obj, pinned)
             _synchronize(pinned)
-        except _NotPlain:
+        except Exception:  # noqa: BLE001 - a DTensor, an object deepcopy refuses: written at once, as without us
             return real_save(obj, f, *args, **kwargs)
         capture.writes.append(PendingWrite(Path(f), _sizes(state), lambda: real_save(state, f, *args, **kwargs)))
 
@@ -152,17 +152,21 @@ def _install_safetensors() -> None:
         capture = _active
         if capture is None:
             return real_flatten(tensors, keep_alive)
-        pinned: List[Any] = []
-        copies = {k: _cpu_copy(v, pinned) for k, v in tensors.items()}
-        _synchronize(pinned)
+        try:
+            pinned: List[Any] = []
+            copies = {k: _cpu_copy(v, pinned) for k, v in tensors.items()}
+            _synchronize(pinned)
+        except Exception:  # noqa: BLE001 - not copyable here: serialize_file writes it at once
+            capture.keep_alive = None
+            return real_flatten(tensors, keep_alive)
         keep_alive.append(copies)
         capture.keep_alive = keep_alive
         return real_flatten(copies, keep_alive)
 
     def serialize_file(flat: Any, filename: Any, metadata: Any = None) -> None:
         capture = _active
-        if capture is None or not capture.inside(filename):
-            return real_serialize_file(flat, filename, metadata=metadata)
+        if capture is None or not capture.inside(filename) or capture.keep_alive is None:
+            return real_serialize_file(flat, filename, metadata=metadata)  # (no copies: the live tensors, now)
         alive = capture.keep_alive  # the copies the flattened pointers point into: kept until written
         capture.keep_alive = None
         nbytes = sum(getattr(spec, "data_len", 0) for spec in flat.values()) if isinstance(flat, dict) else 0

@@ -106,7 +106,8 @@ def disk_full(exc: BaseException, where: Any = None) -> bool:
 BACKGROUND = ("periodic", "trainer")
 
 
-def take_background(triggers: Any, ledger: Any = None, wait: bool = True, checkpoints: Any = None) -> None:
+def take_background(triggers: Any, ledger: Any = None, wait: bool = True, checkpoints: Any = None,
+                    timeout: Optional[float] = None) -> None:
     """Records a background save that finished (``wait``: waits for the one in progress, if any) in the time
     triggers and the ledger, as a synchronous save records itself; raises its error (a full disk as
     :class:`~hpcrun.errors.DiskFullError`, its staging folder removed)."""
@@ -115,7 +116,7 @@ def take_background(triggers: Any, ledger: Any = None, wait: bool = True, checkp
         return
     step, checkpoints = writer.step, checkpoints or writer.checkpoints
     try:
-        done = writer.wait() if wait else writer.poll()
+        done = writer.wait(timeout) if wait else writer.poll()
     except Exception as exc:  # noqa: BLE001 - only a full disk is turned into a DiskFullError
         root = getattr(checkpoints, "root", None)
         if not disk_full(exc, root):

@@ -142,6 +142,9 @@ def claimed(cfg: Any) -> Iterator[Prepared]:
     from hpcrun.rundir.create import make_dirs, refuse_foreign, remove_new
     from hpcrun.rundir.lock import LAUNCHING, RunBusy, RunLock
 
+    # An edited config's own run (<run.id>.vN) is chosen first: its folder is the one to lock (the first run's job
+    # may be running, and holds that one's lock).
+    edited = _edited_version(cfg, Path(cfg.run.dir)) if RunDir(Path(cfg.run.dir)).is_run() else None
     run_dir = Path(cfg.run.dir)
     refuse_foreign(run_dir)  # never a lock file in a folder that is not a run
     created = make_dirs(run_dir)  # what this command made: the only thing it may remove again
@@ -158,8 +161,10 @@ def claimed(cfg: Any) -> Iterator[Prepared]:
     prepared: Optional[Prepared] = None
     try:
         prepared = inspect_run_dir(cfg)
-        if prepared.kind == "new" and prepared.run_dir == run_dir:  # (an edited config's run: its own folder)
+        if prepared.kind == "new" and prepared.run_dir == run_dir:
             prepared.created = created
+            if edited is not None:
+                prepared.message = edited.message
         if prepared.launchable:
             write_prepared(cfg, prepared)
         yield prepared

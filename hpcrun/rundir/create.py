@@ -207,5 +207,8 @@ def record_submission(run_dir: Path, job_id: str, cfg: Any = None, durable: bool
     state.update(status="submitted", job_id=job_id, reason="")
     planned = getattr(getattr(cfg, "settings", None), "planned_steps", None)
     if callable(planned):
-        state["planned_steps"] = int(planned())
+        try:  # a task's own code, after the job went in: never a reason to lose the record of it
+            state["planned_steps"] = int(planned())
+        except Exception:  # noqa: BLE001
+            pass
     write_state(run_dir, state, durable=durable)

@@ -131,12 +131,18 @@ def memory_mb(text: str) -> Optional[int]:
 
 
 def _node_problem(cluster: Any, names: List[str], nodes: List[Node], by_default: bool) -> Optional[ConfigError]:
-    """Why no node of the partitions asked for can ever hold one node's share of the job (CPUs, memory)."""
+    """Why no node of the partitions asked for can ever hold one node's share of the job: its CPUs (processes per
+    node x cluster.cpus_per_task) and its memory (cluster.mem), both on the same node."""
     members = [n for n in nodes if set(n.partitions) & set(names)]
     where = ("the default partition " if by_default else "partition ") + ",".join(names)
-    cpus = [n.cpus for n in members if n.cpus is not None]
     tasks = cluster.tasks_per_node or 1
-    if cpus and tasks * cluster.cpus_per_task > max(cpus):
+    need_cpus = tasks * cluster.cpus_per_task
+    need_mb = memory_mb(cluster.mem) if cluster.mem else None
+    if not members or any((n.cpus is None or n.cpus >= need_cpus) and
+                          (need_mb is None or n.memory_mb is None or n.memory_mb >= need_mb) for n in members):
+        return None
+    cpus = [n.cpus for n in members if n.cpus is not None]
+    if cpus and need_cpus > max(cpus):
         most = max(cpus)
         if cluster.cpus_per_task > most:
             return ConfigError("cluster.cpus_per_task", cluster.cpus_per_task,
@@ -145,11 +151,12 @@ def _node_problem(cluster: Any, names: List[str], nodes: List[Node], by_default:
                            f"at most {most // cluster.cpus_per_task} with cluster.cpus_per_task={cluster.cpus_per_task} "
                            f"({where}: its largest node has {most} CPUs)")
     mems = [n.memory_mb for n in members if n.memory_mb is not None]
-    wanted = memory_mb(cluster.mem) if cluster.mem else None
-    if mems and wanted is not None and wanted > max(mems):
+    if mems and need_mb is not None and need_mb > max(mems):
         return ConfigError("cluster.mem", cluster.mem, f"at most {max(mems)}M ({where}: its largest node has "
                                                        f"{max(mems)} MB)")
-    return None
+    fits = max((n.memory_mb or 0) for n in members if (n.cpus or 0) >= need_cpus)
+    return ConfigError("cluster.mem", cluster.mem, f"at most {fits}M with {need_cpus} CPUs per node ({where}: no "
+                                                   f"node has both; the nodes with {need_cpus} CPUs have up to {fits} MB)")
 
 
 def parse_partitions(text: str) -> Dict[str, Partition]:

@@ -228,7 +228,10 @@ def save_final(trainer: Any, final: Any, ctx: Any, m: Any) -> None:
             from peft import PeftModel
             from transformers import AutoModelForCausalLM
 
-            base = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=torch_dtype(m.dtype))
+            from hpcrun.tasks.text import load_pretrained
+
+            base = load_pretrained(AutoModelForCausalLM.from_pretrained, "model.name_or_path", m.name_or_path,
+                                   config=architecture(m), dtype=torch_dtype(m.dtype))
             if base.get_input_embeddings().num_embeddings < model.get_input_embeddings().num_embeddings:
                 base.resize_token_embeddings(model.get_input_embeddings().num_embeddings)
             model = PeftModel.from_pretrained(base, str(final))

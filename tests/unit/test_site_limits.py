@@ -242,3 +242,8 @@ def test_nodes_parse_and_a_request_no_node_can_hold_names_the_key_to_change():
     assert _node_problem(_cluster(tasks_per_node=12, cpus_per_task=4, mem="400G"), ["gpu"], nodes, False) is None
     # a partition list: a node of either partition will do
     assert _node_problem(_cluster(tasks_per_node=8, cpus_per_task=2), ["normal", "gpu"], nodes, False) is None
+    # CPUs of one node, memory of another: no single node holds both
+    both = _node_problem(_cluster(tasks_per_node=4, cpus_per_task=2, mem="400G"), ["normal", "gpu"],
+                         parse_nodes(NODE + "\n" + big.replace("RealMemory=512000", "RealMemory=1000")
+                                     .replace("Partitions=gpu", "Partitions=normal") + "\n"), False)
+    assert both is not None and "cluster.mem='400G'" in str(both)

@@ -103,3 +103,22 @@ def test_config_yaml_is_what_omegaconf_writes(monkeypatch):
             text = config_yaml(cfg)
             assert text == OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))), (experiment, cluster)
             assert OmegaConf.to_container(OmegaConf.create(text)) == to_container(cfg)
+
+
+def test_what_the_quick_way_cannot_follow_is_composed_in_full_and_comes_out_the_same(tmp_path):
+    """A relative reference, a resolver reading a swept key, a point's literal where the first point had an
+    interpolation, a run.id set by hand: each gives composing's own config (or its own refusal)."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "odd.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        train:
+          weight_decay: ${.lr}
+          max_grad_norm: ${oc.select:train.lr,1.0}
+        """))
+    _same_as_alone(PointComposer(cwd=tmp_path), expand(["+experiment=odd", "train.lr=0.1,0.2"]), cwd=tmp_path)
+    points = [["+experiment=tiny_llama", "train.lr=0.1", "train.weight_decay=${train.lr}"],
+              ["+experiment=tiny_llama", "train.lr=0.2", "train.weight_decay=0.5"]]
+    _same_as_alone(PointComposer(cwd=tmp_path), points, cwd=tmp_path)
+    composer = PointComposer(cwd=tmp_path)
+    ids = {composer.compose(p).run.id for p in expand(["+experiment=tiny_llama", "run.id=mine", "train.lr=0.1,0.2"])}
+    assert ids == {"mine"}

@@ -185,7 +185,11 @@ class JobEntry:
         if ctx.world_size > 1 and ctx.on_slurm:
             from submitit.helpers import TorchDistributedEnvironment
 
-            # Rank, world size, master address and port from Slurm (the port is derived from the job id).
+            from hpcrun.job.ranks import ephemeral_ports, master_port
+
+            # Rank, world size and master address from Slurm; the port (unless set) per start and out of the
+            # node's ephemeral range (hpcrun.job.ranks.master_port).
+            os.environ.setdefault("MASTER_PORT", str(master_port(ctx.job_id or "", ctx.restart, ephemeral_ports())))
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         setup_logging(ctx)
         cfg = load_saved(rd.config)

@@ -5,7 +5,31 @@ No torch at import time: torch.distributed is used only when a process group is 
 
 from __future__ import annotations
 
-from typing import List
+import random
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+PORTS = (20000, 60000)  # submitit's range, where the node's ephemeral ports cannot be kept out
+
+
+def ephemeral_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> Optional[Tuple[int, int]]:
+    """The range the kernel picks outgoing connections' local ports from (Linux), or None."""
+    try:
+        low, high = (int(x) for x in path.read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return None
+
+
+def master_port(job_id: str, restart: int, ephemeral: Optional[Tuple[int, int]] = None) -> int:
+    """The rendezvous port of one start of a job, the same on every rank: derived from the job id and the restart
+    count (a requeued start on the same node never meets the previous start's socket), and below the kernel's
+    ephemeral range, where no outgoing connection of any process on the node can hold it (submitit's default,
+    a port from 20000-60000 per job id, collides with them now and then: EADDRINUSE at init_process_group)."""
+    low, high = PORTS
+    if ephemeral is not None and ephemeral[0] - 1 - 10000 >= 1000:
+        low, high = 10000, ephemeral[0] - 1
+    return random.Random(f"{job_id}:{restart}").randint(low, high)
 
 
 def _distributed() -> bool:

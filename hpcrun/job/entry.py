@@ -189,8 +189,10 @@ class JobEntry:
 
             # Rank, world size and master address from Slurm; the port (unless set) per start and out of the
             # node's ephemeral range (hpcrun.job.ranks.master_port).
-            os.environ.setdefault("MASTER_PORT", str(master_port(ctx.job_id or "", ctx.restart, ephemeral_ports())))
-            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            dist_env = TorchDistributedEnvironment()
+            if "MASTER_PORT" not in os.environ:  # (submitit's export refuses a variable already set)
+                dist_env.master_port = master_port(ctx.job_id or "", ctx.restart, ephemeral_ports())
+            dist_env.export(set_cuda_visible_devices=False)
         setup_logging(ctx)
         cfg = load_saved(rd.config)
         state = RunState(run_dir, writer=ctx.is_main)

@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from hpcrun.errors import UserError
 from hpcrun.rundir.index import is_sweep_dir, read_sweep

@@ -71,8 +71,6 @@ def test_a_run_sums_its_starts_and_the_queue_wait_between_them(tmp_path):
 
 
 def test_each_start_shows_where_its_start_up_went_phase_by_phase_and_its_first_step():
-    from hpcrun.observe.report import report_text
-
     events = [ev("start", 0, resumed_from=40), ev("phase", 0.1, name="launch", seconds=1.7),
               ev("phase", 0.2, name="interpreter", seconds=0.9), ev("phase", 0.4, name="setup", seconds=0.4),
               ev("phase", 2.4, name="imports", seconds=2.0), ev("phase", 2.5, name="data", seconds=0.1),

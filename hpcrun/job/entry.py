@@ -326,7 +326,8 @@ class JobEntry:
         latest, skipped = newest_complete(ctx.run_dir, cfg.checkpoint.keep_last)
         clear_request(ctx.run_dir)  # an earlier start's requeue request was acted on (or its job cancelled)
         prev = state.previous_start
-        start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0)
+        start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0,
+                            processes=ctx.world_size)
         setup_logging(ctx, start["n"])
         for name, root in removed:
             log.warning("removed %s: a save that was interrupted before it completed (in %s)", name, root)

@@ -81,7 +81,35 @@ def inspect_run_dir(cfg: Any) -> Prepared:
     if job:
         return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "
                         f"{job}: nothing submitted")
-    return Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}")
+    return Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}"
+                    f"{_new_shape(cfg, run_dir)}")
+
+
+def _new_shape(cfg: Any, run_dir: Path) -> str:
+    """For a run resumed on another number of processes than its newest checkpoint's: how the global batch is
+    kept, to add to the message.
+
+    Raises:
+        ConfigError: the global batch cannot be split over the new number of processes.
+    """
+    from hpcrun.rundir.checkpoints import newest_complete
+    from hpcrun.rundir.shape import continue_on, read_shape
+
+    latest, _ = newest_complete(run_dir)
+    saved = read_shape(latest.path) if latest else None
+    processes = cfg.cluster.nodes * cfg.cluster.tasks_per_node
+    if saved is None or saved.processes == processes:
+        return ""
+    key = "cluster.tasks_per_node" if cfg.cluster.nodes == 1 else "cluster.nodes"
+    batch = getattr(getattr(cfg, "train", None), "batch_size", saved.batch_size)
+    if getattr(getattr(cfg, "train", None), "fsdp", False) and processes < 2:
+        from hpcrun.errors import ConfigError
+
+        raise ConfigError(key, processes, problem="cannot continue this run",
+                          expected="2 or more processes: it trains with train.fsdp=true, which shards over 2 or more "
+                                   f"(saved by {saved.processes})")
+    shape = continue_on(saved, processes, batch, key)
+    return f", on {processes} process(es) where it was saved by {saved.processes}: {shape.describe()}"
 
 
 EDITED = ".v"  # <run.id>.v2, .v3, ...: the same command after its experiment's files changed

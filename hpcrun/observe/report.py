@@ -60,6 +60,7 @@ class StartReport:
     segments: List[Segment] = field(default_factory=list)
     # Where the start-up went (the ledger's phase events, then the first step itself): [(name, seconds)]
     phases: List[Tuple[str, float]] = field(default_factory=list)
+    processes: int = 1  # the start's world size (a run may resume on another, docs/elastic.md)
 
     def total(self, kind: str) -> float:
         return sum(s.seconds for s in self.segments if s.kind == kind)
@@ -138,7 +139,8 @@ def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], nex
     resumed = int(head.get("resumed_from") or 0)
     report = StartReport(n=int(head["start"]), job_id=head.get("job_id"), alloc_start=a, alloc_end=e_,
                          times_from=times_from, resumed_from=resumed, last_step=max([s for _, s in steps], default=resumed),
-                         end=end_event["status"] if end_event else "killed", phases=_phases(events))
+                         end=end_event["status"] if end_event else "killed", phases=_phases(events),
+                         processes=int(head.get("world_size") or 1))
     if first is None:  # never trained: all start-up (or a failure before the first step)
         report.segments.append(Segment("startup", a, e_))
         return report
@@ -312,9 +314,9 @@ def report_text(reports: Sequence[RunReport]) -> str:
         lines.append(f"  allocated        {format_human(alloc):>9}")
         lines.append(f"  to first step    {format_human(r.time_to_first_step or 0):>9}")
         for s in r.starts:
-            if s.phases:
-                parts = ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases)
-                lines.append(f"    start {s.n}: {format_human(s.total('startup'))} start-up: {parts}")
+            shape = f"{s.processes} process{'es' if s.processes > 1 else ''}, steps {s.resumed_from}-{s.last_step}"
+            parts = ": " + ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases) if s.phases else ""
+            lines.append(f"    start {s.n} ({shape}): {format_human(s.total('startup'))} start-up{parts}")
         for k, label in (("startup", "start-up"), ("training", "training"), ("saving", "saving"),
                          ("lost", "lost (recomputed)"), ("other", "other")):
             lines.append(f"  {label:<17}{format_human(r.total(k)):>8} {_pct(r.total(k), alloc)}")

@@ -59,7 +59,7 @@ class RunState:
     def previous_start(self) -> Optional[Dict[str, Any]]:
         return self.data["starts"][-1] if self.data["starts"] else None
 
-    def begin(self, job_id: Optional[str], restart: int, resumed_from: int) -> Dict[str, Any]:
+    def begin(self, job_id: Optional[str], restart: int, resumed_from: int, processes: int = 1) -> Dict[str, Any]:
         """Records a new start; counts it against the crash-loop budget when the previous start made no progress.
 
         Progress means the checkpoint this start resumes from is newer than the one the previous start resumed
@@ -79,6 +79,7 @@ class RunState:
             "host": socket.gethostname(),
             "started_at": time.time(),
             "resumed_from": resumed_from,
+            "processes": processes,
         }
         self.data["starts"].append(start)
         self.data.update(status="running", reason="", job_id=job_id)

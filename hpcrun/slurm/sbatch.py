@@ -108,6 +108,11 @@ def _option_of(key: str) -> str:
     return next((o for o, k in SBATCH_KEYS.items() if k == key), key.rpartition(".")[2].replace("_", "-"))
 
 
+def overcommits(cluster: Any) -> bool:
+    """``cluster.sbatch_extra.overcommit=true``: the processes of a node share ``cluster.cpus_per_task`` CPUs."""
+    return cluster.sbatch_extra.get("overcommit") in (True, "true", "yes", "1", 1)
+
+
 def executor_parameters(cfg: Any) -> Dict[str, Any]:
     """submitit SlurmExecutor parameters for a composed config; a value unsafe on an ``#SBATCH`` line is refused."""
     cluster: ClusterConfig = cfg.cluster
@@ -122,6 +127,12 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
     extra["time"] = format_slurm_time(cluster.time_seconds())
     # No "B:": the signal goes to every job step, i.e. to the python under srun, not only to the batch shell.
     extra["signal"] = f"{cluster.signal}@{cluster.signal_delay_seconds()}"
+    # More processes than CPUs on one node (--overcommit): Slurm 22.05 finds no node for --ntasks-per-node above
+    # the node's CPUs, --overcommit or not ("never runnable"), but takes --ntasks=N on one node (--nodes=1 stays:
+    # submitit's default)
+    per_node = not (cluster.nodes == 1 and overcommits(cluster))
+    if not per_node:
+        extra["ntasks"] = cluster.tasks_per_node
     params: Dict[str, Any] = {
         "job_name": sbatch_value("run.name", cfg.run.name),
         "nodes": cluster.nodes,
@@ -134,6 +145,8 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
         "additional_parameters": extra,
         "stderr_to_stdout": False,
     }
+    if not per_node:  # (absent, not None: submitit counts its tasks from ntasks_per_node)
+        del params["ntasks_per_node"]
     sbatch_value("run.dir", cfg.run.dir)  # submitit's --output and --error are <run.dir>/slurm/...
     for key in ("partition", "account", "qos", "mem", "constraint"):
         value = getattr(cluster, key)

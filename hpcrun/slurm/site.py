@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpcrun.durations import format_slurm_time, parse_duration
 from hpcrun.errors import ConfigError, SubmissionError
+from hpcrun.slurm.sbatch import overcommits
 
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_/:.]*)=")
 _UNLIMITED = ("UNLIMITED", "INFINITE", "NONE", "")
@@ -136,7 +137,8 @@ def _node_problem(cluster: Any, names: List[str], nodes: List[Node], by_default:
     members = [n for n in nodes if set(n.partitions) & set(names)]
     where = ("the default partition " if by_default else "partition ") + ",".join(names)
     tasks = cluster.tasks_per_node or 1
-    need_cpus = tasks * cluster.cpus_per_task
+    # --overcommit: Slurm allocates cpus_per_task per node, however many processes share them
+    need_cpus = (1 if overcommits(cluster) else tasks) * cluster.cpus_per_task
     need_mb = memory_mb(cluster.mem) if cluster.mem else None
     if not members or any((n.cpus is None or n.cpus >= need_cpus) and
                           (need_mb is None or n.memory_mb is None or n.memory_mb >= need_mb) for n in members):

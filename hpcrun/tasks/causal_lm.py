@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Union
 
+from hpcrun.errors import ConfigError
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.rundir import RunDir
+from hpcrun.rundir.shape import Shape, continue_on, read_shape
 from hpcrun.tasks.models import architecture, build_model, save_final, wrap_classes
 from hpcrun.tasks.text import tokenizer_for
 from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
@@ -69,13 +71,14 @@ def _allow_cpu_fsdp() -> None:
     state.AcceleratorState.__init__ = init
 
 
-def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = ()) -> Any:
-    """transformers TrainingArguments (TRL's SFTConfig for SFT) from the config. hpcrun, not the Trainer, owns
-    checkpointing."""
+def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = (), shape: Any = None) -> Any:
+    """transformers TrainingArguments (TRL's SFTConfig for SFT) from the config, with the per-process batch and the
+    accumulation of ``shape`` (:func:`start_shape`). hpcrun, not the Trainer, owns checkpointing."""
     import torch
     from transformers import TrainingArguments
 
     t = cfg.train
+    shape = shape or start_shape(cfg, ctx)
     on_cpu = not torch.cuda.is_available()
     kind, extra = TrainingArguments, {}
     if cfg.data.format != "text":
@@ -87,9 +90,9 @@ def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = ()) -> Any
         **fsdp_arguments(cfg, ctx),
         output_dir=str(RunDir(ctx.run_dir).task_file(TRAINER_DIR)),
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=shape.batch_size,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=shape.grad_accum,
         learning_rate=t.lr,
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps,
@@ -111,6 +114,42 @@ def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = ()) -> Any
         # A progress bar on a terminal only: in a log file its redraws are carriage returns (log lines say it there)
         disable_tqdm=not (ctx.is_main and sys.stderr.isatty()),
     )
+
+
+def start_shape(cfg: Config, ctx: JobContext) -> Shape:
+    """This start's processes, batch and accumulation: the config's on a first start or on the checkpoint's number
+    of processes; on another number, the checkpoint's global batch kept (:func:`hpcrun.rundir.shape.continue_on`)."""
+    configured = Shape(ctx.world_size, cfg.train.batch_size, cfg.train.grad_accum)
+    saved = read_shape(ctx.resume_from.path) if ctx.resume_from is not None else None
+    if saved is None:
+        return configured
+    if cfg.train.fsdp and ctx.world_size < 2 <= saved.processes:
+        raise ConfigError("cluster.tasks_per_node", ctx.world_size, problem="cannot continue this run",
+                          expected=f"2 or more processes: its checkpoint is sharded over {saved.processes} "
+                                   "(train.fsdp=true)")
+    shape = continue_on(saved, ctx.world_size, cfg.train.batch_size)
+    if shape != saved and ctx.is_main:
+        log.info("continuing on %d process(es) a run saved by %d: %s (the global batch kept)", shape.processes,
+                 saved.processes, shape.describe())
+    return shape
+
+
+def whole_global_batches(dataset: Any, shape: Shape) -> Any:
+    """The training set cut to whole global batches: every step has a full one, and the samples of step N are the
+    same on any number of processes (the sampler's order depends on the seed and the epoch only; each rank takes
+    every N-th micro-batch of it)."""
+    g = shape.global_batch
+    keep = len(dataset) // g * g
+    if keep == 0:
+        raise ConfigError("train.batch_size", shape.batch_size, problem="is too large for the data",
+                          expected=f"a global batch within the {len(dataset)} training samples ({shape.describe()})")
+    if keep == len(dataset):
+        return dataset
+    if hasattr(dataset, "select"):  # a datasets.Dataset (SFT): the Trainer drops its unused columns
+        return dataset.select(range(keep))
+    from torch.utils.data import Subset
+
+    return Subset(dataset, range(keep))
 
 
 def metrics_callback(path: Path) -> Any:
@@ -198,7 +237,8 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
     start_n = len(read_state(ctx.run_dir).get("starts", [])) or 1
     report_to, tracking = tracker_callbacks(list(cfg.train.report_to), ctx.run_dir, cfg.run.name, start_n,
                                            is_main=ctx.is_main)
-    args = training_arguments(cfg, ctx, report_to)
+    shape = start_shape(cfg, ctx)
+    args = training_arguments(cfg, ctx, report_to, shape)
     with args.main_process_first(desc="tokenizer and data"):  # rank 0 writes the caches the others then read
         tokenizer = tokenizer_for(cfg, ctx.run_dir, ctx.is_main)
         if cfg.data.format == "text":
@@ -211,6 +251,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
 
             train_set, eval_set = sft_data(cfg, tokenizer, rd.task_file(SFT_DATA_DIR) / f"rank-{ctx.rank}")
             base, data_kwargs = SFTTrainer, {"processing_class": tokenizer}
+        train_set = whole_global_batches(train_set, shape)
     phase("data")  # the tokenizer and the tokenized data (read from the cache after the first start)
     model = build_model(cfg, tokenizer, ctx.resume_from)
     phase("model")

@@ -57,6 +57,18 @@ def test_cluster_keys_map_onto_sbatch_options(tmp_path, monkeypatch):
         assert f"#SBATCH {expected}" in lines
 
 
+def test_overcommit_on_one_node_asks_for_tasks_not_tasks_per_node(tmp_path, monkeypatch):
+    """Slurm 22.05 finds no node for --ntasks-per-node above the node's CPUs even with --overcommit; --ntasks=N
+    on one node is the same request, and it runs (tests/integration/test_elastic_slurm.py)."""
+    lines = _sbatch_lines(_render(["cluster=slurm", "cluster.tasks_per_node=3", "cluster.cpus_per_task=1",
+                                   "cluster.sbatch_extra.overcommit=true"], tmp_path, monkeypatch))
+    assert {"#SBATCH --nodes=1", "#SBATCH --ntasks=3", "#SBATCH --overcommit"} <= set(lines)
+    assert not any(ln.startswith("#SBATCH --ntasks-per-node") for ln in lines)
+    two_nodes = _sbatch_lines(_render(["cluster=slurm", "cluster.nodes=2", "cluster.tasks_per_node=3",
+                                       "cluster.sbatch_extra.overcommit=true"], tmp_path, monkeypatch))
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=3"} <= set(two_nodes)
+
+
 def test_logs_land_in_the_run_directory(tmp_path, monkeypatch):
     script = _render(["+experiment=tiny_llama", "cluster=slurm"], tmp_path, monkeypatch)
     run_dir = tmp_path / "runs" / "tiny_llama" / "default"

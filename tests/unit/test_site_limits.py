@@ -237,6 +237,9 @@ def test_nodes_parse_and_a_request_no_node_can_hold_names_the_key_to_change():
     assert str(too_many) == ("cluster.tasks_per_node=4 is invalid: expected at most 1 with cluster.cpus_per_task=2 "
                              "(the default partition normal: its largest node has 2 CPUs)")
     assert "cluster.cpus_per_task=3" in str(_node_problem(_cluster(cpus_per_task=3), ["normal"], nodes, False))
+    # --overcommit: the processes share cpus_per_task CPUs of the node
+    shared = _cluster(tasks_per_node=3, cpus_per_task=1, sbatch_extra={"overcommit": True})
+    assert _node_problem(shared, ["normal"], nodes, True) is None
     assert "cluster.mem='64G'" in str(_node_problem(_cluster(mem="64G"), ["normal"], nodes, True))
     # the partition's largest node decides: 12 x 4 CPUs and 400 GB fit the 48-core node of gpu
     assert _node_problem(_cluster(tasks_per_node=12, cpus_per_task=4, mem="400G"), ["gpu"], nodes, False) is None

@@ -108,7 +108,13 @@ def resume(target: str, overrides: Sequence[str]) -> int:
         if "=" not in o or not is_launch_key(key) or key in ("run.dir", "run.name", "run.id"):
             raise UserError(f"{o!r}: resume takes launcher keys only (cluster.*, checkpoint.*, run.max_requeues, "
                             "run.max_restarts_without_progress); a run with other training keys is a new run")
-    merged = OmegaConf.merge(OmegaConf.create(to_container(saved)), OmegaConf.from_dotlist(list(overrides)))
+    keys = {o.split("=", 1)[0] for o in overrides}
+    container = to_container(saved)
+    cluster = container.get("cluster", {})
+    if "cluster.gpus_per_node" in keys and "cluster.tasks_per_node" not in keys and \
+            cluster.get("tasks_per_node") == max(1, cluster.get("gpus_per_node") or 0):
+        cluster["tasks_per_node"] = None  # one process per GPU, as it was: derived again from the new count
+    merged = OmegaConf.merge(OmegaConf.create(container), OmegaConf.from_dotlist(list(overrides)))
     cfg = from_container(merged)
     launcher = launcher_for(cfg)
     with claimed(cfg) as prepared:

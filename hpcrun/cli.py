@@ -6,6 +6,7 @@
     hpcrun config [OVERRIDES... | RUN]                        print the composed config (a run's: its config.yaml)
     hpcrun doctor [OVERRIDES...] [--no-probe] [--json]        whether saves and requeues work here, before you queue
     hpcrun plan [OVERRIDES...]                                parameters, memory per GPU, checkpoint size and time
+    hpcrun plan --soonest [--submit] cluster.KEY=A,B ...      which shape would finish first on today's queue
     hpcrun status [RUN_OR_SWEEP] [--json]                     one line per run
     hpcrun report [RUN_OR_SWEEP] [--json] [--plot FILE.png]   where the allocated time went; goodput
     hpcrun results SWEEP [--sort M] [--json|--csv] [--plot F]  one row per point: swept values, state, metrics
@@ -161,6 +162,13 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
         parser.add_argument("--gpu-memory", type=float, metavar="GB",
                             help="memory of one GPU (default: from cluster.gpu_type)")
         parser.add_argument("--json", action="store_true", help="the figures as JSON")
+        parser.add_argument("--soonest", action="store_true",
+                            help="rank the shapes given as comma-separated cluster.* values by estimated finish: "
+                                 "Slurm's start (sbatch --test-only) plus the run's measured steps (docs/plan.md)")
+        parser.add_argument("--submit", action="store_true", help="with --soonest: submit the first")
+        parser.add_argument("--mfu", type=float, default=0.4,
+                            help="with --soonest, for a run not measured yet: the share of the GPUs' peak a step "
+                                 "reaches (default 0.4)")
     elif command == "status":
         parser.add_argument("target", nargs="?", metavar="RUN_OR_SWEEP", help="default: your recent runs")
         parser.add_argument("--json", action="store_true", help="a JSON list, one object per run (docs/commands.md)")
@@ -298,6 +306,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UserError("hpcrun plan is for the built-in task; a command of your own (after --) has no plan")
     if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
         overrides = ["cluster=slurm", *overrides]
+    if args.soonest:
+        from hpcrun.soonest import soonest
+
+        if not 0 < args.mfu <= 1:
+            raise UserError(f"--mfu {args.mfu} is invalid: expected a share of the peak between 0 and 1")
+        return soonest(overrides, args.config_dir, args.json, args.submit, args.mfu, bandwidth)
+    if args.submit:
+        raise UserError("--submit goes with --soonest (it submits the shape that would finish first)")
     cfg = compose(overrides, args.config_dir)
     plan = make_plan(cfg, bandwidth, args.gpu_memory)
     print(render_json(plan) if args.json else render_text(cfg, plan))

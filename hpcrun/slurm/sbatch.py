@@ -197,7 +197,7 @@ def standalone_options(cfg: Any, array: str = "") -> List[Tuple[str, str]]:
     p = executor_parameters(cfg)
     pattern = "%x-%A_%a" if array else "%x-%j"
     opts: Dict[str, Any] = {
-        "job-name": p["job_name"], "nodes": p["nodes"], "ntasks-per-node": p["ntasks_per_node"],
+        "job-name": p["job_name"], "nodes": p["nodes"], "ntasks-per-node": p.get("ntasks_per_node"),
         "cpus-per-task": p["cpus_per_task"],
     }
     for key in ("partition", "account", "qos", "mem", "constraint", "gpus_per_node"):

@@ -7,6 +7,7 @@ report, cancel), a placeholder (`<job id>`, `...`), the sites' doctor probes."""
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,8 @@ def test_a_documented_command_composes_renders_or_plans_as_written(page, line, t
         pytest.skip(SKIP_VERBS[verb])
     if any("/scratch/" in w for w in words) or any(w.startswith("<") or w == "..." for w in words):
         pytest.skip("files under /scratch or a placeholder")
+    if "--soonest" in words and shutil.which("sbatch") is None:
+        pytest.skip("asks Slurm when each shape would start (tests/integration/test_soonest_slurm.py)")
     if verb in ("render", "plan"):
         args = list(words)
         if "-o" in words:  # the page's own output file, here in tmp_path

@@ -95,14 +95,17 @@ def _new_shape(cfg: Any, run_dir: Path) -> str:
     from hpcrun.rundir.checkpoints import newest_complete
     from hpcrun.rundir.shape import continue_on, read_shape
 
+    train = getattr(cfg, "train", None)
+    if train is None or not hasattr(train, "batch_size"):
+        return ""  # a task of its own (a command, a custom task) chooses its batch itself
     latest, _ = newest_complete(run_dir)
     saved = read_shape(latest.path) if latest else None
     processes = cfg.cluster.nodes * cfg.cluster.tasks_per_node
     if saved is None or saved.processes == processes:
         return ""
     key = "cluster.tasks_per_node" if cfg.cluster.nodes == 1 else "cluster.nodes"
-    batch = getattr(getattr(cfg, "train", None), "batch_size", saved.batch_size)
-    if getattr(getattr(cfg, "train", None), "fsdp", False) and processes < 2:
+    batch = train.batch_size
+    if getattr(train, "fsdp", False) and processes < 2:
         from hpcrun.errors import ConfigError
 
         raise ConfigError(key, processes, problem="cannot continue this run",

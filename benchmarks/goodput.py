@@ -23,6 +23,14 @@ for every system). Systems:
 Measured per system: allocated time (sacct, every run of the job), recomputed steps (steps whose loss was logged
 more than once), and goodput = steps x median step time / allocated time. For the hpcrun systems also
 `hpcrun report`'s own goodput. Quote ratios measured in the same run.
+
+    python benchmarks/goodput.py --realistic [--seed 0]    # ~20 min; benchmarks/results/goodput-realistic.json
+
+``--realistic``: the shape of a real job, scaled down: a 17M-parameter Llama whose steps take about a second here,
+400 steps, and 2 interruptions each 2-3 minutes after the job (re)started; hpcrun (save_every=auto) against the
+Trainer's default saves (every 500 steps) under submitit's requeue. Each system is also measured against its
+physical limit, 1 - (start-up + final save) / allocated: what no checkpointing scheme can win back (the first
+start-up: allocation to first step; the end: last step to the job's end, evaluation and the final save included).
 """
 
 from __future__ import annotations
@@ -54,6 +62,11 @@ MODEL = ["+experiment=tiny_llama", f"train.max_steps={STEPS}", "train.log_every=
          "model.num_key_value_heads=4", "model.num_hidden_layers=2", "data.seq_len=64", "train.batch_size=8",
          "model.attention_dropout=0.1"]
 KINDS = ("timeout", "preempt", "kill")
+REALISTIC_STEPS = 400
+REALISTIC = ["+experiment=tiny_llama", f"train.max_steps={REALISTIC_STEPS}", "train.log_every=1",
+             "train.warmup_steps=30", "model.hidden_size=512", "model.intermediate_size=1376",
+             "model.num_attention_heads=8", "model.num_key_value_heads=8", "model.num_hidden_layers=4",
+             "data.seq_len=128", "train.batch_size=16", "model.attention_dropout=0.1"]
 
 
 def sh(*cmd: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -148,19 +161,31 @@ def drive(job: str, run_dir: Path, schedule: List[tuple], job_logs: Path,
     step_s = statistics.median(gaps) if gaps else float("nan")
     allocated = sum(int(r["elapsed"] or 0) for r in runs)
     done = max(steps, default=0)
+    # The physical limit: the first start-up (allocation to the first step) and the end (the last step to the job's
+    # end: evaluation and the final save) are spent whatever the checkpointing
+    unavoidable = None
+    if records and runs and runs[0]["start"] not in ("", "Unknown") and runs[-1]["end"] not in ("", "Unknown"):
+        first = time.mktime(time.strptime(runs[0]["start"], "%Y-%m-%dT%H:%M:%S"))
+        end = time.mktime(time.strptime(runs[-1]["end"], "%Y-%m-%dT%H:%M:%S"))
+        unavoidable = max(0.0, min(r["time"] for r in records) - first) + max(0.0, end - records[-1]["time"])
+    limit = 1 - unavoidable / allocated if unavoidable is not None and allocated else None
+    goodput = done * step_s / allocated if allocated else None
     return {
         "final_state": runs[-1]["state"], "failure": failure(job_logs) if runs[-1]["state"] == "FAILED" else None,
         "starts": len(runs), "allocated_s": allocated,
         "wall_s": round(time.time() - t0, 1), "steps_done": done,
         "steps_computed": len(steps), "recomputed_steps": sum(n - 1 for n in Counter(steps).values()),
         "median_step_s": round(step_s, 4),
-        "goodput": round(done * step_s / allocated, 4) if allocated else None,
+        "goodput": round(goodput, 4) if goodput is not None else None,
+        "physical_limit": round(limit, 4) if limit is not None else None,
+        "of_limit": round(goodput / limit, 4) if goodput is not None and limit else None,
     }
 
 
-def run_hpcrun(work: Path, name: str, save_every: str, schedule: List[tuple]) -> Dict[str, object]:
+def run_hpcrun(work: Path, name: str, save_every: str, schedule: List[tuple], model: List[str] = MODEL
+               ) -> Dict[str, object]:
     run_dir = work / name
-    out = sh(sys.executable, "-m", "hpcrun", *MODEL, "cluster=slurm", "cluster.cpus_per_task=2",
+    out = sh(sys.executable, "-m", "hpcrun", *model, "cluster=slurm", "cluster.cpus_per_task=2",
              f"checkpoint.save_every={save_every}", f"run.dir={run_dir}", check=True)
     job = next(ln.split()[3] for ln in out.stdout.splitlines() if ln.startswith("submitted Slurm job"))
     result = drive(job, run_dir, schedule, run_dir / "logs")
@@ -170,10 +195,10 @@ def run_hpcrun(work: Path, name: str, save_every: str, schedule: List[tuple]) ->
     return result
 
 
-def run_baseline(work: Path, mode: str, schedule: List[tuple]) -> Dict[str, object]:
+def run_baseline(work: Path, mode: str, schedule: List[tuple], model: List[str] = MODEL) -> Dict[str, object]:
     run_dir = work / mode
     out = sh(sys.executable, str(HERE / "baselines" / "trainer_submitit.py"), "--mode", mode, "--run-dir",
-             str(run_dir), "--slurm-folder", str(work / f"{mode}-submitit"), "--cpus", "2", "--", *MODEL,
+             str(run_dir), "--slurm-folder", str(work / f"{mode}-submitit"), "--cpus", "2", "--", *model,
              "cluster=local", check=True)
     return drive(out.stdout.strip().splitlines()[-1], run_dir, schedule, work / f"{mode}-submitit")
 
@@ -184,19 +209,28 @@ def main() -> None:
     p.add_argument("--interruptions", type=int, default=4)
     p.add_argument("--out", default=str(HERE / "results" / "goodput.json"))
     p.add_argument("--only", nargs="*", help="systems to run (default: all)")
+    p.add_argument("--realistic", action="store_true",
+                   help="steps of about a second, interruptions minutes apart, hpcrun against the Trainer (~20 min)")
     a = p.parse_args()
     rng = random.Random(a.seed)
-    kinds = [KINDS[i % len(KINDS)] for i in range(a.interruptions)]
+    n = 2 if a.realistic and a.interruptions == 4 else a.interruptions
+    kinds = [KINDS[i % len(KINDS)] for i in range(n)]
     rng.shuffle(kinds)
-    schedule = [(round(rng.uniform(15, 35), 1), k) for k in kinds]
+    low, high = (120, 180) if a.realistic else (15, 35)
+    schedule = [(round(rng.uniform(low, high), 1), k) for k in kinds]
     work = Path(tempfile.mkdtemp(prefix="hpcrun-goodput-"))
+    model, steps = (REALISTIC, REALISTIC_STEPS) if a.realistic else (MODEL, STEPS)
+    if a.realistic and a.out == p.get_default("out"):
+        a.out = str(HERE / "results" / "goodput-realistic.json")
     systems = {
-        "hpcrun_auto": lambda: run_hpcrun(work, "hpcrun_auto", "auto", schedule),
-        "hpcrun_30m": lambda: run_hpcrun(work, "hpcrun_30m", "30m", schedule),
-        "trainer_default_submitit": lambda: run_baseline(work, "trainer_default", schedule),
-        "submitit_from_scratch": lambda: run_baseline(work, "from_scratch", schedule),
+        "hpcrun_auto": lambda: run_hpcrun(work, "hpcrun_auto", "auto", schedule, model),
+        "hpcrun_30m": lambda: run_hpcrun(work, "hpcrun_30m", "30m", schedule, model),
+        "trainer_default_submitit": lambda: run_baseline(work, "trainer_default", schedule, model),
+        "submitit_from_scratch": lambda: run_baseline(work, "from_scratch", schedule, model),
     }
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores", "steps": STEPS,
+    if a.realistic and not a.only:
+        a.only = ["hpcrun_auto", "trainer_default_submitit"]
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores", "steps": steps,
               "seed": a.seed, "schedule": [{"after_s": d, "kind": k} for d, k in schedule], "work_dir": str(work),
               "systems": {}}
     for name, run in systems.items():

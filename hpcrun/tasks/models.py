@@ -104,7 +104,8 @@ def build_model(cfg: Any, tokenizer: Any, resume: Any = None) -> Any:
             model.resize_token_embeddings(len(tokenizer))
     else:
         try:
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            with skipped_init(resume is not None and not m.lora.r):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         except ValueError as exc:  # a model type without a causal-LM head (bert, t5, ...)
             raise ConfigError("model.type", m.type or config.model_type, f"a causal LM architecture ({exc})") \
                 from None
@@ -128,6 +129,19 @@ def build_model(cfg: Any, tokenizer: Any, resume: Any = None) -> Any:
              (f"pretrained {m.name_or_path}" if m.pretrained else "random init")
              + (f"; the trained weights of {resume.path.name} are loaded next" if resume is not None else ""))
     return model
+
+
+def skipped_init(skip: bool) -> Any:
+    """On a resume of a model trained whole, its random init is work thrown away: the Trainer loads every weight
+    from the checkpoint next (for a 7B model, minutes of CPU). Not with LoRA: the checkpoint holds the adapters
+    only, and the base keeps its init. The random state this skips is the checkpoint's to restore."""
+    import contextlib
+
+    if not skip:
+        return contextlib.nullcontext()
+    from transformers.initialization import no_init_weights
+
+    return no_init_weights()
 
 
 def quantized(m: Any) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -113,9 +114,10 @@ def slurm_start(cfg: Any) -> Tuple[Optional[float], str]:
         return None, str(exc)
     options = [f"--{k}={v}" if v else f"--{k}" for k, v in standalone_options(cfg)
                if k not in ("output", "error", "open-mode")]
+    env = {**os.environ, "SLURM_TIME_FORMAT": "standard"}  # a user's own format (relative, ...) would not parse
     try:
         out = subprocess.run(["sbatch", "--test-only", *options, "--output=/dev/null", "--wrap", "true"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"sbatch --test-only: {exc}"
     text = (out.stderr + out.stdout).strip()
@@ -151,9 +153,11 @@ def measured(run_dir: Path) -> Measured:
     return found
 
 
-def scaled_step(found: Measured, processes: int, gpu_type: Optional[str]) -> Tuple[Optional[float], str]:
-    """A measured step time carried over to another shape (same global batch): the same shape's when measured;
-    else the closest measured count's, times its processes over these, times its GPU's peak over this one's."""
+def scaled_step(found: Measured, processes: int, gpu_type: Optional[str], kept: bool = True
+                ) -> Tuple[Optional[float], str]:
+    """A measured step time carried over to another shape: the same shape's when measured; else the closest
+    measured count's, times its processes over these when the run keeps its global batch (``kept``; otherwise each
+    process's share is the same and so is the step), times its GPU's peak over this one's."""
     if (processes, gpu_type) in found.step_seconds:
         return found.step_seconds[(processes, gpu_type)], "measured"
     usable = [(k, v) for k, v in found.step_seconds.items()
@@ -161,7 +165,7 @@ def scaled_step(found: Measured, processes: int, gpu_type: Optional[str]) -> Tup
     if not usable:
         return None, ""
     (p, g), seconds = min(usable, key=lambda kv: abs(kv[0][0] - processes))
-    factor = p / processes
+    factor = p / processes if kept else 1.0
     how = f"measured on {p} process{'es' if p > 1 else ''}"
     if g != gpu_type:
         factor *= PEAK_TFLOPS[g] / PEAK_TFLOPS[gpu_type]
@@ -199,9 +203,10 @@ def chain(remaining_seconds: float, time_limit: float, startup: float, save: flo
     return starts, remaining_seconds + starts * startup + (starts - 1) * (save + wait)
 
 
-def remaining_steps(cfg: Any) -> Tuple[int, int, Optional[int]]:
-    """(steps left, steps done, global batch): the run's newest complete checkpoint against its planned steps, and
-    the global batch it keeps on any shape (None: a new run, whose first start makes it)."""
+def remaining_steps(cfg: Any) -> Tuple[int, int, Optional[Any]]:
+    """(steps left, steps done, shape): the run's newest complete checkpoint against its planned steps, and the
+    shape that saved it, whose global batch the run keeps on any shape (None: a new run, whose first start makes
+    it)."""
     from hpcrun.rundir import RunDir
     from hpcrun.rundir.checkpoints import newest_complete
     from hpcrun.rundir.shape import read_shape
@@ -212,8 +217,28 @@ def remaining_steps(cfg: Any) -> Tuple[int, int, Optional[int]]:
         return total, 0, None
     latest, _ = newest_complete(run_dir)
     shape = read_shape(latest.path) if latest else None
-    return max(0, total - (latest.step if latest else 0)), latest.step if latest else 0, \
-        shape.global_batch if shape else None
+    return max(0, total - (latest.step if latest else 0)), latest.step if latest else 0, shape
+
+
+def cannot_continue(cfg: Any, saved: Optional[Any], processes: int) -> str:
+    """Why a started run cannot continue on ``processes`` processes ('' when it can): what ``hpcrun resume``
+    would refuse (docs/elastic.md)."""
+    from hpcrun.rundir.shape import continue_on, fsdp_counts
+
+    if saved is None or saved.processes == processes:
+        return ""
+    if cfg.train.fsdp and (processes < 2) != (saved.processes < 2):
+        return f"cannot continue this run: expected {fsdp_counts(saved.processes)}"
+    try:
+        continue_on(saved, processes, cfg.train.batch_size)
+    except UserError as exc:
+        return str(exc)
+    return ""
+
+
+def gpu_kind(cluster: Any) -> Optional[str]:
+    """The GPU type a shape's steps are measured and scaled by: None on CPUs, "gpu" for GPUs of no given type."""
+    return (cluster.gpu_type or "gpu") if cluster.gpus_per_node else None
 
 
 def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float = 0.4,
@@ -227,7 +252,8 @@ def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float =
     if not {"model", "data", "train"} <= set(cfgs[0].sections()):
         raise UserError("hpcrun plan --soonest estimates the built-in causal-LM task (its steps and model); "
                         f"task._target_={cfgs[0].task._target_} declares none")
-    left, done, global_batch = remaining_steps(cfgs[0])
+    left, done, saved = remaining_steps(cfgs[0])
+    global_batch = saved.global_batch if saved else None
     found = measured(Path(cfgs[0].run.dir))
     basis: Dict[str, Any] = {"run_dir": cfgs[0].run.dir, "steps_left": left, "steps_done": done,
                              "global_batch": global_batch,
@@ -246,12 +272,16 @@ def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float =
     out = []
     for values, cfg in zip(per, cfgs):
         c = cfg.cluster
-        cand = Candidate(values, c.nodes * c.tasks_per_node, c.gpu_type, float(c.time_seconds()))
+        cand = Candidate(values, c.nodes * c.tasks_per_node, gpu_kind(c), float(c.time_seconds()))
         out.append(cand)
+        cand.refused = cannot_continue(cfg, saved, cand.processes)
+        if cand.refused:
+            continue
         cand.start, cand.refused = slurm_start(cfg)
         if cand.refused:
             continue
-        cand.step_seconds, cand.step_source = scaled_step(found, cand.processes, cand.gpu_type)
+        cand.step_seconds, cand.step_source = scaled_step(found, cand.processes, cand.gpu_type,
+                                                          kept=global_batch is not None)
         if cand.step_seconds is None and plan is not None:
             cand.step_seconds, cand.step_source = arithmetic_step(cfg, plan.parameters, mfu, global_batch)
         if cand.step_seconds is None or cand.start is None:
@@ -262,6 +292,10 @@ def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float =
                                       c.signal_delay_seconds(), wait)
         except ValueError as exc:
             cand.refused = str(exc)
+            continue
+        if cand.starts - 1 > cfg.run.max_requeues:
+            cand.refused = (f"needs {cand.starts} starts under cluster.time={c.time}, more than run.max_requeues="
+                            f"{cfg.run.max_requeues} allows")
             continue
         cand.finish = cand.start + took
     out.sort(key=lambda c: (bool(c.refused), c.finish is None, c.finish or 0.0, c.start or 0.0))

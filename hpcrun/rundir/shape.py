@@ -66,6 +66,15 @@ def counts_that_divide(global_batch: int, most: int = 64) -> List[int]:
     return [n for n in range(1, min(most, global_batch) + 1) if global_batch % n == 0]
 
 
+def fsdp_counts(saved: int) -> str:
+    """Which process counts an FSDP run saved by ``saved`` processes can continue on (the words of the error):
+    FSDP shards over 2 or more, and one process trains unsharded, so neither reads the other's checkpoint."""
+    if saved < 2:
+        return ("1 process: it was saved by 1, unsharded (train.fsdp=true shards over 2 or more only), and a "
+                "sharded start cannot read that checkpoint")
+    return f"2 or more processes: its checkpoint is sharded over {saved} (train.fsdp=true)"
+
+
 def continue_on(saved: Shape, processes: int, batch_size: int, key: str = "cluster.tasks_per_node") -> Shape:
     """The shape on which ``processes`` processes continue a run saved by ``saved``, keeping its global batch.
 

@@ -18,7 +18,7 @@ from typing import Any, Union
 from hpcrun.errors import ConfigError
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.rundir import RunDir
-from hpcrun.rundir.shape import Shape, continue_on, read_shape
+from hpcrun.rundir.shape import Shape, continue_on, fsdp_counts, read_shape
 from hpcrun.tasks.models import architecture, build_model, save_final, wrap_classes
 from hpcrun.tasks.text import tokenizer_for
 from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
@@ -123,10 +123,9 @@ def start_shape(cfg: Config, ctx: JobContext) -> Shape:
     saved = read_shape(ctx.resume_from.path) if ctx.resume_from is not None else None
     if saved is None:
         return configured
-    if cfg.train.fsdp and ctx.world_size < 2 <= saved.processes:
+    if cfg.train.fsdp and (ctx.world_size < 2) != (saved.processes < 2):
         raise ConfigError("cluster.tasks_per_node", ctx.world_size, problem="cannot continue this run",
-                          expected=f"2 or more processes: its checkpoint is sharded over {saved.processes} "
-                                   "(train.fsdp=true)")
+                          expected=fsdp_counts(saved.processes))
     shape = continue_on(saved, ctx.world_size, cfg.train.batch_size)
     if shape != saved and ctx.is_main:
         log.info("continuing on %d process(es) a run saved by %d: %s (the global batch kept)", shape.processes,
@@ -134,15 +133,22 @@ def start_shape(cfg: Config, ctx: JobContext) -> Shape:
     return shape
 
 
-def whole_global_batches(dataset: Any, shape: Shape) -> Any:
+def whole_global_batches(dataset: Any, shape: Shape, ctx: JobContext) -> Any:
     """The training set cut to whole global batches: every step has a full one, and the samples of step N are the
     same on any number of processes (the sampler's order depends on the seed and the epoch only; each rank takes
-    every N-th micro-batch of it)."""
+    every N-th micro-batch of it). Left whole for a run whose checkpoint is older than shapes (its data position
+    counts the uncut set) and for data smaller than one global batch (it trains as before; it cannot change
+    shape exactly)."""
+    if ctx.resume_from is not None and read_shape(ctx.resume_from.path) is None:
+        return dataset
     g = shape.global_batch
     keep = len(dataset) // g * g
     if keep == 0:
-        raise ConfigError("train.batch_size", shape.batch_size, problem="is too large for the data",
-                          expected=f"a global batch within the {len(dataset)} training samples ({shape.describe()})")
+        if ctx.is_main:
+            log.warning("the training set (%d samples) is smaller than one global batch (%s): not cut to whole "
+                        "global batches; the run keeps its number of processes exactly", len(dataset),
+                        shape.describe())
+        return dataset
     if keep == len(dataset):
         return dataset
     if hasattr(dataset, "select"):  # a datasets.Dataset (SFT): the Trainer drops its unused columns
@@ -251,7 +257,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
 
             train_set, eval_set = sft_data(cfg, tokenizer, rd.task_file(SFT_DATA_DIR) / f"rank-{ctx.rank}")
             base, data_kwargs = SFTTrainer, {"processing_class": tokenizer}
-        train_set = whole_global_batches(train_set, shape)
+        train_set = whole_global_batches(train_set, shape, ctx)
     phase("data")  # the tokenizer and the tokenized data (read from the cache after the first start)
     model = build_model(cfg, tokenizer, ctx.resume_from)
     phase("model")

@@ -104,8 +104,7 @@ def build_model(cfg: Any, tokenizer: Any, resume: Any = None) -> Any:
             model.resize_token_embeddings(len(tokenizer))
     else:
         try:
-            with skipped_init(resume is not None and not m.lora.r):
-                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = random_init(config, dtype, skip=resume is not None and not m.lora.r)
         except ValueError as exc:  # a model type without a causal-LM head (bert, t5, ...)
             raise ConfigError("model.type", m.type or config.model_type, f"a causal LM architecture ({exc})") \
                 from None
@@ -131,17 +130,23 @@ def build_model(cfg: Any, tokenizer: Any, resume: Any = None) -> Any:
     return model
 
 
-def skipped_init(skip: bool) -> Any:
-    """On a resume of a model trained whole, its random init is work thrown away: the Trainer loads every weight
-    from the checkpoint next (for a 7B model, minutes of CPU). Not with LoRA: the checkpoint holds the adapters
-    only, and the base keeps its init. The random state this skips is the checkpoint's to restore."""
-    import contextlib
+def random_init(config: Any, dtype: Any, skip: bool = False) -> Any:
+    """The model of ``config``, randomly initialised; ``skip``: its weights left as allocated.
+
+    On a resume of a model trained whole, the random init is work thrown away: the Trainer loads every weight from
+    the checkpoint next (for a 7B model, about a minute of CPU). Not with LoRA: the checkpoint holds the adapters
+    only, and the base keeps its init. The random state this skips is the checkpoint's to restore.
+    """
+    from transformers import AutoModelForCausalLM
 
     if not skip:
-        return contextlib.nullcontext()
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
     from transformers.initialization import no_init_weights
 
-    return no_init_weights()
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # no_init_weights skips init_weights, and with it the tying (transformers ties after, too)
+    return model
 
 
 def quantized(m: Any) -> Dict[str, Any]:

@@ -54,3 +54,22 @@ def test_the_arithmetic_keeps_a_runs_global_batch_and_a_new_run_makes_its_own():
     tokens = g * one.data.seq_len
     assert new_one == pytest.approx(6 * n * tokens / (312e12 * 0.4))
     assert arithmetic_step(compose(["cluster=slurm"]), n, 0.4) == (None, "")  # CPUs: no arithmetic
+
+
+def test_without_a_kept_global_batch_more_processes_take_the_same_time_a_step():
+    found = Measured(step_seconds={(2, "a100"): 1.0})
+    assert scaled_step(found, 4, "a100", kept=False)[0] == pytest.approx(1.0)
+
+
+def test_a_shape_the_run_cannot_continue_on_is_refused_as_resume_would():
+    from hpcrun.config.compose import compose
+    from hpcrun.rundir.shape import Shape
+    from hpcrun.soonest import cannot_continue
+
+    cfg = compose(["cluster=slurm", "train.batch_size=2", "train.grad_accum=3"])
+    saved = Shape(2, 2, 3)
+    assert cannot_continue(cfg, None, 5) == "" and cannot_continue(cfg, saved, 3) == ""
+    assert "1, 2, 3, 4, 6, 12" in cannot_continue(cfg, saved, 5)
+    fsdp = compose(["cluster=slurm", "train.batch_size=2", "train.grad_accum=3", "train.fsdp=true"])
+    assert "sharded over 2" in cannot_continue(fsdp, saved, 1)
+    assert "saved by 1, unsharded" in cannot_continue(fsdp, Shape(1, 2, 6), 2)

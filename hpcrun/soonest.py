@@ -53,6 +53,7 @@ class Candidate:
     time_limit: float = 0.0
     start: Optional[float] = None  # Slurm's estimate (epoch seconds)
     refused: str = ""
+    backfill: bool = False  # starts now through backfill, where sbatch --test-only said later
     step_seconds: Optional[float] = None
     step_source: str = ""
     starts: int = 0
@@ -126,6 +127,64 @@ def slurm_start(cfg: Any) -> Tuple[Optional[float], str]:
         last = (text.splitlines() or [f"exit {out.returncode}"])[-1]
         return None, f"Slurm: {last.removeprefix('sbatch: error: ').removeprefix('allocation failure: ')}"
     return start, ""
+
+
+def _gpus(text: str) -> int:
+    """GPUs in a ``Gres=``/``GresUsed=`` value: ``gpu:a100:4``, ``gpu:2(IDX:0-1)``, ``gpu:a100:1(IDX:0),...``."""
+    return sum(int(m.group(1)) for m in re.finditer(r"gpu(?::[\w.-]+)?:(\d+)", text or ""))
+
+
+def free_nodes(partition_names: Sequence[str], nodes_text: str) -> List[Dict[str, int]]:
+    """The idle CPUs, memory (MB) and GPUs of each usable node in the partitions (``scontrol -d -o show node``)."""
+    from hpcrun.slurm.site import parse_fields
+
+    out = []
+    for line in nodes_text.splitlines():
+        if not line.strip().startswith("NodeName="):
+            continue
+        f = parse_fields(line.strip())
+        state = f.get("State", "").upper()
+        if not set(f.get("Partitions", "").split(",")) & set(partition_names) or \
+                any(bad in state for bad in ("DOWN", "DRAIN", "FAIL", "MAINT", "RESERVED", "NOT_RESPONDING")):
+            continue
+        num = lambda key: int(re.match(r"\d*", f.get(key, "0")).group() or 0)  # noqa: E731
+        out.append({"cpus": num("CPUTot") - num("CPUAlloc"), "mem": num("RealMemory") - num("AllocMem"),
+                    "gpus": _gpus(f.get("Gres", "")) - _gpus(f.get("GresUsed", ""))})
+    return out
+
+
+def backfill_start(cfg: Any, now: float) -> Optional[float]:
+    """``now`` when the backfill scheduler can start this job at once: enough nodes of its partition hold its
+    request idle now, and it ends (its time limit) before the earliest start Slurm has planned for a job pending in
+    that partition (``squeue --start``). None otherwise, and while a pending job has no planned start yet (Slurm's
+    backfill pass plans them every half minute or so). ``sbatch --test-only`` does not count backfill, so a short limit would look no sooner than a long
+    one."""
+    from hpcrun.slurm.sbatch import overcommits
+    from hpcrun.slurm.site import memory_mb, parse_partitions
+
+    c = cfg.cluster
+    try:
+        parts = parse_partitions(subprocess.run(["scontrol", "-o", "show", "partition"], capture_output=True,
+                                                text=True, timeout=30).stdout)
+        names = [c.partition] if c.partition else [n for n, p in parts.items() if p.default]
+        nodes = free_nodes(names, subprocess.run(["scontrol", "-d", "-o", "show", "node"], capture_output=True,
+                                                 text=True, timeout=30).stdout)
+        planned = subprocess.run(["squeue", "-h", "-t", "PD", "--start", "-p", ",".join(names), "-o", "%S"],
+                                 capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, "SLURM_TIME_FORMAT": "standard"}).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    need_cpus = (1 if overcommits(c) and c.nodes == 1 else c.tasks_per_node) * c.cpus_per_task
+    need_mb = memory_mb(c.mem) if c.mem else 0
+    fit = [n for n in nodes if n["cpus"] >= need_cpus and n["mem"] >= (need_mb or 0) and n["gpus"] >= c.gpus_per_node]
+    if len(fit) < c.nodes:
+        return None
+    if not all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", t) for t in planned):
+        return None  # a pending job the scheduler has not planned yet (N/A): its reservation is unknown
+    starts = [time.mktime(time.strptime(t, "%Y-%m-%dT%H:%M:%S")) for t in planned]
+    if starts and now + c.time_seconds() > min(starts):
+        return None
+    return now
 
 
 def measured(run_dir: Path) -> Measured:
@@ -280,6 +339,8 @@ def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float =
         cand.start, cand.refused = slurm_start(cfg)
         if cand.refused:
             continue
+        if cand.start is not None and cand.start > now + 60 and backfill_start(cfg, now) is not None:
+            cand.start, cand.backfill = now, True
         cand.step_seconds, cand.step_source = scaled_step(found, cand.processes, cand.gpu_type,
                                                           kept=global_batch is not None)
         if cand.step_seconds is None and plan is not None:
@@ -321,7 +382,7 @@ def render_text(candidates: Sequence[Candidate], basis: Dict[str, Any], now: Opt
             rows.append((str(i), c.label, "never", "", "", "", c.refused))
             continue
         step = f"{c.step_seconds:.3g}" if c.step_seconds is not None else "?"
-        rows.append((str(i), c.label, _when(c.start, now), step, c.step_source,
+        rows.append((str(i), c.label, _when(c.start, now) + (" backfill" if c.backfill else ""), step, c.step_source,
                      str(c.starts) if c.starts else "?", _when(c.finish, now)))
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]) - 1)]
     for r in rows:
@@ -334,7 +395,8 @@ def render_text(candidates: Sequence[Candidate], basis: Dict[str, Any], now: Opt
 
 def render_json(candidates: Sequence[Candidate], basis: Dict[str, Any]) -> str:
     return json.dumps({**basis, "candidates": [
-        {"overrides": c.overrides, "processes": c.processes, "start": c.start, "refused": c.refused or None,
+        {"overrides": c.overrides, "processes": c.processes, "start": c.start, "backfill": c.backfill,
+         "refused": c.refused or None,
          "step_seconds": c.step_seconds, "step_from": c.step_source or None, "starts": c.starts or None,
          "finish": c.finish} for c in candidates]}, indent=1)
 

@@ -81,3 +81,46 @@ def test_the_free_partition_ranks_first_at_slurms_start_time_and_submit_takes_it
         assert st["status"] == "completed" and st["starts"][-1]["resumed_from"] == done
     finally:
         subprocess.run(["scancel", loader])
+
+
+def test_a_short_limit_that_fits_before_a_pending_jobs_reservation_starts_now_through_backfill(
+        hpcrun, tmp_path, slurm_cluster):
+    """One CPU is busy for 20 minutes; a job pending for both CPUs holds the node's next 30 minutes. A 5-minute job
+    fits into the free CPU before that reservation and Slurm's backfill scheduler starts it at once, although
+    ``sbatch --test-only`` answers "after the pending job" for any limit. A 40-minute one really waits."""
+    cpus = int(node_cpus())
+    busy = subprocess.run(["sbatch", "--parsable", "-p", "normal", "-c", str(cpus - 1), "--time=20:00", "-o",
+                           "/dev/null", "--wrap", "sleep 1200"], capture_output=True, text=True, check=True
+                          ).stdout.strip()
+    pending = subprocess.run(["sbatch", "--parsable", "-p", "normal", "-c", str(cpus), "--time=30:00", "-o",
+                              "/dev/null", "--wrap", "sleep 1200"], capture_output=True, text=True, check=True
+                             ).stdout.strip()
+    try:
+        wait_until(lambda: subprocess.run(["squeue", "-h", "-j", busy, "-o", "%T"], capture_output=True,
+                                          text=True).stdout.strip() == "RUNNING", timeout=60, what="the busy job")
+        # the backfill scheduler's pass plans the pending job's start (N/A until then; hpcrun claims no backfill)
+        wait_until(lambda: subprocess.run(["squeue", "-h", "-j", pending, "--start", "-o", "%S"],
+                                          capture_output=True, text=True).stdout.strip()[:2] == "20",
+                   timeout=120, what="the pending job's planned start")
+        short_long = [*TINY, "cluster=slurm", "cluster.partition=normal", "cluster.cpus_per_task=1", "run.dir=new",
+                      "cluster.time=40:00,5:00"]
+        before = time.time()
+        out = hpcrun("plan", "--soonest", "--json", *short_long)
+        assert out.returncode == 0, out.stderr[-2000:]
+        first, second = json.loads(out.stdout)["candidates"]
+        assert first["overrides"] == ["cluster.time=5\\:00"] and first["backfill"] is True
+        assert before - 2 <= first["start"] <= time.time() + 2
+        assert second["overrides"] == ["cluster.time=40\\:00"] and second["backfill"] is False
+        assert second["start"] >= _end_time(busy) - 2  # after the pending job's reservation, as Slurm says
+
+        submitted = hpcrun("plan", "--soonest", "--submit", *short_long)
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+        job = job_id_from(submitted.stdout)
+        wait_until(lambda: subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                                          text=True).stdout.strip() in ("RUNNING", "COMPLETING", ""),
+                   timeout=120, what="the short job started by backfill")
+        assert subprocess.run(["squeue", "-h", "-j", pending, "-o", "%T"], capture_output=True,
+                              text=True).stdout.strip() == "PENDING"
+        assert wait_for_end(job) == "COMPLETED"
+    finally:
+        subprocess.run(["scancel", busy, pending])

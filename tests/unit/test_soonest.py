@@ -73,3 +73,16 @@ def test_a_shape_the_run_cannot_continue_on_is_refused_as_resume_would():
     fsdp = compose(["cluster=slurm", "train.batch_size=2", "train.grad_accum=3", "train.fsdp=true"])
     assert "sharded over 2" in cannot_continue(fsdp, saved, 1)
     assert "saved by 1, unsharded" in cannot_continue(fsdp, Shape(1, 2, 6), 2)
+
+
+def test_idle_resources_per_node_from_scontrol():
+    from hpcrun.soonest import _gpus, free_nodes
+
+    text = ("NodeName=a CPUAlloc=1 CPUTot=8 RealMemory=64000 AllocMem=16000 Gres=gpu:a100:4 "
+            "GresUsed=gpu:a100:3(IDX:0-2) State=MIXED Partitions=gpu,debug\n"
+            "NodeName=b CPUAlloc=0 CPUTot=8 RealMemory=64000 AllocMem=0 Gres=gpu:4 GresUsed=gpu:0 "
+            "State=IDLE+DRAIN Partitions=gpu\n"
+            "NodeName=c CPUAlloc=0 CPUTot=2 RealMemory=4000 AllocMem=0 Gres=(null) State=IDLE Partitions=cpu\n")
+    assert free_nodes(["gpu"], text) == [{"cpus": 7, "mem": 48000, "gpus": 1}]  # b drains; c is elsewhere
+    assert free_nodes(["cpu"], text) == [{"cpus": 2, "mem": 4000, "gpus": 0}]
+    assert _gpus("gpu:a100:1(IDX:0),gpu:v100:2(IDX:1-2)") == 3

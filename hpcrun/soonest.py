@@ -101,7 +101,9 @@ def split_candidates(overrides: Sequence[str]) -> Tuple[List[str], List[Dict[str
 def parse_test_only(text: str) -> Optional[float]:
     """The start time in ``sbatch --test-only``'s answer (``Job 12 to start at 2026-12-07T04:57:38 using ...``)."""
     m = _START.search(text)
-    return time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) if m else None
+    from hpcrun.slurm.jobs import parse_slurm_timestamp
+
+    return parse_slurm_timestamp(m.group(1)) if m else None
 
 
 def slurm_start(cfg: Any) -> Tuple[Optional[float], str]:
@@ -159,6 +161,7 @@ def backfill_start(cfg: Any, now: float) -> Optional[float]:
     that partition (``squeue --start``). None otherwise, and while a pending job has no planned start yet (Slurm's
     backfill pass plans them every half minute or so). ``sbatch --test-only`` does not count backfill, so a short limit would look no sooner than a long
     one."""
+    from hpcrun.slurm.jobs import parse_slurm_timestamp
     from hpcrun.slurm.sbatch import overcommits
     from hpcrun.slurm.site import memory_mb, parse_partitions
 
@@ -174,14 +177,14 @@ def backfill_start(cfg: Any, now: float) -> Optional[float]:
                                  env={**os.environ, "SLURM_TIME_FORMAT": "standard"}).stdout.split()
     except (OSError, subprocess.TimeoutExpired):
         return None
-    need_cpus = (1 if overcommits(c) and c.nodes == 1 else c.tasks_per_node) * c.cpus_per_task
+    need_cpus = (1 if overcommits(c) else c.tasks_per_node) * c.cpus_per_task
     need_mb = memory_mb(c.mem) if c.mem else 0
     fit = [n for n in nodes if n["cpus"] >= need_cpus and n["mem"] >= (need_mb or 0) and n["gpus"] >= c.gpus_per_node]
     if len(fit) < c.nodes:
         return None
-    if not all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", t) for t in planned):
+    starts = [parse_slurm_timestamp(t) for t in planned]
+    if None in starts:
         return None  # a pending job the scheduler has not planned yet (N/A): its reservation is unknown
-    starts = [time.mktime(time.strptime(t, "%Y-%m-%dT%H:%M:%S")) for t in planned]
     if starts and now + c.time_seconds() > min(starts):
         return None
     return now
@@ -282,14 +285,12 @@ def remaining_steps(cfg: Any) -> Tuple[int, int, Optional[Any]]:
 def cannot_continue(cfg: Any, saved: Optional[Any], processes: int) -> str:
     """Why a started run cannot continue on ``processes`` processes ('' when it can): what ``hpcrun resume``
     would refuse (docs/elastic.md)."""
-    from hpcrun.rundir.shape import continue_on, fsdp_counts
+    from hpcrun.rundir.shape import continue_on
 
-    if saved is None or saved.processes == processes:
+    if saved is None:
         return ""
-    if cfg.train.fsdp and (processes < 2) != (saved.processes < 2):
-        return f"cannot continue this run: expected {fsdp_counts(saved.processes)}"
     try:
-        continue_on(saved, processes, cfg.train.batch_size)
+        continue_on(saved, processes, cfg.train.batch_size, fsdp=cfg.train.fsdp)
     except UserError as exc:
         return str(exc)
     return ""

@@ -93,25 +93,19 @@ def _new_shape(cfg: Any, run_dir: Path) -> str:
         ConfigError: the global batch cannot be split over the new number of processes.
     """
     from hpcrun.rundir.checkpoints import newest_complete
-    from hpcrun.rundir.shape import continue_on, fsdp_counts, read_shape
+    from hpcrun.rundir.shape import continue_on, read_shape
 
     from hpcrun.config.schema import BUILTIN_SETTINGS
 
     if cfg.task.settings_path() != BUILTIN_SETTINGS:
         return ""  # a task of its own (a command, a custom task) chooses its batch itself
-    train = cfg.train
     latest, _ = newest_complete(run_dir)
     saved = read_shape(latest.path) if latest else None
     processes = cfg.cluster.nodes * cfg.cluster.tasks_per_node
     if saved is None or saved.processes == processes:
         return ""
     key = "cluster.tasks_per_node" if cfg.cluster.nodes == 1 else "cluster.nodes"
-    batch = train.batch_size
-    if train.fsdp and (processes < 2) != (saved.processes < 2):
-        from hpcrun.errors import ConfigError
-
-        raise ConfigError(key, processes, problem="cannot continue this run", expected=fsdp_counts(saved.processes))
-    shape = continue_on(saved, processes, batch, key)
+    shape = continue_on(saved, processes, cfg.train.batch_size, key, fsdp=cfg.train.fsdp)
     return f", on {processes} process(es) where it was saved by {saved.processes}: {shape.describe()}"
 
 

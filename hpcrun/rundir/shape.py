@@ -66,7 +66,7 @@ def counts_that_divide(global_batch: int, most: int = 64) -> List[int]:
     return [n for n in range(1, min(most, global_batch) + 1) if global_batch % n == 0]
 
 
-def fsdp_counts(saved: int) -> str:
+def _fsdp_counts(saved: int) -> str:
     """Which process counts an FSDP run saved by ``saved`` processes can continue on (the words of the error):
     FSDP shards over 2 or more, and one process trains unsharded, so neither reads the other's checkpoint."""
     if saved < 2:
@@ -75,7 +75,8 @@ def fsdp_counts(saved: int) -> str:
     return f"2 or more processes: its checkpoint is sharded over {saved} (train.fsdp=true)"
 
 
-def continue_on(saved: Shape, processes: int, batch_size: int, key: str = "cluster.tasks_per_node") -> Shape:
+def continue_on(saved: Shape, processes: int, batch_size: int, key: str = "cluster.tasks_per_node",
+                fsdp: bool = False) -> Shape:
     """The shape on which ``processes`` processes continue a run saved by ``saved``, keeping its global batch.
 
     Args:
@@ -83,12 +84,16 @@ def continue_on(saved: Shape, processes: int, batch_size: int, key: str = "clust
         processes: the new world size.
         batch_size: the configured per-process batch (``train.batch_size``): the most one process may take.
         key: the key the user changed, named in the error.
+        fsdp: the run trains with ``train.fsdp=true`` (sharded over 2 or more processes, unsharded on one).
 
     Raises:
-        ConfigError: the global batch cannot be split evenly over ``processes`` (it names the counts that can).
+        ConfigError: the global batch cannot be split evenly over ``processes`` (it names the counts that can), or
+            an FSDP run would move between one process and several.
     """
     if processes == saved.processes:
         return saved
+    if fsdp and (processes < 2) != (saved.processes < 2):
+        raise ConfigError(key, processes, problem="cannot continue this run", expected=_fsdp_counts(saved.processes))
     g = saved.global_batch
     if g % processes:
         fits = ", ".join(map(str, counts_that_divide(g)))

@@ -109,8 +109,9 @@ def _option_of(key: str) -> str:
 
 
 def overcommits(cluster: Any) -> bool:
-    """``cluster.sbatch_extra.overcommit=true``: the processes of a node share ``cluster.cpus_per_task`` CPUs."""
-    return cluster.sbatch_extra.get("overcommit") in (True, "true", "yes", "1", 1)
+    """``cluster.sbatch_extra.overcommit=true`` on one node: its processes share ``cluster.cpus_per_task`` CPUs,
+    asked for as ``--ntasks`` (:func:`executor_parameters`). On several nodes each process keeps its own."""
+    return cluster.nodes == 1 and cluster.sbatch_extra.get("overcommit") in (True, "true", "yes", "1", 1)
 
 
 def executor_parameters(cfg: Any) -> Dict[str, Any]:
@@ -130,7 +131,7 @@ def executor_parameters(cfg: Any) -> Dict[str, Any]:
     # More processes than CPUs on one node (--overcommit): Slurm 22.05 finds no node for --ntasks-per-node above
     # the node's CPUs, --overcommit or not ("never runnable"), but takes --ntasks=N on one node (--nodes=1 stays:
     # submitit's default)
-    per_node = not (cluster.nodes == 1 and overcommits(cluster))
+    per_node = not overcommits(cluster)
     if not per_node:
         extra["ntasks"] = cluster.tasks_per_node
     params: Dict[str, Any] = {

@@ -138,7 +138,7 @@ def _node_problem(cluster: Any, names: List[str], nodes: List[Node], by_default:
     where = ("the default partition " if by_default else "partition ") + ",".join(names)
     tasks = cluster.tasks_per_node or 1
     # --overcommit: Slurm allocates cpus_per_task per node, however many processes share them
-    need_cpus = (1 if overcommits(cluster) and cluster.nodes == 1 else tasks) * cluster.cpus_per_task
+    need_cpus = (1 if overcommits(cluster) else tasks) * cluster.cpus_per_task
     need_mb = memory_mb(cluster.mem) if cluster.mem else None
     if not members or any((n.cpus is None or n.cpus >= need_cpus) and
                           (need_mb is None or n.memory_mb is None or n.memory_mb >= need_mb) for n in members):

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Union
 
-from hpcrun.errors import ConfigError
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.rundir import RunDir
-from hpcrun.rundir.shape import Shape, continue_on, fsdp_counts, read_shape
+from hpcrun.rundir.shape import Shape, continue_on, read_shape
 from hpcrun.tasks.models import architecture, build_model, save_final, wrap_classes
 from hpcrun.tasks.text import tokenizer_for
 from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
@@ -123,10 +122,7 @@ def start_shape(cfg: Config, ctx: JobContext) -> Shape:
     saved = read_shape(ctx.resume_from.path) if ctx.resume_from is not None else None
     if saved is None:
         return configured
-    if cfg.train.fsdp and (ctx.world_size < 2) != (saved.processes < 2):
-        raise ConfigError("cluster.tasks_per_node", ctx.world_size, problem="cannot continue this run",
-                          expected=fsdp_counts(saved.processes))
-    shape = continue_on(saved, ctx.world_size, cfg.train.batch_size)
+    shape = continue_on(saved, ctx.world_size, cfg.train.batch_size, fsdp=cfg.train.fsdp)
     if shape != saved and ctx.is_main:
         log.info("continuing on %d process(es) a run saved by %d: %s (the global batch kept)", shape.processes,
                  saved.processes, shape.describe())

@@ -84,7 +84,8 @@ def release_when_requeued(job_id: str, timeout: float = 180) -> None:
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
             return
         time.sleep(1)
-    raise AssertionError(f"job {job_id} was not requeued within {timeout} s (squeue: {squeue_state(job_id)!r})")
+    raise AssertionError(f"job {job_id} was not requeued within {timeout} s (squeue: {squeue_state(job_id)!r}, "
+                         f"sacct -D: {sacct_runs(job_id)})")
 
 
 def task_pids(job_id: str, rank: int) -> list:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from tests.wandb_files import wandb_history
 
 pytestmark = pytest.mark.training
 OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# These runs train 20 to 50 steps a second: the interrupted one waits at its step for the signal (tests/step_gate.py)
+GATE = ["task._target_=step_gate.train", "task.settings=hpcrun.tasks.settings.CausalLMSettings"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,10 @@ def _straight(hpcrun, args, env=None):
 
 
 def _interrupted(hpcrun, tmp_path, args, step, env=None):
-    out = hpcrun(*args, "cluster=slurm", "run.dir=run", env=env)
+    """The run on Slurm, signalled once it logged ``step``; its first start waits at the next step for the signal."""
+    shutil.copy(Path(__file__).parent.parent / "step_gate.py", tmp_path)
+    env = {**(env or {}), "HPCRUN_TEST_HOLD_AT_STEP": str(step)}
+    out = hpcrun(*args, *GATE, "cluster=slurm", "run.dir=run", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     job = job_id_from(out.stdout)
     timeout_signal_at_step(job, tmp_path / "run", step)
@@ -73,6 +79,7 @@ def _interrupted(hpcrun, tmp_path, args, step, env=None):
     assert sacct_runs(job) == ["REQUEUED", "COMPLETED"]
     st = state(tmp_path / "run")
     assert st["status"] == "completed" and st["requeues"] == 1
+    assert st["starts"][0]["step"] == step + 1  # saved at the step the signal came in, and resumed from there
     return tmp_path / "run"
 
 

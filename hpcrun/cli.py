@@ -421,9 +421,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[Optional[str], Callable[[argparse.Namespace], int]] = {
-    None: cmd_run, "run": cmd_run_command, "config": cmd_config, "render": cmd_render, "doctor": cmd_doctor, "plan": cmd_plan, "status": cmd_status, "report": cmd_report, "results": cmd_results,
-    "logs": cmd_logs, "cancel": cmd_cancel,
-    "resume": cmd_resume, "wait": cmd_wait,
+    None: cmd_run, "run": cmd_run_command, "config": cmd_config, "render": cmd_render, "doctor": cmd_doctor,
+    "plan": cmd_plan, "status": cmd_status, "report": cmd_report, "results": cmd_results, "logs": cmd_logs,
+    "cancel": cmd_cancel, "resume": cmd_resume, "wait": cmd_wait,
 }
 
 

@@ -159,8 +159,8 @@ def backfill_start(cfg: Any, now: float) -> Optional[float]:
     """``now`` when the backfill scheduler can start this job at once: enough nodes of its partition hold its
     request idle now, and it ends (its time limit) before the earliest start Slurm has planned for a job pending in
     that partition (``squeue --start``). None otherwise, and while a pending job has no planned start yet (Slurm's
-    backfill pass plans them every half minute or so). ``sbatch --test-only`` does not count backfill, so a short limit would look no sooner than a long
-    one."""
+    backfill pass plans them every half minute or so). ``sbatch --test-only`` does not count backfill, so a short
+    limit would look no sooner than a long one."""
     from hpcrun.slurm.jobs import parse_slurm_timestamp
     from hpcrun.slurm.sbatch import overcommits
     from hpcrun.slurm.site import memory_mb, parse_partitions

@@ -43,7 +43,8 @@ def _slurm_up() -> Optional[str]:
         return f"sinfo failed: {exc}"
     if out.returncode != 0:
         return f"sinfo failed: {out.stderr.strip()}"
-    if not any(s.startswith(("idle", "mixed", "alloc")) for s in out.stdout.split()):
+    # "planned": backfill has set the node aside for a pending job (Slurm 22.05 and later); it is up all the same
+    if not any(s.startswith(("idle", "mixed", "alloc", "planned")) for s in out.stdout.split()):
         return f"no usable node (sinfo says {out.stdout.split()})"
     acct = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, timeout=30)
     if "accounting storage is disabled" in acct.stderr:

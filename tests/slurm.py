@@ -168,7 +168,7 @@ def restart_cluster() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "dev-cluster"
     subprocess.run([str(script), "up"], check=True, capture_output=True, timeout=180)
     wait_until(lambda: subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-               .stdout.strip().startswith(("idle", "mixed", "alloc")), 60, "a usable node")
+               .stdout.strip().startswith(("idle", "mixed", "alloc", "planned")), 60, "a usable node")
 
 
 @contextlib.contextmanager

@@ -19,8 +19,10 @@ from tests.training import TINY, logged_steps, state, wait_for_step, wait_until
 pytestmark = pytest.mark.training
 
 PROBE = ["task._target_=samples_probe.train", "task.settings=hpcrun.tasks.settings.CausalLMSettings"]
-# global batch 12: 2 processes x 2 x accumulation 3; on 1 process accumulation 6, on 3 processes 2
-RUN = [*TINY, *PROBE, "cluster=slurm", "cluster.cpus_per_task=1", "train.max_steps=18", "train.batch_size=2",
+# global batch 12: 2 processes x 2 x accumulation 3; on 1 process accumulation 6, on 3 processes 2. 30 steps at
+# about 3 a second: each stop leaves several seconds of steps after the one it watches, for `hpcrun cancel` to land.
+STEPS = 30
+RUN = [*TINY, *PROBE, "cluster=slurm", "cluster.cpus_per_task=1", f"train.max_steps={STEPS}", "train.batch_size=2",
        "train.grad_accum=3", "model.attention_dropout=0.1"]
 LOSS_TOLERANCE = 1e-3  # relative, on the final eval loss (measured: 1.5e-5)
 
@@ -54,7 +56,7 @@ def test_a_run_saved_by_two_processes_resumes_on_one_then_three_with_the_same_sa
     run_dir = tmp_path / "run"
     job, _ = _submit(hpcrun, *RUN, "cluster.tasks_per_node=2", "run.dir=run")
     first = _stop_at(hpcrun, run_dir, job, 4)
-    assert 4 <= first < 18
+    assert 4 <= first < STEPS
 
     # 12 samples a step cannot be split over 5 processes: refused before anything is submitted
     out = hpcrun("resume", str(run_dir), "cluster.tasks_per_node=5", "cluster.sbatch_extra.overcommit=true")
@@ -65,7 +67,7 @@ def test_a_run_saved_by_two_processes_resumes_on_one_then_three_with_the_same_sa
     job, said = _submit(hpcrun, "resume", str(run_dir), "cluster.tasks_per_node=1")
     assert "on 1 process(es) where it was saved by 2: 1 process(es) x batch 2 x accumulation 6" in said
     second = _stop_at(hpcrun, run_dir, job, first + 4)
-    assert first < second < 18
+    assert first < second < STEPS
 
     # 3 processes on the 2-CPU node: --overcommit lets them share its CPUs
     job, said = _submit(hpcrun, "resume", str(run_dir), "cluster.tasks_per_node=3",
@@ -80,14 +82,14 @@ def test_a_run_saved_by_two_processes_resumes_on_one_then_three_with_the_same_sa
     log = (run_dir / "logs" / "start-3.log").read_text()
     assert "continuing on 3 process(es) a run saved by 1" in log
     assert "random state derived again for 3 process(es)" in log
-    assert logged_steps(run_dir) == list(range(1, 19))
+    assert logged_steps(run_dir) == list(range(1, STEPS + 1))
 
     # the data: every step trained on exactly the straight run's samples, none twice, none skipped
     mine, theirs = samples_by_step(run_dir), samples_by_step(tmp_path / "straight")
-    assert list(mine) == list(range(1, 19)) and all(len(rows) == 12 for rows in mine.values())
+    assert list(mine) == list(range(1, STEPS + 1)) and all(len(rows) == 12 for rows in mine.values())
     assert mine == theirs
     all_rows = [r for rows in mine.values() for r in rows]
-    assert len(set(all_rows)) == len(all_rows)  # 18 x 12 samples, all distinct (within the first epoch)
+    assert len(set(all_rows)) == len(all_rows)  # 30 x 12 samples, all distinct (within the first epoch)
 
     # the result: close to the straight run's, not bit-equal (see the module's docstring and docs/elastic.md)
     a, b = _final_eval_loss(run_dir), _final_eval_loss(tmp_path / "straight")
@@ -97,7 +99,7 @@ def test_a_run_saved_by_two_processes_resumes_on_one_then_three_with_the_same_sa
     assert report.returncode == 0
     assert f"start 1 (2 processes, steps 0-{first})" in report.stdout
     assert f"start 2 (1 process, steps {first}-{second})" in report.stdout
-    assert f"start 3 (3 processes, steps {second}-18)" in report.stdout
+    assert f"start 3 (3 processes, steps {second}-{STEPS})" in report.stdout
 
 
 def test_a_sharded_fsdp_checkpoint_of_two_processes_resumes_on_three(hpcrun, tmp_path, slurm_cluster):

@@ -77,7 +77,8 @@ def test_a_run_directory_holding_another_training_config_is_refused_and_run_fres
 
 def test_damaged_newest_checkpoints_are_skipped_with_the_reason_and_the_run_resumes_from_the_last_good_one(
         tmp_path, reference_run):
-    args = [*TINY, "cluster=local", "run.dir=run", "checkpoint.save_every=2s", "checkpoint.keep_last=4"]
+    # a save every second: the four come some 4 s in, well before the 30 steps end (about 10 s here)
+    args = [*TINY, "cluster=local", "run.dir=run", "checkpoint.save_every=1s", "checkpoint.keep_last=4"]
     run_dir = tmp_path / "run"
     proc = _start(args, tmp_path)
     wait_until(lambda: len(list((run_dir / "checkpoints").glob("step-*/hpcrun-complete.json"))) >= 4,

@@ -296,11 +296,6 @@ def cannot_continue(cfg: Any, saved: Optional[Any], processes: int) -> str:
     return ""
 
 
-def gpu_kind(cluster: Any) -> Optional[str]:
-    """The GPU type a shape's steps are measured and scaled by: None on CPUs, "gpu" for GPUs of no given type."""
-    return (cluster.gpu_type or "gpu") if cluster.gpus_per_node else None
-
-
 def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float = 0.4,
          bandwidth: float = 1e9) -> Tuple[List[str], List[Candidate], Dict[str, Any]]:
     """Every candidate, estimated and ranked (soonest finish first; those without an estimate by their start,
@@ -332,7 +327,7 @@ def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float =
     out = []
     for values, cfg in zip(per, cfgs):
         c = cfg.cluster
-        cand = Candidate(values, c.nodes * c.tasks_per_node, gpu_kind(c), float(c.time_seconds()))
+        cand = Candidate(values, c.nodes * c.tasks_per_node, c.gpu_kind(), float(c.time_seconds()))
         out.append(cand)
         cand.refused = cannot_continue(cfg, saved, cand.processes)
         if cand.refused:

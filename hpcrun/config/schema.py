@@ -121,6 +121,11 @@ class ClusterConfig:
     def signal_delay_seconds(self) -> int:
         return _duration("cluster.signal_delay", self.signal_delay)
 
+    def gpu_kind(self) -> Optional[str]:
+        """What a start's steps are measured and compared by (the ledger, ``plan --soonest``): the GPU type, "gpu"
+        for GPUs of no given type, None on CPUs."""
+        return (self.gpu_type or "gpu") if self.gpus_per_node else None
+
     def check(self) -> None:
         if self.launcher not in LAUNCHERS:
             raise ConfigError("cluster.launcher", self.launcher, choices=LAUNCHERS)

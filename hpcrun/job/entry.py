@@ -255,7 +255,7 @@ class JobEntry:
         state.ledger = ledger
         ledger.event("start", job_id=ctx.job_id, restart=ctx.restart, alloc_start=alloc_start,
                      process_start=started, resumed_from=latest.step if latest else 0, end_time=end_time,
-                     world_size=ctx.world_size, gpu_type=(cfg.cluster.gpu_type or "gpu") if cfg.cluster.gpus_per_node else None)
+                     world_size=ctx.world_size, gpu_type=cfg.cluster.gpu_kind())
         interpreter = process_start_time() or started  # the Python process (the entry is called after imports)
         if ctx.on_slurm and alloc_start and interpreter > alloc_start:
             ledger.phase("launch", interpreter - alloc_start)  # Slurm's prolog, srun, a container's start

@@ -127,18 +127,6 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-def process_start_time() -> Optional[float]:
-    """When this process started, as a Unix time (Linux: /proc, to its 10 ms ticks; None elsewhere). The start is
-    counted in ticks since boot; the time since boot is read now (CLOCK_BOOTTIME), not from /proc/stat's btime,
-    which is whole seconds."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
 def wait_for_start(run_dir: Path, job_id: Optional[str], restart: int, timeout: float = 600) -> dict:
     """Waits until rank 0 has recorded this start of the job in state.json; returns that record."""
     from hpcrun.rundir.state import read_state
@@ -233,6 +221,7 @@ class JobEntry:
         from hpcrun.job.steps import take_background
         from hpcrun.rundir.checkpoints import CheckpointDir
         from hpcrun.rundir.ledger import Ledger
+        from hpcrun.rundir.lock import process_start_time
 
         run_dir = ctx.run_dir
         rd = RunDir(run_dir)

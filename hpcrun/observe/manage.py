@@ -40,17 +40,21 @@ def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> in
     return 0
 
 
-def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_slurm_every: float = 30.0) -> int:
+def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_slurm_every: float = 30.0,
+            ask_local_every: float = 2.0, unknown_for: float = 300.0) -> int:
     """Prints the run's log as it grows, across restarts (a line marks each new start), until the run has ended:
-    its state is completed, failed or stopped, or its Slurm job is gone without a word (cancelled while
-    pending). ``only``: that one start's log."""
+    its state is completed, failed or stopped, its Slurm job is over without a word (cancelled while pending), or
+    its process died unwatched (kill -9 of a local run). A job neither squeue nor sacct has known for
+    ``unknown_for`` seconds while its log stood still (accounting purged or off) ends it too, with a line saying
+    so. ``only``: that one start's log."""
+    from hpcrun.observe.status import statuses
     from hpcrun.rundir.state import FINISHED
-    from hpcrun.slurm.jobs import SLURM_ACTIVE, job_states
 
     rd = RunDir(run_dir)
     current: Optional[Path] = None
     handle = None
     asked = time.monotonic()
+    grew = unknown_since = None
     try:
         while True:
             target = only or (rd.latest_log.resolve() if rd.latest_log.exists() else None)
@@ -61,14 +65,24 @@ def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_s
                     sys.stdout.write(f"----- {target.name} (a new start) -----\n")
                 handle, current = open(target, errors="replace"), target
             if handle is not None:
-                sys.stdout.write(handle.read())
+                text = handle.read()
+                if text:
+                    grew = time.monotonic()
+                    sys.stdout.write(text)
                 sys.stdout.flush()
             state = read_state(run_dir)
             ended = state.get("status") in FINISHED
-            if not ended and state.get("job_id") and time.monotonic() - asked > ask_slurm_every:
+            job = state.get("job_id")
+            if not ended and time.monotonic() - asked > (ask_slurm_every if job else ask_local_every):
                 asked = time.monotonic()
-                job = str(state["job_id"])
-                ended = job_states([job]).get(job) not in (*SLURM_ACTIVE, None)
+                row = statuses([run_dir])[0]
+                ended = row.ended
+                unknown_since = (unknown_since or asked) if job and row.slurm_state is None else None
+                if (not ended and unknown_since is not None and asked - unknown_since >= unknown_for
+                        and asked - (grew or unknown_since) >= unknown_for):
+                    say(f"stopped following: Slurm has not known job {job} for {unknown_for:g} s (neither squeue "
+                        f"nor sacct) and its log stood still; `hpcrun status {run_dir}` shows what the run recorded")
+                    ended = True
             if ended:
                 time.sleep(poll)  # the last lines written after the state
                 if handle is not None:
@@ -108,8 +122,6 @@ def wait(target: str, poll: float = 15.0) -> int:
     """Blocks until every run of ``target`` has ended, showing progress; non-zero if any did not complete."""
     from hpcrun.observe.status import statuses
     from hpcrun.rundir.index import resolve_targets
-    from hpcrun.rundir.state import FINISHED
-    from hpcrun.slurm.jobs import SLURM_ACTIVE
 
     run_dirs = resolve_targets(target)
     tty = sys.stderr.isatty()
@@ -117,7 +129,7 @@ def wait(target: str, poll: float = 15.0) -> int:
     while True:
         rows = statuses(run_dirs)
         # Ended: the run says so, or its job is over in Slurm's eyes (killed before it could say so).
-        done = [r for r in rows if r.recorded in FINISHED or (r.slurm_state and r.slurm_state not in SLURM_ACTIVE)]
+        done = [r for r in rows if r.ended]
         counts = {}
         for r in rows:
             counts[r.state] = counts.get(r.state, 0) + 1

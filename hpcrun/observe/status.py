@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from hpcrun.durations import format_human
 from hpcrun.rundir.checkpoints import MARKER, newest_complete
 from hpcrun.rundir.ledger import progress, read_ledger
+from hpcrun.rundir.lock import holder_gone
+from hpcrun.rundir.layout import RunDir
 from hpcrun.rundir.metrics import logged_steps
 from hpcrun.rundir.state import FINISHED, read_state
 from hpcrun.slurm.jobs import SLURM_ACTIVE
@@ -42,6 +44,7 @@ class RunStatus:
     time_left_s: Optional[float]
     job_id: Optional[str]
     goodput: Optional[float]  # training time over allocated time so far, from the run's ledger (hpcrun report)
+    ended: bool  # it will not go on by itself: it recorded its end, its job is over, or its process died unwatched
 
 
 def _progress(run_dir: Path, events: List[Dict[str, Any]]) -> Tuple[int, int]:
@@ -54,6 +57,19 @@ def _progress(run_dir: Path, events: List[Dict[str, Any]]) -> Tuple[int, int]:
     if logged_at > last_event:
         step = logged
     return step, planned or 0
+
+
+def _start_end(run_dir: Path, start: Dict[str, Any], live: bool, now: float) -> float:
+    """When a start ended: as it recorded; now, while it runs; else (killed before it could say) its log's last
+    write."""
+    if start.get("ended_at"):
+        return float(start["ended_at"])
+    if live:
+        return now
+    try:
+        return max(float(start["started_at"]), RunDir(run_dir).start_log(int(start.get("n", 0))).stat().st_mtime)
+    except (OSError, ValueError):
+        return now
 
 
 def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float] = None) -> RunStatus:
@@ -70,8 +86,8 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
             ckpt_age = now - (latest.path / MARKER).stat().st_mtime
         except OSError:
             pass
-    elapsed = sum((s.get("ended_at") or now) - s["started_at"] for s in starts if "started_at" in s)
     reason = state.get("reason", "")
+    ended = status in FINISHED or bool(slurm and slurm not in SLURM_ACTIVE)
     if status in FINISHED:
         shown = status.upper()
         if status == "stopped" and slurm == "CANCELLED":
@@ -83,10 +99,20 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
                   "hpcrun command (or hpcrun resume) continues it")
     elif slurm and slurm not in SLURM_ACTIVE:
         shown = slurm  # the job ended without telling its run (killed, node failure, cancelled while pending)
+    elif status == "running" and slurm is None and (gone := holder_gone(run_dir)) is not None:
+        ended = True
+        # A start on this host ended without a word (kill -9, out of memory, a closed terminal), and no Slurm job
+        # will start it again: a local run, or one whose job Slurm does not know. Its lock's holder is gone.
+        shown = "FAILED"
+        reason = (f"its process (pid {gone['pid']} on {gone['host']}) ended without recording why (killed: "
+                  "kill -9, out of memory, a closed terminal); `hpcrun resume RUN` continues it from its newest "
+                  "checkpoint")
     elif status == "requeued" and slurm in (None, "PENDING", "REQUEUED"):
         shown = "REQUEUED"
     else:
         shown = slurm or (status or "NEW").upper()
+    elapsed = sum(_start_end(run_dir, s, live=not ended and i == len(starts) - 1, now=now) - s["started_at"]
+                  for i, s in enumerate(starts) if "started_at" in s)
     time_left = None
     if shown == "RUNNING" and starts and starts[-1].get("end_time"):
         time_left = max(0.0, starts[-1]["end_time"] - now)
@@ -104,7 +130,7 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         run_dir=str(run_dir), name=name, id=rid, state=shown, recorded=status, slurm_state=slurm,
         reason=reason, restarts=max(0, len(starts) - 1), step=step, max_steps=planned,
         last_checkpoint_step=latest.step if latest else None, last_checkpoint_age_s=ckpt_age, elapsed_s=elapsed,
-        time_left_s=time_left, job_id=job, goodput=None if goodput is None else round(goodput, 4),
+        time_left_s=time_left, job_id=job, goodput=None if goodput is None else round(goodput, 4), ended=ended,
     )
 
 

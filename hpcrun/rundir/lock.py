@@ -46,6 +46,51 @@ def _holder_text(holder: Dict[str, Any]) -> str:
     return where + ")"
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (``pid:[4026531836]``): pids mean the same thing only within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def process_start_time(pid: int | str = "self") -> Optional[float]:
+    """When a process started, as a Unix time (Linux: /proc, to its 10 ms ticks; None elsewhere, or when it is
+    gone). The start is counted in ticks since boot; the time since boot is read now (CLOCK_BOOTTIME), not from
+    /proc/stat's btime, which is whole seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def holder_gone(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The run lock's last holder, when it is known to have ended without a word: a process of this host and PID
+    namespace that no longer runs (or whose pid a newer process has taken). Read-only: it never takes the lock,
+    so it cannot delay a start that is taking it.
+
+    None when the holder may be alive, or nobody can tell from here: another host (a Slurm job's node: Slurm
+    knows), another PID namespace (a container with its own), or a lock file written by an older hpcrun.
+    """
+    holder = RunLock(run_dir, "").holder_now(wait=0.0)
+    pid = holder.get("pid")
+    if (not isinstance(pid, int) or holder.get("host") != socket.gethostname()
+            or not holder.get("pid_namespace") or holder.get("pid_namespace") != _pid_namespace()):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return holder
+    except PermissionError:
+        pass  # it exists (another user's): alive, unless its pid was reused (below)
+    started = process_start_time(pid)
+    if started is None:  # gone between the two looks
+        return holder if not Path(f"/proc/{pid}").exists() else None
+    return holder if started > float(holder.get("since") or 0) + 1.0 else None
+
+
 class RunLock:
     """The lock of one run directory.
 
@@ -58,7 +103,7 @@ class RunLock:
     def __init__(self, run_dir: Path, what: str, job_id: Optional[str] = None) -> None:
         self.path = RunDir(run_dir).lock
         self.holder = {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
-                       "since": time.time()}
+                       "since": time.time(), "pid_namespace": _pid_namespace()}
         self._fd: Optional[int] = None
 
     def holder_now(self, wait: float = 1.0) -> Dict[str, Any]:

@@ -1,6 +1,7 @@
 """One owner per run: folders that are not runs are never touched, a run is trained by one process at a time,
 two submissions of one run make one job, and an sbatch answer hpcrun cannot read leaves nothing behind."""
 
+import json
 import os
 import signal
 import subprocess
@@ -48,6 +49,15 @@ def test_a_second_local_start_of_a_running_run_is_refused_and_a_killed_one_block
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # as a node failure or the OOM killer would
         first.wait()
+    # Killed without a word: status says so (it was RUNNING for ever), and wait and logs -f end.
+    shown = json.loads(hpcrun("status", "--json", "run").stdout)[0]
+    assert (shown["state"], shown["ended"]) == ("FAILED", True), shown
+    assert f"its process (pid {first.pid} on {os.uname().nodename}) ended without recording why" in shown["reason"]
+    waited = hpcrun("wait", "run", timeout=60)
+    assert waited.returncode == 1 and "1/1 ended: 1 failed" in waited.stderr, waited.stderr[-2000:]
+    followed = hpcrun("logs", "-f", "run", timeout=60)
+    assert followed.returncode == 0, followed.stderr[-2000:]
+    assert followed.stdout == (run / "logs" / "start-1.log").read_text()  # all of it, and then it ended
     resumed = hpcrun(*CHEAP, "cluster=local", "run.dir=run", "cluster.time=15s", "checkpoint.deadline_margin=1s")
     assert resumed.returncode == 75, resumed.stderr[-3000:]
     assert "ended without a clean stop" in (run / "logs" / "start-2.log").read_text()

@@ -12,7 +12,7 @@ from hpcrun.errors import UserError
 from hpcrun.rundir import RunDir
 from hpcrun.rundir.atomic import atomic_write, atomic_write_json, read_json
 from hpcrun.rundir.create import is_hpcrun_run, move_aside, refuse_foreign
-from hpcrun.rundir.lock import RunBusy, RunLock
+from hpcrun.rundir.lock import RunBusy, RunLock, holder_gone
 
 HOLD = """
 import sys, time
@@ -69,6 +69,29 @@ def test_a_lock_left_by_a_process_killed_with_sigkill_does_not_block_the_next_st
     lock = RunLock(tmp_path / "run", "the next start").acquire()
     assert lock.holder_now()["pid"] == os.getpid()
     lock.release()
+
+
+def test_a_holder_is_known_gone_only_when_it_is_a_dead_process_of_this_host_and_pid_namespace(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    proc = _holder(run)
+    try:
+        assert holder_gone(run) is None  # alive
+        written = json.loads(RunLock(run, "").path.read_text())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert holder_gone(run)["pid"] == proc.pid  # killed: nothing ended its run, and nothing will
+
+    lock_file = RunLock(run, "").path
+    for changed, gone in ((dict(host="another-node"), False),  # a Slurm job's node: Slurm knows, not us
+                          (dict(pid_namespace="pid:[1]"), False),  # a container's own pids
+                          (dict(pid_namespace=None), False),  # written by an older hpcrun
+                          (dict(pid=os.getpid(), since=time.time()), False),  # alive (this very process)
+                          (dict(pid=os.getpid(), since=time.time() - 10 * 365 * 86400), True)):  # pid reused
+        lock_file.write_text(json.dumps({**written, **changed}))
+        assert (holder_gone(run) is not None) is gone, changed
 
 
 def test_the_lock_waits_for_its_holder_when_asked(tmp_path):

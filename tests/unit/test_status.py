@@ -104,7 +104,8 @@ def test_the_table_shows_why_a_run_failed_or_stopped_under_its_row():
     def row(name, state, reason):
         return RunStatus(run_dir=f"/r/{name}", name=name, id="default", state=state, recorded="", slurm_state=None,
                          reason=reason, restarts=0, step=3, max_steps=10, last_checkpoint_step=None,
-                         last_checkpoint_age_s=None, elapsed_s=5.0, time_left_s=None, job_id="7", goodput=None)
+                         last_checkpoint_age_s=None, elapsed_s=5.0, time_left_s=None, job_id="7", goodput=None,
+                         ended=True)
 
     text = table([row("ok", "COMPLETED", "trained to step 10"), row("bad", "FAILED", "ValueError: boom (a Python "
                   "error is not requeued: it would repeat)")], colour=False)
@@ -112,3 +113,26 @@ def test_the_table_shows_why_a_run_failed_or_stopped_under_its_row():
     assert lines[1].startswith("ok/default") and lines[2].startswith("bad/default")
     assert lines[3] == "    why: ValueError: boom (a Python error is not requeued: it would repeat)"
     assert "trained to step" not in text  # a completed run's reason is not repeated
+
+
+def test_logs_follow_ends_when_slurm_has_long_forgotten_a_job_whose_log_stands_still(tmp_path, monkeypatch, capsys):
+    # accounting purged or off: neither squeue nor sacct knows the job (faked: job_states leaves it out)
+    import hpcrun.slurm.jobs
+    from hpcrun.observe.manage import _follow
+
+    run_dir = _run(tmp_path, "running")
+    (run_dir / "logs").mkdir()
+    (run_dir / "logs" / "start-1.log").write_text("step 1\n")
+    (run_dir / "logs" / "latest.log").symlink_to("start-1.log")
+    monkeypatch.setattr(hpcrun.slurm.jobs, "job_states", lambda jobs: {})
+    assert _follow(run_dir, poll=0.05, ask_slurm_every=0.1, unknown_for=0.5) == 0
+    out, err = capsys.readouterr()
+    assert out == "step 1\n" and "Slurm has not known job 5 for 0.5 s" in err
+
+    # while Slurm knows it as running, it goes on
+    monkeypatch.setattr(hpcrun.slurm.jobs, "job_states", lambda jobs: {"5": "RUNNING"})
+    import threading
+
+    threading.Timer(1.5, lambda: RunState(run_dir).end("completed", "done", 40)).start()
+    assert _follow(run_dir, poll=0.05, ask_slurm_every=0.1, unknown_for=0.5) == 0
+    assert "has not known" not in capsys.readouterr().err

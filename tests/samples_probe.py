@@ -4,11 +4,16 @@ Copied by a test into the folder it runs hpcrun in, and run as ``task._target_=s
 task.settings=hpcrun.tasks.settings.CausalLMSettings``. Every micro-batch a rank trains on appends one line to
 ``<run.dir>/samples.rank-R.jsonl``: the step it belongs to, the Slurm job and restart of the start, and a digest of
 each of its rows of token ids (a sample is one block of tokens). Read back with :func:`samples_by_step`.
+
+With ``HPCRUN_TEST_STOP_AT_STEP=K`` in its environment, a start that resumes from no checkpoint sends itself SIGINT
+(a Ctrl-C) as step K begins: it then saves after step K and stops, whatever the speeds (a local run's interruption
+at a known step).
 """
 
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 
@@ -20,8 +25,13 @@ def train(cfg, ctx):
     out = Path(ctx.run_dir) / f"samples.rank-{ctx.rank}.jsonl"
     start = f"{os.environ.get('SLURM_JOB_ID', 'local')}/{os.environ.get('SLURM_RESTART_COUNT', '0')}"
     original = transformers.Trainer.training_step
+    stop_at = int(os.environ.get("HPCRUN_TEST_STOP_AT_STEP", 0)) if ctx.resume_from is None else 0
+    sent = []
 
     def training_step(self, model, inputs, *args, **kwargs):
+        if self.state.global_step + 1 == stop_at and not sent:  # once: a second Ctrl-C interrupts at once
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
         rows = [hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest()[:16] for row in inputs["input_ids"]]
         with out.open("a") as f:
             f.write(json.dumps({"step": self.state.global_step + 1, "start": start, "rows": rows}) + "\n")

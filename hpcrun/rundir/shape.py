@@ -45,8 +45,13 @@ class Shape:
         return (f"{self.processes} process(es) x batch {self.batch_size} x accumulation {self.grad_accum} = "
                 f"{self.global_batch} samples a step")
 
-    def write(self, folder: Path) -> None:
-        (Path(folder) / SHAPE_FILE).write_text(json.dumps({**asdict(self), "global_batch": self.global_batch}))
+    def write(self, folder: Path, rotating_epochs: bool = False) -> None:
+        """Into a checkpoint's folder; ``rotating_epochs``: its run cuts each epoch at another place
+        (:mod:`hpcrun.tasks.epochs`), where older runs cut every epoch at the same one."""
+        data = {**asdict(self), "global_batch": self.global_batch}
+        if rotating_epochs:
+            data["epochs"] = "rotating"
+        (Path(folder) / SHAPE_FILE).write_text(json.dumps(data))
 
 
 def read_shape(folder: Optional[Path]) -> Optional[Shape]:
@@ -59,6 +64,14 @@ def read_shape(folder: Optional[Path]) -> Optional[Shape]:
         return Shape(int(data["processes"]), int(data["batch_size"]), int(data["grad_accum"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def rotating_epochs(folder: Path) -> bool:
+    """Whether the run that saved this checkpoint cuts each epoch at another place (written since 2026-11-30)."""
+    try:
+        return json.loads((Path(folder) / SHAPE_FILE).read_text()).get("epochs") == "rotating"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def counts_that_divide(global_batch: int, most: int = 64) -> List[int]:

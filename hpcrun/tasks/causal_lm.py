@@ -18,6 +18,7 @@ from typing import Any, Union
 from hpcrun.job.context import JobContext, Stopped
 from hpcrun.rundir import RunDir
 from hpcrun.rundir.shape import Shape, continue_on, read_shape
+from hpcrun.tasks.epochs import EpochWindow, whole_global_batches, window_callback
 from hpcrun.tasks.models import architecture, build_model, save_final, wrap_classes
 from hpcrun.tasks.text import tokenizer_for
 from hpcrun.tasks.tokens import TOKENS_DIR, corpus_blocks
@@ -129,31 +130,6 @@ def start_shape(cfg: Config, ctx: JobContext) -> Shape:
     return shape
 
 
-def whole_global_batches(dataset: Any, shape: Shape, ctx: JobContext) -> Any:
-    """The training set cut to whole global batches: every step has a full one, and the samples of step N are the
-    same on any number of processes (the sampler's order depends on the seed and the epoch only; each rank takes
-    every N-th micro-batch of it). Left whole for a run whose checkpoint is older than shapes (its data position
-    counts the uncut set) and for data smaller than one global batch (it trains as before; it cannot change
-    shape exactly)."""
-    if ctx.resume_from is not None and read_shape(ctx.resume_from.path) is None:
-        return dataset
-    g = shape.global_batch
-    keep = len(dataset) // g * g
-    if keep == 0:
-        if ctx.is_main:
-            log.warning("the training set (%d samples) is smaller than one global batch (%s): not cut to whole "
-                        "global batches; the run keeps its number of processes exactly", len(dataset),
-                        shape.describe())
-        return dataset
-    if keep == len(dataset):
-        return dataset
-    if hasattr(dataset, "select"):  # a datasets.Dataset (SFT): the Trainer drops its unused columns
-        return dataset.select(range(keep))
-    from torch.utils.data import Subset
-
-    return Subset(dataset, range(keep))
-
-
 def metrics_callback(path: Path) -> Any:
     """A TrainerCallback that appends every log record (loss, lr, eval loss) to ``metrics.jsonl`` and logs it as one
     readable line (``step 10/300: loss 8.116, grad_norm 1.886, learning_rate 0.0003, epoch 0.05405``)."""
@@ -253,7 +229,6 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
 
             train_set, eval_set = sft_data(cfg, tokenizer, rd.task_file(SFT_DATA_DIR) / f"rank-{ctx.rank}")
             base, data_kwargs = SFTTrainer, {"processing_class": tokenizer}
-        train_set = whole_global_batches(train_set, shape, ctx)
     phase("data")  # the tokenizer and the tokenized data (read from the cache after the first start)
     model = build_model(cfg, tokenizer, ctx.resume_from)
     phase("model")
@@ -272,6 +247,9 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
         triggers=triggers,
         **data_kwargs,
     )
+    trainer.train_dataset = whole_global_batches(trainer.train_dataset, shape, ctx)  # (after SFTTrainer's own prep)
+    if isinstance(trainer.train_dataset, EpochWindow):
+        trainer.add_callback(window_callback(trainer.train_dataset, shape.global_batch))
     quiet_printers(trainer)
     phase("trainer")
     start = time.monotonic()

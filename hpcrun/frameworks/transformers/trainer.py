@@ -56,7 +56,8 @@ class HpcrunTrainerMixin:
             finally:
                 self._staging = False
             if self.is_world_process_zero():
-                self.shape.write(staging)
+                # (the built-in task's training set says whether each epoch is cut at another place)
+                self.shape.write(staging, rotating_epochs=getattr(self.train_dataset, "rotates_epochs", False))
 
     @property
     def shape(self) -> Shape:

@@ -201,13 +201,14 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
     return parser
 
 
-def _with_cluster(overrides: List[str], quiet: bool = False) -> List[str]:
-    """Adds the default cluster choice when the command line names none, and says why (unless ``quiet``)."""
-    from hpcrun.launch.choose import default_cluster
+def _with_cluster(overrides: List[str], quiet: bool = False, about_sbatch: bool = False) -> List[str]:
+    """Adds the default cluster choice when the command line names none, and says why (unless ``quiet``).
+    ``about_sbatch``: a command about Slurm's side (render, plan, doctor), which never picks ``local``."""
+    from hpcrun.launch.choose import default_cluster, sbatch_cluster
 
     if any(o.split("=", 1)[0] == "cluster" for o in overrides):
         return overrides
-    choice, reason = default_cluster()
+    choice, reason = sbatch_cluster() if about_sbatch else default_cluster()
     if not quiet:
         say(f"cluster={choice} ({reason})")
     return [f"cluster={choice}", *overrides]
@@ -258,9 +259,7 @@ def cmd_run_command(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from hpcrun.config.compose import compose
 
-    overrides = args.overrides
-    if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
-        overrides = ["cluster=slurm", *overrides]  # rendering is about sbatch: default to the generic Slurm
+    overrides = _with_cluster(args.overrides, quiet=True, about_sbatch=True)
     if args.multirun and not args.standalone:
         raise UserError("render -m needs --standalone (hpcrun -m submits a sweep as job arrays itself)")
     from hpcrun.launch.launchers import launcher_for
@@ -301,11 +300,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hpcrun.plan import make_plan, parse_bandwidth, render_json, render_text
 
     bandwidth = parse_bandwidth(args.bandwidth)
-    overrides = args.overrides
     if args.argv is not None:
         raise UserError("hpcrun plan is for the built-in task; a command of your own (after --) has no plan")
-    if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
-        overrides = ["cluster=slurm", *overrides]
+    overrides = _with_cluster(args.overrides, quiet=True, about_sbatch=True)
     if args.soonest:
         from hpcrun.soonest import soonest
 
@@ -335,9 +332,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 0
     from hpcrun.config.compose import compose
 
-    overrides = args.overrides
-    if not any(o.split("=", 1)[0] == "cluster" for o in overrides):
-        overrides = ["cluster=slurm", *overrides]
+    overrides = _with_cluster(args.overrides, about_sbatch=True)
     cfg = compose(overrides, args.config_dir, command=args.argv or ())
     if cfg.cluster.launcher != "slurm":
         raise UserError(f"cluster={cfg.cluster.name} runs locally: doctor checks a Slurm cluster (cluster=slurm, "

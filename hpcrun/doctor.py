@@ -104,6 +104,18 @@ def storage_checks(cfg: Any, site: Optional[dict] = None) -> List[Check]:
     """run_root: writable, free space and inodes, and how fast a save can be written there (into ``site``'s
     ``bandwidth``, bytes a second)."""
     root = Path(os.path.expanduser(cfg.cluster.run_root)).resolve()
+    made = [p for p in (root, *root.parents) if not p.exists()]  # removed again: a check leaves nothing behind
+    try:
+        return _storage_check(cfg, root, site)
+    finally:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _storage_check(cfg: Any, root: Path, site: Optional[dict]) -> List[Check]:
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".hpcrun-doctor-{os.getpid()}"

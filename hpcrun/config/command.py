@@ -6,6 +6,7 @@ script exist. The task itself (its settings and the job side) is :mod:`hpcrun.ta
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,3 +66,29 @@ def check_runnable(argv: Sequence[str], cfg: Any, cwd: Path) -> None:
         script = Path(argv[1]) if Path(argv[1]).is_absolute() else cwd / argv[1]
         if not script.is_file():
             raise ConfigError("command", argv[1], f"a Python script (there is none at {script})")
+    if os.path.basename(program).startswith("python"):
+        python = str(Path(program) if "/" in program and Path(program).is_absolute() else
+                     cwd / program if "/" in program else shutil.which(program))
+        _warn_without_hpcrun(python, program)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_without_hpcrun(python: str, program: str) -> None:
+    """One line on stderr when the command's python cannot import hpcrun (the system python where the venv was not
+    activated): its Trainer would run without hpcrun's saves and resume, and its script may miss torch as well.
+    A warning, not a refusal: a plain command runs fine without hpcrun."""
+    import subprocess
+    import sys
+
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return
+    try:
+        found = subprocess.run([python, "-c", "import importlib.util, sys; "
+                                "sys.exit(importlib.util.find_spec('hpcrun') is None)"],
+                               capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if not found:
+        print(f"hpcrun: warning: {program} is {python}, which cannot import hpcrun (not this environment's "
+              f"python, {sys.executable}): a Trainer in the command runs without hpcrun's saves and resume. Activate "
+              "the environment, or name its python", file=sys.stderr, flush=True)

@@ -267,6 +267,12 @@ class JobEntry:
             ledger.phase("setup")  # config, lock, state, checkpoints, signals, the task's module
             result = task(cfg, ctx)
             take_background(triggers, ledger, checkpoints=checkpoints)  # complete before the run ends or requeues
+        except KeyboardInterrupt:  # a second Ctrl-C (hpcrun.job.signals): stop now, unsaved, and say so
+            flags.uninstall()
+            if ctx.is_main:
+                state.end("stopped", "interrupted by a second Ctrl-C, without a save: the same command resumes "
+                          "from the newest complete checkpoint", ledger.last_step)
+            raise
         except Exception as exc:
             flags.uninstall()
             with contextlib.suppress(Exception):  # a periodic save still being written: let it complete (a while)
@@ -326,8 +332,9 @@ class JobEntry:
         for ckpt, why in skipped:
             log.warning("skipping %s: %s", ckpt.path.name, why)
         if prev is not None and "ended_at" not in prev:
-            log.warning("start %d (job %s) ended without a clean stop (killed, node failure, or out of time "
-                        "before its save): %s", prev["n"], prev.get("job_id"),
+            log.warning("start %d (%s) ended without a clean stop (killed, node failure, or out of time "
+                        "before its save): %s", prev["n"],
+                        f"Slurm job {prev['job_id']}" if prev.get("job_id") else "local",
                         f"falling back to the last complete checkpoint, {latest.path.name}" if latest
                         else "no complete checkpoint: training starts over")
         if state.data["no_progress_restarts"] > cfg.run.max_restarts_without_progress:

@@ -27,3 +27,13 @@ def default_cluster(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, s
     if shutil.which("sbatch", path=env.get("PATH")):
         return "slurm", "sbatch is on the PATH"
     return "local", "no sbatch on the PATH"
+
+
+def sbatch_cluster(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, str]:
+    """The cluster config for a command about Slurm (``render``, ``plan``, ``doctor``) whose command line names
+    none: ``$HPCRUN_CLUSTER`` (a Greene user's ``greene``: the script checked is the one a submission sends), unless
+    it names ``local``, which has no script; else the generic ``slurm``."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_VAR) and env[ENV_VAR] != "local":
+        return env[ENV_VAR], f"from ${ENV_VAR}"
+    return "slurm", "the generic Slurm cluster: this command is about sbatch"

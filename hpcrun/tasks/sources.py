@@ -81,6 +81,27 @@ def resolve(corpus: str) -> Source:
                       choices=builtin_corpora())
 
 
+def missing_here(corpus: str) -> None:
+    """A ConfigError when ``corpus`` is a path whose folder exists on this machine but which does not, naming the
+    nearest names there. A name that could be a hub dataset's (``imdb``, ``user/name``) is refused only when the
+    folder holds a near name (``d.jsonll`` beside ``d.jsonl``)."""
+    path = Path(corpus).expanduser()
+    folder = path.parent
+    if not folder.is_dir():
+        return  # a folder only the compute node sees: checked at the job's start
+    import difflib
+
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return
+    near = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    if _looks_like_hub_name(corpus) and not near:
+        return
+    hint = f"; did you mean {' or '.join(str(folder / n) for n in near)}?" if near else ""
+    raise ConfigError("data.corpus", corpus, f"an existing file or folder: {folder} has no {path.name}{hint}")
+
+
 def _looks_like_hub_name(corpus: str) -> bool:
     parts = corpus.split("/")
     return not corpus.startswith((".", "/", "~")) and len(parts) <= 2 and all(
@@ -112,9 +133,11 @@ def columns(path: Path, kind: str) -> Optional[List[str]]:
 
 def check_corpus(data: Any) -> None:
     """On the submitting side: the corpus exists, and a data file's first record has the columns the format reads.
-    A path that is not on this machine (a compute node's scratch) is left to the job start."""
+    A path whose folder is not on this machine either (a compute node's own disk) is left to the job start; one
+    whose folder is here but not the file itself is a typo, refused now (a queue wait saved)."""
     corpus = str(data.corpus)
     if not (corpus in builtin_corpora() or Path(corpus).expanduser().exists()):
+        missing_here(corpus)
         return
     source = resolve(corpus)
     if source.kind == "text":

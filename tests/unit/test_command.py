@@ -100,3 +100,18 @@ def test_hpcrun_sitecustomize_runs_the_one_it_hides(tmp_path):
                           "any(type(f).__name__ == '_TrainerHook' for f in sys.meta_path))"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["ran", "True"], out.stderr
+
+
+def test_a_python_that_cannot_import_hpcrun_is_named_in_one_warning_and_the_command_still_composes(tmp_path,
+                                                                                                   capsys):
+    bare = tmp_path / "bin" / "python3"  # the system python, where the venv was not activated
+    bare.parent.mkdir()
+    bare.write_text("#!/bin/sh\nexit 1\n")  # find_spec('hpcrun') finds nothing there
+    bare.chmod(0o755)
+    (tmp_path / "t.py").write_text("print('hi')\n")
+    compose(["cluster=local"], cwd=tmp_path, command=[str(bare), "t.py"])
+    compose(["cluster=local"], cwd=tmp_path, command=[str(bare), "t.py", "--again"])
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("hpcrun: warning:")]  # once
+    assert f"{bare}, which cannot import hpcrun (not this environment's python, {sys.executable})" in line
+    compose(["cluster=local"], cwd=tmp_path, command=[sys.executable, "t.py"])
+    assert "warning" not in capsys.readouterr().err

@@ -96,3 +96,14 @@ def test_an_sbatch_answer_hpcrun_cannot_read_is_quoted_and_leaves_no_run_or_swee
         assert not (work / "runs").exists(), sorted(str(p) for p in (work / "runs").rglob("*"))
     status = hpcrun("status", "--json", cwd=work, env=env)
     assert status.returncode == 0 and status.stdout.strip() in ("", "[]"), status.stdout
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_run_says_so(hpcrun, tmp_path):
+    # The second Ctrl-C raises KeyboardInterrupt wherever the task is (hpcrun.job.signals): a task raising it is
+    # that moment, without the race of two signals the kernel may merge into one.
+    (tmp_path / "ctrl_c_task.py").write_text("def train(cfg, ctx):\n    raise KeyboardInterrupt\n")
+    out = hpcrun("task._target_=ctrl_c_task.train", "cluster=local", "run.dir=run")
+    assert out.returncode == 130 and out.stderr.rstrip().endswith("hpcrun: interrupted"), out.stderr[-2000:]
+    shown = json.loads(hpcrun("status", "--json", "run").stdout)[0]
+    assert (shown["state"], shown["ended"]) == ("STOPPED", True), shown  # not RUNNING for ever
+    assert shown["reason"].startswith("interrupted by a second Ctrl-C, without a save"), shown

@@ -48,3 +48,11 @@ def test_no_grace_and_no_periodic_saves_fails_naming_the_key_to_set():
                                 _site(0))
     assert not check.ok and "GraceTime 0 s" in check.message and "checkpoint.save_every" in check.message
     assert doctor.grace_check(compose(["+experiment=tiny_llama", "cluster=slurm"]), _site(0))[0].ok  # 30m saves
+
+
+def test_the_storage_check_leaves_no_folder_it_made_behind(tmp_path):
+    root = tmp_path / "scratch" / "me" / "runs"
+    cfg = compose(["cluster=slurm", f"cluster.run_root={root}"], cwd=tmp_path)
+    (check,) = doctor.storage_checks(cfg)
+    assert check.ok and str(root) in check.line()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # scratch/me/runs were made for the check, then removed

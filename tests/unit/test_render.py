@@ -118,3 +118,18 @@ def test_rendered_scripts_are_valid_bash(cluster, tmp_path, monkeypatch):
                      tmp_path, monkeypatch)
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
     assert "#SBATCH --job-name='odd name'\"'\"'s $(x); y'" in script
+
+
+def test_render_without_cluster_renders_the_one_hpcrun_cluster_names_as_a_submission_would(tmp_path):
+    import sys
+
+    def cli(value):
+        env = {**os.environ, "USER": "alice", "HPCRUN_CLUSTER": value}
+        out = subprocess.run([sys.executable, "-m", "hpcrun", "render", "+experiment=llama7b", *STABLE], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert cli("greene") == (GOLDEN / "greene_llama7b.sbatch").read_text() + "\n"  # the Greene user's own script
+    generic = cli("local")  # a local default has no script: the generic Slurm one, as before
+    assert "#SBATCH" in generic and "module purge" not in generic

@@ -63,6 +63,11 @@ def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: 
             skipped.append(f"{p.cfg.run.name}/{p.cfg.run.id} ({label})")
     launcher = launcher_for(points[0].cfg)
     if not launcher.submits:
+        from hpcrun.launch.sweep import write_local_sweep
+
+        write_local_sweep(sweep, command)
+        say(f"sweep {sweep.sweep_dir.name}: {len(points)} points, run here one after another; sweep dir: "
+            f"{sweep.sweep_dir} (hpcrun status, results, report and wait take it)")
         status = 0
         for p in points:
             if p.prepared.launchable:
@@ -71,6 +76,7 @@ def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: 
                 status = max(status, launcher.launch(p.cfg, p.prepared))
         if skipped:
             say(f"skipped {len(skipped)}: {', '.join(skipped)}")
+        say(f"sweep dir: {sweep.sweep_dir} (hpcrun results {sweep.sweep_dir})")
         return status
     # The site's own limits (each partition once, the job limit), before anything is written or submitted.
     launcher.check([p.cfg for p in points if p.prepared.launchable], sweep=True)

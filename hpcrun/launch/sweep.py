@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpcrun.config.identity import command_hash, is_launch_key
 from hpcrun.errors import SubmissionError, SubmissionUncertain, UserError
@@ -100,20 +100,36 @@ def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = (), com
     return Sweep(root.resolve() / "sweeps" / sweep_id(overrides, command), points)
 
 
+def sweep_record(sweep: Sweep, command: str) -> Tuple[List[Path], Dict[str, Any]]:
+    """The sweep directory (made if new: the folders made are returned) and its record, with this command and its
+    points (run directories), not yet written."""
+    from hpcrun.rundir.create import make_dirs
+
+    created = make_dirs(sweep.sweep_dir)
+    record = read_sweep(sweep.sweep_dir)
+    record.update(command=command, points=[{"overrides": p.overrides, "run_dir": p.cfg.run.dir}
+                                           for p in sweep.points])
+    return created, record
+
+
+def write_local_sweep(sweep: Sweep, command: str) -> None:
+    """A sweep run here, point after point: its directory and record, as a submitted sweep's (no arrays), so that
+    ``hpcrun status``, ``results``, ``report`` and ``wait`` take it."""
+    _, record = sweep_record(sweep, command)
+    _write_record(sweep.sweep_dir, record, [])
+
+
 def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
     """Writes the points' run directories and submits the new and resumable points as job arrays (one sbatch
     call per array). A point whose array sbatch refused leaves no run directory behind; a sweep directory that
     holds no submitted point is removed again."""
     from hpcrun.launch.prepare import write_prepared
-    from hpcrun.rundir.create import make_dirs, record_submission, remove_new
+    from hpcrun.rundir.create import record_submission, remove_new
     from hpcrun.rundir.index import remember
     from hpcrun.slurm.jobs import chunks, max_array_size
 
     todo = [p for p in sweep.points if p.prepared.launchable]
-    sweep_created = make_dirs(sweep.sweep_dir)  # what this command made: the only thing it may remove again
-    record = read_sweep(sweep.sweep_dir)
-    record.update(command=command, points=[{"overrides": p.overrides, "run_dir": p.cfg.run.dir}
-                                           for p in sweep.points])
+    sweep_created, record = sweep_record(sweep, command)  # sweep_created: the only thing it may remove again
     if todo:
         limit = max_array_size()
         groups: Dict[str, List[Point]] = {}

@@ -20,6 +20,13 @@ def test_a_local_sweep_runs_every_point_in_turn_and_status_lists_them(hpcrun, tm
     assert all(state(r)["status"] == "completed" for r in runs)
     listed = hpcrun("status", "--json", env={"HPCRUN_STATE_DIR": str(tmp_path / "state")})
     assert sorted(row["run_dir"] for row in json.loads(listed.stdout)) == [str(r) for r in runs]
+    # and the sweep has its directory, as a submitted one: results, status, wait and report take it
+    (sweep,) = (tmp_path / "runs" / "sweeps").iterdir()
+    assert f"sweep dir: {sweep}" in out.stderr
+    results = hpcrun("results", str(sweep), "--json")
+    assert results.returncode == 0, results.stderr[-2000:]
+    assert sorted(row["run_dir"] for row in json.loads(results.stdout)["points"]) == [str(r) for r in runs]
+    assert hpcrun("wait", str(sweep)).returncode == 0
 
 
 def test_logs_print_each_start_and_resume_refuses_training_keys(hpcrun, tmp_path):

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import textwrap
@@ -461,6 +462,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+    except BrokenPipeError:  # `hpcrun report SWEEP --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+        return 141
 
 
 if __name__ == "__main__":

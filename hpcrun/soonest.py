@@ -272,6 +272,7 @@ def remaining_steps(cfg: Any) -> Tuple[int, int, Optional[Any]]:
     from hpcrun.rundir import RunDir
     from hpcrun.rundir.checkpoints import newest_complete
     from hpcrun.rundir.shape import read_shape
+    from hpcrun.rundir.state import read_state
 
     total = int(cfg.train.max_steps)
     run_dir = Path(cfg.run.dir)
@@ -279,6 +280,8 @@ def remaining_steps(cfg: Any) -> Tuple[int, int, Optional[Any]]:
         return total, 0, None
     latest, _ = newest_complete(run_dir)
     shape = read_shape(latest.path) if latest else None
+    if read_state(run_dir).get("status") == "completed":  # (its checkpoints may be pruned: final/ holds it)
+        return 0, total, shape
     return max(0, total - (latest.step if latest else 0)), latest.step if latest else 0, shape
 
 
@@ -308,6 +311,9 @@ def rank(overrides: Sequence[str], config_dirs: Sequence[str] = (), mfu: float =
         raise UserError("hpcrun plan --soonest estimates the built-in causal-LM task (its steps and model); "
                         f"task._target_={cfgs[0].task._target_} declares none")
     left, done, saved = remaining_steps(cfgs[0])
+    if left == 0:
+        raise UserError(f"run {cfgs[0].run.dir} has trained all its {done} steps: nothing to plan (a new run needs "
+                        "other training keys, or run.fresh=true)")
     global_batch = saved.global_batch if saved else None
     found = measured(Path(cfgs[0].run.dir))
     basis: Dict[str, Any] = {"run_dir": cfgs[0].run.dir, "steps_left": left, "steps_done": done,

@@ -58,7 +58,10 @@ def check_runnable(argv: Sequence[str], cfg: Any, cwd: Path) -> None:
         return
     if "/" in program:
         path = Path(program) if Path(program).is_absolute() else cwd / program
-        if not (path.is_file() and os.access(path, os.X_OK)):
+        if path.is_file() and not os.access(path, os.X_OK):
+            raise ConfigError("command", program, f"an executable file ({path} is not executable: chmod +x it, or "
+                              f"name its interpreter, as in: python {program})")
+        if not path.is_file():
             raise ConfigError("command", program, f"an executable file (there is none at {path})")
     elif shutil.which(program) is None:
         raise ConfigError("command", program, "a program on the PATH the job gets (this one: not found)")

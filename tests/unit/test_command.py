@@ -115,3 +115,11 @@ def test_a_python_that_cannot_import_hpcrun_is_named_in_one_warning_and_the_comm
     assert f"{bare}, which cannot import hpcrun (not this environment's python, {sys.executable})" in line
     compose(["cluster=local"], cwd=tmp_path, command=[sys.executable, "t.py"])
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_script_without_its_execute_bit_is_named_as_such(tmp_path):
+    (tmp_path / "train.sh").write_text("#!/bin/sh\necho hi\n")  # there, but not chmod +x
+    with pytest.raises(ConfigError, match=r"train.sh is not executable: chmod \+x it"):
+        compose(["cluster=local"], cwd=tmp_path, command=["./train.sh"])
+    with pytest.raises(ConfigError, match=r"there is none at .*/nope.sh"):
+        compose(["cluster=local"], cwd=tmp_path, command=["./nope.sh"])

@@ -86,3 +86,19 @@ def test_idle_resources_per_node_from_scontrol():
     assert free_nodes(["gpu"], text) == [{"cpus": 7, "mem": 48000, "gpus": 1}]  # b drains; c is elsewhere
     assert free_nodes(["cpu"], text) == [{"cpus": 2, "mem": 4000, "gpus": 0}]
     assert _gpus("gpu:a100:1(IDX:0),gpu:v100:2(IDX:1-2)") == 3
+
+
+def test_a_completed_run_has_no_steps_left_even_with_its_checkpoints_pruned(tmp_path):
+    from hpcrun.config.compose import compose
+    from hpcrun.rundir.state import RunState
+    from hpcrun.soonest import remaining_steps
+
+    cfg = compose(["+experiment=tiny_llama", "cluster=slurm", "train.max_steps=30", f"run.dir={tmp_path / 'run'}"],
+                  cwd=tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("run:\n  name: tiny_llama\n")
+    assert remaining_steps(cfg)[:2] == (30, 0)  # started, nothing saved: all of it
+    state = RunState(tmp_path / "run")
+    state.begin(None, 0, 0)
+    state.end("completed", "trained to step 30", 30)
+    assert remaining_steps(cfg)[:2] == (0, 30)  # not "a new run": it is done (final/ holds it)

@@ -382,6 +382,12 @@ def _hydra_error(exc: BaseException, overrides: Sequence[str], dirs: list[Path])
         value = _given(key, overrides)
         if value is not None:
             return ConfigError(key, value, describe_type(keys[key]))
+    ambiguous = re.match(r"Ambiguous value for argument '([^']*)'", str(exc))
+    if ambiguous:  # a comma list without -m: Hydra's own three-line advice, in one
+        key, _, value = ambiguous[1].partition("=")
+        return ConfigError(key.lstrip("+~"), value, problem="is a list of values",
+                           hint=f"to run one job per value, add -m (hpcrun -m ... {ambiguous[1]}); for a list "
+                                f"value write {key}=[{value}], for a string {key}='{value}'")
     unused = _NOT_PICKED.match(str(exc))
     if unused:
         group, where = unused["group"], unused["where"]

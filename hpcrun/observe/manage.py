@@ -41,7 +41,7 @@ def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> in
 
 
 def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_slurm_every: float = 30.0,
-            ask_local_every: float = 2.0, unknown_for: float = 300.0) -> int:
+            ask_local_every: float = 3.0, unknown_for: float = 300.0) -> int:
     """Prints the run's log as it grows, across restarts (a line marks each new start), until the run has ended:
     its state is completed, failed or stopped, its Slurm job is over without a word (cancelled while pending), or
     its process died unwatched (kill -9 of a local run). A job neither squeue nor sacct has known for
@@ -54,7 +54,7 @@ def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_s
     current: Optional[Path] = None
     handle = None
     asked = time.monotonic()
-    grew = unknown_since = None
+    grew = unknown_since = row = None
     try:
         while True:
             target = only or (rd.latest_log.resolve() if rd.latest_log.exists() else None)
@@ -73,7 +73,10 @@ def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_s
             state = read_state(run_dir)
             ended = state.get("status") in FINISHED
             job = state.get("job_id")
-            if not ended and time.monotonic() - asked > (ask_slurm_every if job else ask_local_every):
+            # Slurm is asked every ask_slurm_every s while the job writes its log; before that (pending: it may
+            # be cancelled there) and for a local run, every ask_local_every s.
+            every = ask_slurm_every if job and handle is not None else ask_local_every
+            if not ended and time.monotonic() - asked > every:
                 asked = time.monotonic()
                 row = statuses([run_dir])[0]
                 ended = row.ended
@@ -83,6 +86,9 @@ def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_s
                     say(f"stopped following: Slurm has not known job {job} for {unknown_for:g} s (neither squeue "
                         f"nor sacct) and its log stood still; `hpcrun status {run_dir}` shows what the run recorded")
                     ended = True
+            if ended and handle is None:
+                say(f"{run_dir} ended ({row.state if row else state.get('status')}) before it wrote a log")
+                return 0
             if ended:
                 time.sleep(poll)  # the last lines written after the state
                 if handle is not None:

@@ -32,6 +32,10 @@ CASES = [
     (["cluster=slurm", "data.seq_len=100000"], "data.seq_len=100000 is invalid"),
     (["cluster=slurm", "model.hidden_size=100", "model.num_attention_heads=6"], "model.hidden_size=100 is invalid"),
     (["cluster=slurm", "task._target_=nope.train"], "task._target_='nope.train' is invalid"),
+    (["cluster=slurm", "train.lr=1e-4,3e-4"], "train.lr='1e-4,3e-4' is a list of values; to run one job per value, "
+                                              "add -m"),
+    (["cluster=slurm", "train.report_to=wandb"], "train.report_to='wandb' is invalid: expected a list; write "
+                                                 "train.report_to=[wandb]"),
     (["cluster=slurm", "data.corpus=/tmp/no-such-corpus.jsonl"],  # its folder is here: a typo, not a node's path
      "data.corpus='/tmp/no-such-corpus.jsonl' is invalid: expected an existing file or folder: /tmp has no "),
     (["cluster=slurm", "cluster.sbatch_extra.time=5"], "cluster.sbatch_extra.time=5 is invalid"),

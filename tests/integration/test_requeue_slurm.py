@@ -123,6 +123,16 @@ def test_a_crash_loop_stops_after_the_allowed_restarts_without_progress(hpcrun, 
     assert sacct_runs(job)[-1] == "FAILED"
 
 
+def test_a_job_cancelled_while_pending_ends_status_wait_and_logs_follow_at_once(hpcrun, tmp_path, slurm_cluster):
+    job = _submit(hpcrun, *TINY, "cluster=slurm", "run.dir=run", "cluster.sbatch_extra.begin=now+1hour")
+    assert squeue_state(job) == "PENDING"
+    subprocess.run(["scancel", job], check=True)
+    followed = hpcrun("logs", "-f", "run", timeout=60)
+    assert followed.returncode == 0 and "run ended (CANCELLED) before it wrote a log" in followed.stderr, \
+        followed.stderr[-2000:]
+    assert hpcrun("wait", "run", "--poll", "1", timeout=60).returncode == 1  # it did not complete
+
+
 def test_scancel_stops_the_run_for_good_after_saving(hpcrun, tmp_path, slurm_cluster):
     job = _submit(hpcrun, *TINY, "cluster=slurm", "run.dir=run")
     run_dir = tmp_path / "run"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,8 @@ def install(trainer_cls: Any) -> None:
         result = train(self, resume_from_checkpoint, *args, **kwargs)
         if adopted is not None and adopted.callback.stop_reason:
             step = adopted.callback.stop_step or self.state.global_step
-            log.info("saved step %s after %s; exiting to be requeued", step, adopted.callback.stop_reason)
+            log.info("saved step %s after %s; exiting %s", step, adopted.callback.stop_reason,
+                     "to be requeued" if os.environ.get("SLURM_JOB_ID") else "(the same hpcrun command resumes it)")
             script.stop_and_requeue(step, adopted.callback.stop_reason)
         return result
 

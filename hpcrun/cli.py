@@ -137,6 +137,8 @@ def _parser(command: Optional[str], config_dirs: Sequence[str]) -> argparse.Argu
         parser.add_argument("--wait", action="store_true", help="after submitting, wait until every run has ended")
         _add_cfg(parser)
     elif command == "config":
+        parser.usage = (f"{PROG} config [--config-dir DIR] [OVERRIDES ...] [-- COMMAND [ARGS ...]]\n"
+                        f"       {PROG} config RUN_DIR")
         _add_overrides(parser)
     elif command == "render":
         _add_overrides(parser)
@@ -429,10 +431,13 @@ def _split(argv: List[str]) -> tuple:
     if "--" in argv:
         i = argv.index("--")
         argv, command_argv = argv[:i], argv[i + 1:]
-    if argv and argv[0] != "run" and argv[0].startswith("-") and "run" in argv:
-        k = argv.index("run")
-        if not any("=" in a for a in argv[:k]):  # only options (and --config-dir's folder) before it
-            argv = ["run", *argv[:k], *argv[k + 1:]]
+    if argv and argv[0].startswith("-"):  # options first: `hpcrun -m run ...`, `hpcrun --config-dir D config ...`
+        for k, a in enumerate(argv):
+            if "=" in a:
+                break  # an override: no subcommand after it
+            if a in COMMANDS and argv[k - 1] != "--config-dir":  # (a folder named like a command is a folder)
+                argv = [a, *argv[:k], *argv[k + 1:]]
+                break
     return argv, command_argv
 
 

@@ -123,3 +123,9 @@ def test_a_script_without_its_execute_bit_is_named_as_such(tmp_path):
         compose(["cluster=local"], cwd=tmp_path, command=["./train.sh"])
     with pytest.raises(ConfigError, match=r"there is none at .*/nope.sh"):
         compose(["cluster=local"], cwd=tmp_path, command=["./nope.sh"])
+
+
+def test_options_before_any_subcommand_move_behind_it():
+    assert _split(["--config-dir", "alt", "config", "+experiment=x"]) == (["config", "--config-dir", "alt",
+                                                                          "+experiment=x"], None)
+    assert _split(["--config-dir", "status", "+experiment=x"]) == (["--config-dir", "status", "+experiment=x"], None)

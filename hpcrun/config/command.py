@@ -65,10 +65,13 @@ def check_runnable(argv: Sequence[str], cfg: Any, cwd: Path) -> None:
             raise ConfigError("command", program, f"an executable file (there is none at {path})")
     elif shutil.which(program) is None:
         raise ConfigError("command", program, "a program on the PATH the job gets (this one: not found)")
-    if os.path.basename(program).startswith("python") and len(argv) > 1 and argv[1].endswith(".py"):
+    name = os.path.basename(program)
+    shell = name in ("sh", "bash", "zsh", "dash")
+    if (name.startswith("python") or shell) and len(argv) > 1 and argv[1].endswith(".sh" if shell else ".py"):
         script = Path(argv[1]) if Path(argv[1]).is_absolute() else cwd / argv[1]
         if not script.is_file():
-            raise ConfigError("command", argv[1], f"a Python script (there is none at {script})")
+            what = "shell script" if shell else "Python script"
+            raise ConfigError("command", argv[1], f"a {what} (there is none at {script})")
     if os.path.basename(program).startswith("python"):
         python = str(Path(program) if "/" in program and Path(program).is_absolute() else
                      cwd / program if "/" in program else shutil.which(program))

@@ -123,6 +123,9 @@ def test_a_script_without_its_execute_bit_is_named_as_such(tmp_path):
         compose(["cluster=local"], cwd=tmp_path, command=["./train.sh"])
     with pytest.raises(ConfigError, match=r"there is none at .*/nope.sh"):
         compose(["cluster=local"], cwd=tmp_path, command=["./nope.sh"])
+    with pytest.raises(ConfigError, match=r"command='missing.sh' is invalid: expected a shell script \(there is none"):
+        compose(["cluster=local"], cwd=tmp_path, command=["bash", "missing.sh"])
+    compose(["cluster=local"], cwd=tmp_path, command=["bash", "train.sh"])  # there: bash needs no execute bit
 
 
 def test_options_before_any_subcommand_move_behind_it():

@@ -175,14 +175,27 @@ def grace_check(cfg: Any, site: dict) -> List[Check]:
 
 
 def probe_check(cfg: Any, timeout: float, say: Callable[[str], None] = lambda s: None) -> List[Check]:
-    """Submits the probe job with ``cfg``'s launch chain; cancels it and removes its folder afterwards."""
+    """Submits the probe job with ``cfg``'s launch chain; cancels it and removes its folder afterwards, and the
+    folders made for it."""
+    cfg = copy.deepcopy(cfg)
+    root = Path(os.path.expanduser(cfg.cluster.run_root)).resolve()
+    folder = root / ".hpcrun-doctor" / f"probe-{int(time.time())}-{os.getpid()}"
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        return _probe(cfg, folder, timeout, say)
+    finally:
+        for p in made[1:]:  # the probe's own folder is removed by the probe; then what was made for it
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def _probe(cfg: Any, folder: Path, timeout: float, say: Callable[[str], None]) -> List[Check]:
     from hpcrun.job.probe import Probe
     from hpcrun.slurm.client import run_slurm, submit_with_retries
     from hpcrun.slurm.sbatch import make_executor
 
-    cfg = copy.deepcopy(cfg)
-    root = Path(os.path.expanduser(cfg.cluster.run_root)).resolve()
-    folder = root / ".hpcrun-doctor" / f"probe-{int(time.time())}-{os.getpid()}"
     folder.mkdir(parents=True)
     cfg.run.dir, cfg.run.name, cfg.cluster.time = str(folder), "hpcrun-doctor", "10:00"
     cfg.cluster.signal_delay = "30s"

@@ -59,8 +59,9 @@ def check_runnable(argv: Sequence[str], cfg: Any, cwd: Path) -> None:
     if "/" in program:
         path = Path(program) if Path(program).is_absolute() else cwd / program
         if path.is_file() and not os.access(path, os.X_OK):
+            interpreter = {".py": "python", ".sh": "bash"}.get(path.suffix, "its interpreter")
             raise ConfigError("command", program, f"an executable file ({path} is not executable: chmod +x it, or "
-                              f"name its interpreter, as in: python {program})")
+                              f"name its interpreter: {interpreter} {program})")
         if not path.is_file():
             raise ConfigError("command", program, f"an executable file (there is none at {path})")
     elif shutil.which(program) is None:
@@ -86,7 +87,7 @@ def _warn_without_hpcrun(python: str, program: str) -> None:
     import subprocess
     import sys
 
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    if os.path.abspath(python) == os.path.abspath(sys.executable):  # (not realpath: a venv's python is a link)
         return
     try:
         found = subprocess.run([python, "-c", "import importlib.util, sys; "
@@ -95,6 +96,7 @@ def _warn_without_hpcrun(python: str, program: str) -> None:
     except (OSError, subprocess.TimeoutExpired):
         return
     if not found:
-        print(f"hpcrun: warning: {program} is {python}, which cannot import hpcrun (not this environment's "
+        who = f"{program} is {python}, which" if program != python else program
+        print(f"hpcrun: warning: {who} cannot import hpcrun (not this environment's "
               f"python, {sys.executable}): a Trainer in the command runs without hpcrun's saves and resume. Activate "
               "the environment, or name its python", file=sys.stderr, flush=True)

@@ -387,7 +387,7 @@ def _hydra_error(exc: BaseException, overrides: Sequence[str], dirs: list[Path])
         key, _, value = ambiguous[1].partition("=")
         return ConfigError(key.lstrip("+~"), value, problem="is a list of values",
                            hint=f"to run one job per value, add -m (hpcrun -m ... {ambiguous[1]}); for a list "
-                                f"value write {key}=[{value}], for a string {key}='{value}'")
+                                f"value write '{key}=[{value}]', for a string \"{key}='{value}'\"")
     unused = _NOT_PICKED.match(str(exc))
     if unused:
         group, where = unused["group"], unused["where"]

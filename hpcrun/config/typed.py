@@ -322,7 +322,7 @@ def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None,
         if key in keys:
             value = OmegaConf.select(tree, key, throw_on_missing=False, throw_on_resolution_failure=False)
             expected = describe_type(keys[key])
-            hint = (f"write {key}=[{_plain(value)}]" if expected.startswith("a list") and isinstance(value, str)
+            hint = (f"write '{key}=[{_plain(value)}]'" if expected.startswith("a list") and isinstance(value, str)
                     else None)  # (one name where a list was wanted: train.report_to=wandb)
             raise ConfigError(key, _plain(value), expected, hint=hint) from None
         raise UserError(one_line(exc)) from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import List, Sequence
+from typing import Any, List, Sequence
 
 from hpcrun.console import say
 from hpcrun.errors import UserError
@@ -52,7 +52,6 @@ def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: 
                  argv: Sequence[str] = ()) -> int:
     """``hpcrun -m OVERRIDES`` (``hpcrun -m run OVERRIDES -- ARGV``): every point, as job arrays on Slurm or one
     after another here. ``command`` is the hpcrun command line, for the sweep's record."""
-    from hpcrun.launch.prepare import write_prepared
     from hpcrun.launch.sweep import compose_sweep, submit_arrays
 
     sweep = compose_sweep(overrides, config_dirs, argv)
@@ -63,21 +62,7 @@ def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: 
             skipped.append(f"{p.cfg.run.name}/{p.cfg.run.id} ({label})")
     launcher = launcher_for(points[0].cfg)
     if not launcher.submits:
-        from hpcrun.launch.sweep import write_local_sweep
-
-        write_local_sweep(sweep, command)
-        say(f"sweep {sweep.sweep_dir.name}: {len(points)} points, run here one after another; sweep dir: "
-            f"{sweep.sweep_dir} (hpcrun status, results, report and wait take it)")
-        status = 0
-        for p in points:
-            if p.prepared.launchable:
-                write_prepared(p.cfg, p.prepared)
-                say(f"point {p.cfg.run.id}: {p.prepared.message}")
-                status = max(status, launcher.launch(p.cfg, p.prepared))
-        if skipped:
-            say(f"skipped {len(skipped)}: {', '.join(skipped)}")
-        say(f"sweep dir: {sweep.sweep_dir} (hpcrun results {sweep.sweep_dir})")
-        return status
+        return _run_local_sweep(sweep, command, launcher, skipped)
     # The site's own limits (each partition once, the job limit), before anything is written or submitted.
     launcher.check([p.cfg for p in points if p.prepared.launchable], sweep=True)
     submit_arrays(sweep, command, launcher)
@@ -94,6 +79,42 @@ arrays {arrays}; skipped {len(skipped)}
     for s in skipped:
         print(f"  skipped: {s}")
     return _wait(sweep.sweep_dir) if wait else 0
+
+
+def _run_local_sweep(sweep: Any, command: str, launcher: Any, skipped: List[str]) -> int:
+    """A sweep here: its points one after another. A point that fails is reported and the next one runs (as in a
+    job array); a stop (Ctrl-C, the time limit) stops the sweep, and the same command continues it (completed
+    points are skipped)."""
+    from hpcrun.errors import JobError
+    from hpcrun.launch.prepare import write_prepared
+    from hpcrun.launch.sweep import write_local_sweep
+
+    write_local_sweep(sweep, command)
+    say(f"sweep {sweep.sweep_dir.name}: {len(sweep.points)} points, run here one after another; sweep dir: "
+        f"{sweep.sweep_dir} (hpcrun status, results, report and wait take it)")
+    status = 0
+    try:
+        for p in sweep.points:
+            if not p.prepared.launchable:
+                continue
+            write_prepared(p.cfg, p.prepared)
+            say(f"point {p.cfg.run.id}: {p.prepared.message}")
+            try:
+                code = launcher.launch(p.cfg, p.prepared)
+            except JobError as exc:
+                say(f"point {p.cfg.run.id} failed: {exc}")
+                status = max(status, 1)
+                continue
+            status = max(status, code)
+            if code in (75, 130):  # stopped, resumable: the user (or the time limit) stops the sweep
+                say(f"sweep stopped at point {p.cfg.run.id}; the same command continues it")
+                break
+    finally:
+        write_local_sweep(sweep, command, ended=True)
+    if skipped:
+        say(f"skipped {len(skipped)}: {', '.join(skipped)}")
+    say(f"sweep dir: {sweep.sweep_dir} (hpcrun results {sweep.sweep_dir})")
+    return status
 
 
 def resume(target: str, overrides: Sequence[str]) -> int:

@@ -112,10 +112,14 @@ def sweep_record(sweep: Sweep, command: str) -> Tuple[List[Path], Dict[str, Any]
     return created, record
 
 
-def write_local_sweep(sweep: Sweep, command: str) -> None:
+def write_local_sweep(sweep: Sweep, command: str, ended: bool = False) -> None:
     """A sweep run here, point after point: its directory and record, as a submitted sweep's (no arrays), so that
-    ``hpcrun status``, ``results``, ``report`` and ``wait`` take it."""
+    ``hpcrun status``, ``results``, ``report`` and ``wait`` take it. ``ended``: the command running it has ended
+    (``local_ended_at``): a point it did not reach will not start (``hpcrun wait`` stops waiting for it)."""
     _, record = sweep_record(sweep, command)
+    record.pop("local_ended_at", None)
+    if ended:
+        record["local_ended_at"] = time.time()
     _write_record(sweep.sweep_dir, record, [])
 
 

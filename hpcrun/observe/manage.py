@@ -41,7 +41,7 @@ def logs(target: str, follow: bool = False, restart: Optional[int] = None) -> in
 
 
 def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_slurm_every: float = 30.0,
-            ask_local_every: float = 3.0, unknown_for: float = 300.0) -> int:
+            ask_local_every: float = 3.0, ask_pending_every: float = 10.0, unknown_for: float = 300.0) -> int:
     """Prints the run's log as it grows, across restarts (a line marks each new start), until the run has ended:
     its state is completed, failed or stopped, its Slurm job is over without a word (cancelled while pending), or
     its process died unwatched (kill -9 of a local run). A job neither squeue nor sacct has known for
@@ -73,9 +73,9 @@ def _follow(run_dir: Path, only: Optional[Path] = None, poll: float = 0.5, ask_s
             state = read_state(run_dir)
             ended = state.get("status") in FINISHED
             job = state.get("job_id")
-            # Slurm is asked every ask_slurm_every s while the job writes its log; before that (pending: it may
-            # be cancelled there) and for a local run, every ask_local_every s.
-            every = ask_slurm_every if job and handle is not None else ask_local_every
+            # Slurm is asked every ask_slurm_every s while the job writes its log, every ask_pending_every s before
+            # (pending: it may be cancelled there); a local run's lock is looked at every ask_local_every s.
+            every = (ask_slurm_every if handle is not None else ask_pending_every) if job else ask_local_every
             if not ended and time.monotonic() - asked > every:
                 asked = time.monotonic()
                 row = statuses([run_dir])[0]
@@ -134,8 +134,10 @@ def wait(target: str, poll: float = 15.0) -> int:
     delay = poll
     while True:
         rows = statuses(run_dirs)
-        # Ended: the run says so, or its job is over in Slurm's eyes (killed before it could say so).
-        done = [r for r in rows if r.ended]
+        # Ended: the run says so, or its job is over in Slurm's eyes (killed before it could say so); or it never
+        # started, in a local sweep whose command has ended (stopped, or killed, before it reached the point).
+        unreached = _local_sweep_ended(target)
+        done = [r for r in rows if r.ended or (unreached and not r.recorded and not r.job_id)]
         counts = {}
         for r in rows:
             counts[r.state] = counts.get(r.state, 0) + 1
@@ -148,5 +150,15 @@ def wait(target: str, poll: float = 15.0) -> int:
         print(file=sys.stderr)
     failed = [r for r in rows if r.state != "COMPLETED"]
     for r in failed:
-        say(f"{r.name}/{r.id}: {r.state}{': ' + r.reason if r.reason else ''}")
+        reason = r.reason or ("not started: the local sweep ended before this point (the same command runs it)"
+                              if not r.recorded else "")
+        say(f"{r.name}/{r.id}: {r.state}{': ' + reason if reason else ''}")
     return 1 if failed else 0
+
+
+def _local_sweep_ended(target: str) -> bool:
+    """Whether ``target`` is a sweep run here whose command has ended (hpcrun.launch.sweep.write_local_sweep)."""
+    from hpcrun.rundir.index import is_sweep_dir, read_sweep
+
+    path = Path(target).expanduser().resolve()
+    return is_sweep_dir(path) and "local_ended_at" in read_sweep(path)

@@ -59,17 +59,22 @@ def _progress(run_dir: Path, events: List[Dict[str, Any]]) -> Tuple[int, int]:
     return step, planned or 0
 
 
-def _start_end(run_dir: Path, start: Dict[str, Any], live: bool, now: float) -> float:
-    """When a start ended: as it recorded; now, while it runs; else (killed before it could say) its log's last
-    write."""
+def _start_end(run_dir: Path, start: Dict[str, Any], live: bool, now: float, newest: bool) -> float:
+    """When a start ended: as it recorded; now, while it runs; else (killed before it could say) its last write:
+    to its log, and for the newest start (``newest``) to the run's ledger or metrics too (a quiet command)."""
     if start.get("ended_at"):
         return float(start["ended_at"])
     if live:
         return now
-    try:
-        return max(float(start["started_at"]), RunDir(run_dir).start_log(int(start.get("n", 0))).stat().st_mtime)
-    except (OSError, ValueError):
-        return now
+    rd = RunDir(run_dir)
+    last = float(start["started_at"])
+    shared = (rd.ledger, rd.metrics) if newest else ()  # (an earlier start's: written by later starts too)
+    for path in (rd.start_log(int(start.get("n", 0))), *shared):  # its last sign of life
+        try:
+            last = max(last, path.stat().st_mtime)
+        except OSError:
+            pass
+    return min(last, now)
 
 
 def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float] = None) -> RunStatus:
@@ -111,7 +116,8 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         shown = "REQUEUED"
     else:
         shown = slurm or (status or "NEW").upper()
-    elapsed = sum(_start_end(run_dir, s, live=not ended and i == len(starts) - 1, now=now) - s["started_at"]
+    elapsed = sum(_start_end(run_dir, s, live=not ended and i == len(starts) - 1, now=now,
+                             newest=i == len(starts) - 1) - s["started_at"]
                   for i, s in enumerate(starts) if "started_at" in s)
     time_left = None
     if shown == "RUNNING" and starts and starts[-1].get("end_time"):

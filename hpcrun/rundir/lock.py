@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hpcrun.errors import UserError
 from hpcrun.rundir.layout import RunDir
@@ -66,29 +66,69 @@ def process_start_time(pid: int | str = "self") -> Optional[float]:
         return None
 
 
+def _boot_id() -> str:
+    """This boot of this machine (Linux); two hosts, or one host before and after a reboot, never share one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _stat(pid: int | str) -> Optional[Tuple[str, int]]:
+    """(state letter, start in clock ticks since boot) of a process, from /proc; None when it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def holder_gone(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The run lock's last holder, when it is known to have ended without a word: a process of this host and PID
-    namespace that no longer runs (or whose pid a newer process has taken). Read-only: it never takes the lock,
-    so it cannot delay a start that is taking it.
+    """The run lock's last holder, when it is known to have ended without a word: a process of this boot of this
+    host, in this PID namespace, that no longer runs (its pid gone, a zombie, or taken by a newer process: another
+    start time), and no process of the command it ran is left either. No clock is read: a start time is the
+    kernel's ticks since boot. Read-only: it never takes the lock, so it cannot delay a start that is taking it.
 
     None when the holder may be alive, or nobody can tell from here: another host (a Slurm job's node: Slurm
-    knows), another PID namespace (a container with its own), or a lock file written by an older hpcrun.
+    knows), another PID namespace (a container with its own), /proc hiding other users' processes, or a lock file
+    written by an older hpcrun.
     """
     holder = RunLock(run_dir, "").holder_now(wait=0.0)
-    pid = holder.get("pid")
-    if (not isinstance(pid, int) or holder.get("host") != socket.gethostname()
-            or not holder.get("pid_namespace") or holder.get("pid_namespace") != _pid_namespace()):
+    pid, ticks = holder.get("pid"), holder.get("start_ticks")
+    if (not isinstance(pid, int) or not isinstance(ticks, int) or not holder.get("boot_id")
+            or holder.get("boot_id") != _boot_id() or holder.get("pid_namespace") != _pid_namespace()):
         return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return holder
+        return None if command_processes(run_dir) else holder
     except PermissionError:
-        pass  # it exists (another user's): alive, unless its pid was reused (below)
-    started = process_start_time(pid)
-    if started is None:  # gone between the two looks
-        return holder if not Path(f"/proc/{pid}").exists() else None
-    return holder if started > float(holder.get("since") or 0) + 1.0 else None
+        pass  # it exists (another user's): alive, unless its pid was taken by a newer process (below)
+    stat = _stat(pid)
+    if stat is None:  # gone between the two looks (the next look tells), or /proc hides it (hidepid)
+        return None
+    if stat[1] == ticks and stat[0] not in ("Z", "X"):
+        return None
+    return None if command_processes(run_dir) else holder
+
+
+def command_processes(run_dir: Path) -> List[int]:
+    """This user's processes of a command hpcrun ran for the run (``HPCRUN_RUN_DIR`` in their environment,
+    hpcrun.tasks.command): they may outlive hpcrun (torchrun's workers, in their own session, after a closed
+    terminal killed hpcrun), and go on training and saving."""
+    wanted = {f"HPCRUN_RUN_DIR={d}".encode() for d in (str(run_dir), os.path.realpath(run_dir))}
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted.intersection(env):
+            found.append(int(entry.name))
+    return found
 
 
 class RunLock:
@@ -103,7 +143,8 @@ class RunLock:
     def __init__(self, run_dir: Path, what: str, job_id: Optional[str] = None) -> None:
         self.path = RunDir(run_dir).lock
         self.holder = {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
-                       "since": time.time(), "pid_namespace": _pid_namespace()}
+                       "since": time.time(), "pid_namespace": _pid_namespace(), "boot_id": _boot_id(),
+                       "start_ticks": (_stat("self") or ("", None))[1]}
         self._fd: Optional[int] = None
 
     def holder_now(self, wait: float = 1.0) -> Dict[str, Any]:

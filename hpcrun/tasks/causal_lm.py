@@ -229,6 +229,7 @@ def train(cfg: Config, ctx: JobContext) -> Union[Path, Stopped]:
 
             train_set, eval_set = sft_data(cfg, tokenizer, rd.task_file(SFT_DATA_DIR) / f"rank-{ctx.rank}")
             base, data_kwargs = SFTTrainer, {"processing_class": tokenizer}
+    train_set = whole_global_batches(train_set, shape, ctx, prepared=False)  # (an older run's one cut)
     phase("data")  # the tokenizer and the tokenized data (read from the cache after the first start)
     model = build_model(cfg, tokenizer, ctx.resume_from)
     phase("model")

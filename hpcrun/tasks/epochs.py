@@ -56,17 +56,21 @@ class EpochWindow:
         return self.dataset[self.index(i)]
 
 
-def whole_global_batches(dataset: Any, shape: Shape, ctx: JobContext) -> Any:
+def whole_global_batches(dataset: Any, shape: Shape, ctx: JobContext, prepared: bool = True) -> Any:
     """The training set cut to whole global batches (an :class:`EpochWindow`); set each epoch's window with
-    :func:`window_callback`.
+    :func:`window_callback`. Called twice: on the raw rows (``prepared=False``) and on the Trainer's prepared set
+    (TRL's SFTTrainer tokenizes, and may drop rows); the window is made on the prepared set.
 
     Two kinds of run keep what they had: a run whose checkpoint is older than shapes trains on the whole set (its
     data position counts the uncut set), and a run whose checkpoint is older than rotating epochs keeps the same cut
-    every epoch (its first ``keep`` samples), so that it resumes exactly. Data smaller than one global batch is left
-    whole: it trains as before, but cannot change shape exactly.
+    every epoch (its first ``keep`` raw rows, cut before the Trainer as it was), so that it resumes exactly. Data
+    smaller than one global batch is left whole: it trains as before, but cannot change shape exactly.
     """
     saved: Optional[Any] = ctx.resume_from.path if ctx.resume_from is not None else None
     if saved is not None and read_shape(saved) is None:
+        return dataset
+    static = saved is not None and not rotating_epochs(saved)
+    if static == prepared:  # the one cut of an older run on the raw rows; the window on the prepared set
         return dataset
     g = shape.global_batch
     keep = len(dataset) // g * g
@@ -78,7 +82,7 @@ def whole_global_batches(dataset: Any, shape: Shape, ctx: JobContext) -> Any:
         return dataset
     if keep == len(dataset):
         return dataset
-    if saved is not None and not rotating_epochs(saved):
+    if static:
         if hasattr(dataset, "select"):  # a datasets.Dataset
             return dataset.select(range(keep))
         from torch.utils.data import Subset

@@ -82,24 +82,26 @@ def resolve(corpus: str) -> Source:
 
 
 def missing_here(corpus: str) -> None:
-    """A ConfigError when ``corpus`` is a path whose folder exists on this machine but which does not, naming the
-    nearest names there. A name that could be a hub dataset's (``imdb``, ``user/name``) is refused only when the
-    folder holds a near name (``d.jsonll`` beside ``d.jsonl``)."""
+    """A ConfigError when ``corpus`` is a typo of a file the login node sees: the folder is here, the path is not,
+    and a near name is (``d.jsonll`` beside ``d.jsonl``). Anything else that is not here is left to the job's start:
+    a path on the compute node's own disk, or one that ``cluster.setup`` or an earlier job writes; and a bare hub
+    name (``imdb``)."""
+    if _looks_like_hub_name(corpus) and not Path(corpus).suffix:
+        return
     path = Path(corpus).expanduser()
     folder = path.parent
     if not folder.is_dir():
-        return  # a folder only the compute node sees: checked at the job's start
+        return
     import difflib
 
     try:
         names = sorted(p.name for p in folder.iterdir())
     except OSError:
         return
-    near = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
-    if _looks_like_hub_name(corpus) and not near:
-        return
-    hint = f"; did you mean {' or '.join(str(folder / n) for n in near)}?" if near else ""
-    raise ConfigError("data.corpus", corpus, f"an existing file or folder: {folder} has no {path.name}{hint}")
+    near = difflib.get_close_matches(path.name, names, n=3, cutoff=0.8)
+    if near:
+        raise ConfigError("data.corpus", corpus, f"an existing file or folder: {folder} has no {path.name}; did you "
+                          f"mean {' or '.join(str(folder / n) for n in near)}?")
 
 
 def _looks_like_hub_name(corpus: str) -> bool:

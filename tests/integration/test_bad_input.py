@@ -5,10 +5,13 @@ import os
 import pwd
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.slurm import calls, counting_shims
+
+BUILTIN = Path(__file__).resolve().parents[2] / "hpcrun" / "data" / "shakespeare.txt.gz"  # a file that is there
 
 CASES = [
     # (arguments, what the one line must contain)
@@ -35,9 +38,10 @@ CASES = [
     (["cluster=slurm", "train.lr=1e-4,3e-4"], "train.lr='1e-4,3e-4' is a list of values; to run one job per value, "
                                               "add -m"),
     (["cluster=slurm", "train.report_to=wandb"], "train.report_to='wandb' is invalid: expected a list; write "
-                                                 "train.report_to=[wandb]"),
-    (["cluster=slurm", "data.corpus=/tmp/no-such-corpus.jsonl"],  # its folder is here: a typo, not a node's path
-     "data.corpus='/tmp/no-such-corpus.jsonl' is invalid: expected an existing file or folder: /tmp has no "),
+                                                 "'train.report_to=[wandb]'"),
+    (["cluster=slurm", f"data.corpus={BUILTIN}z"],  # beside the file it misspells: a typo, not a node's own path
+     f"data.corpus='{BUILTIN}z' is invalid: expected an existing file or folder: {BUILTIN.parent} has no "
+     f"{BUILTIN.name}z; did you mean {BUILTIN}?"),
     (["cluster=slurm", "cluster.sbatch_extra.time=5"], "cluster.sbatch_extra.time=5 is invalid"),
     (["cluster=slurm", "run.name=a/b"], "run.name='a/b' is invalid"),
     (["-m", "cluster=slurm", "train.lr=1e-3,3e-4", "run.dir=same"], "two sweep points share a run directory"),

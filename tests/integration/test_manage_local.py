@@ -54,3 +54,33 @@ def test_management_commands_refuse_what_is_not_a_run(hpcrun, tmp_path):
         out = hpcrun(*args)
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert "not a run directory" in out.stderr or "neither a run directory" in out.stderr
+
+
+def test_ctrl_c_stops_a_local_sweep_and_wait_ends_with_the_points_it_did_not_reach(hpcrun, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.training import wait_until
+
+    env = {**os.environ, "HPCRUN_STATE_DIR": str(tmp_path / "state")}
+    sweep = subprocess.Popen([sys.executable, "-m", "hpcrun", "-m", "+experiment=tiny_llama", "cluster=local",
+                              "train.max_steps=400", "data.vocab_size=300", "train.log_every=1", "train.seed=0,1"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    first = tmp_path / "runs" / "tiny_llama" / "data.vocab_size=300,train.log_every=1,train.max_steps=400,train.seed=0"
+    try:
+        wait_until(lambda: (first / "metrics.jsonl").exists(), timeout=180, what="the first point's first step")
+        os.killpg(sweep.pid, signal.SIGINT)  # one Ctrl-C: the point saves and stops, and so does the sweep
+        _, err = sweep.communicate(timeout=180)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 130 and "sweep stopped at point" in err, err[-3000:]
+    assert not (first.parent / first.name.replace("seed=0", "seed=1")).exists()  # never started
+    (sweep_dir,) = (tmp_path / "runs" / "sweeps").iterdir()
+    waited = hpcrun("wait", str(sweep_dir), "--poll", "1", timeout=60)
+    assert waited.returncode == 1, waited.stderr[-2000:]
+    assert "2/2 ended: 1 new, 1 stopped" in waited.stderr
+    assert "not started: the local sweep ended before this point" in waited.stderr

@@ -71,7 +71,7 @@ def test_a_lock_left_by_a_process_killed_with_sigkill_does_not_block_the_next_st
     lock.release()
 
 
-def test_a_holder_is_known_gone_only_when_it_is_a_dead_process_of_this_host_and_pid_namespace(tmp_path):
+def test_a_holder_is_known_gone_only_when_it_is_a_dead_process_of_this_boot_and_pid_namespace(tmp_path):
     import json
 
     run = tmp_path / "run"
@@ -85,13 +85,33 @@ def test_a_holder_is_known_gone_only_when_it_is_a_dead_process_of_this_host_and_
     assert holder_gone(run)["pid"] == proc.pid  # killed: nothing ended its run, and nothing will
 
     lock_file = RunLock(run, "").path
-    for changed, gone in ((dict(host="another-node"), False),  # a Slurm job's node: Slurm knows, not us
+    mine = RunLock(run, "").holder  # this very process, as a holder
+    for changed, gone in ((dict(boot_id="another-boot"), False),  # another host (a Slurm job's node), or a reboot
                           (dict(pid_namespace="pid:[1]"), False),  # a container's own pids
-                          (dict(pid_namespace=None), False),  # written by an older hpcrun
-                          (dict(pid=os.getpid(), since=time.time()), False),  # alive (this very process)
-                          (dict(pid=os.getpid(), since=time.time() - 10 * 365 * 86400), True)):  # pid reused
+                          (dict(start_ticks=None), False),  # written by an older hpcrun
+                          (dict(pid=os.getpid(), start_ticks=mine["start_ticks"]), False),  # alive (this process)
+                          (dict(pid=os.getpid(), start_ticks=mine["start_ticks"] - 1), True)):  # its pid reused
         lock_file.write_text(json.dumps({**written, **changed}))
         assert (holder_gone(run) is not None) is gone, changed
+
+
+def test_a_dead_holder_whose_command_still_runs_is_not_gone(tmp_path):
+    # torchrun's workers, in their own session, outlive hpcrun killed by a closed terminal: they still train
+    import json
+
+    run = tmp_path / "run"
+    proc = _holder(run)
+    proc.kill()
+    proc.wait()
+    assert holder_gone(run) is not None
+    orphan = subprocess.Popen(["sleep", "60"], env={**os.environ, "HPCRUN_RUN_DIR": str(run)},
+                              start_new_session=True)
+    try:
+        assert holder_gone(run) is None
+    finally:
+        orphan.kill()
+        orphan.wait()
+    assert holder_gone(run)["pid"] == json.loads(RunLock(run, "").path.read_text())["pid"]
 
 
 def test_the_lock_waits_for_its_holder_when_asked(tmp_path):

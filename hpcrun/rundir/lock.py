@@ -54,18 +54,6 @@ def _pid_namespace() -> str:
         return ""
 
 
-def process_start_time(pid: int | str = "self") -> Optional[float]:
-    """When a process started, as a Unix time (Linux: /proc, to its 10 ms ticks; None elsewhere, or when it is
-    gone). The start is counted in ticks since boot; the time since boot is read now (CLOCK_BOOTTIME), not from
-    /proc/stat's btime, which is whole seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
 def _boot_id() -> str:
     """This boot of this machine (Linux); two hosts, or one host before and after a reboot, never share one."""
     try:
@@ -80,6 +68,18 @@ def _stat(pid: int | str) -> Optional[Tuple[str, int]]:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return fields[0], int(fields[19])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_start_time(pid: int | str = "self") -> Optional[float]:
+    """When a process started, as a Unix time (Linux: /proc, to its 10 ms ticks; None elsewhere, or when it is
+    gone). The start is counted in ticks since boot; the time since boot is read now (CLOCK_BOOTTIME), not from
+    /proc/stat's btime, which is whole seconds."""
+    stat = _stat(pid)
+    try:
+        since_boot = stat[1] / os.sysconf("SC_CLK_TCK") if stat else None
+        return None if since_boot is None else time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, AttributeError):
         return None
 
 

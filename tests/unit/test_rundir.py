@@ -107,6 +107,11 @@ def test_a_dead_holder_whose_command_still_runs_is_not_gone(tmp_path):
     orphan = subprocess.Popen(["sleep", "60"], env={**os.environ, "HPCRUN_RUN_DIR": str(run)},
                               start_new_session=True)
     try:
+        # Popen returns once exec has begun; the new program's environment is readable a moment later
+        deadline = time.monotonic() + 10
+        while b"HPCRUN_RUN_DIR=" not in open(f"/proc/{orphan.pid}/environ", "rb").read():
+            assert time.monotonic() < deadline, "the orphan's environment never showed"
+            time.sleep(0.01)
         assert holder_gone(run) is None
     finally:
         orphan.kill()

@@ -49,3 +49,59 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert wa.keys() == wb.keys()
         different = [k for k in wa if not (wa[k] == wb[k]).all()]
         assert different == [], f"{name}: {len(different)} of {len(wa)} tensors differ, e.g. {different[:3]}"
+
+
+class Terminal:
+    """``hpcrun ARGS`` in a terminal of its own (a pseudo-terminal, the session it leads, as a login shell's job), its
+    output read as it comes; :meth:`close` closes the terminal, as a dropped ssh connection does."""
+
+    def __init__(self, args: List[str], cwd: Path, prefix: List[str] = ()) -> None:
+        import os
+        import pty
+        import signal
+        import sys
+
+        argv = [*prefix, sys.executable, "-m", "hpcrun", *args]
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: exec at once (nothing else is safe after a fork in a threaded process)
+            try:
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a terminal's job, even if the tests run under nohup
+                os.chdir(cwd)
+                os.execvp(argv[0], argv)
+            finally:
+                os._exit(127)
+        self.pid, self.fd, self.output = pid, fd, b""
+
+    def read(self) -> bytes:
+        """What the terminal showed so far."""
+        import os
+        import select
+
+        while self.fd is not None and select.select([self.fd], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: every process holding the terminal has ended
+                break
+            if not chunk:
+                break
+            self.output += chunk
+        return self.output
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        wait_until(lambda: bool(self.read()) is not None and condition(), timeout, what)
+
+    def close(self, timeout: float = 120) -> int:
+        """Closes the terminal and returns hpcrun's exit status."""
+        import os
+
+        os.close(self.fd)
+        self.fd = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.2)
+        os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        raise AssertionError(f"hpcrun still ran {timeout} s after its terminal closed")

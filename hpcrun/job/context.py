@@ -56,6 +56,8 @@ class JobContext:
         triggers: the run's :class:`~hpcrun.job.triggers.TimeTriggers` (checkpoint.* and the deadline), restored
             from ``resume_from``.
         ledger: the run's :class:`~hpcrun.rundir.ledger.Ledger` (``ledger.jsonl``, for ``hpcrun report``).
+        allocation: the Slurm job a local run runs inside (an interactive ``srun --pty`` or ``salloc`` session, or
+            a batch script of the user's own), whose end it saves before; None elsewhere.
     """
 
     run_dir: Path
@@ -70,6 +72,7 @@ class JobContext:
     stop_flags: Any = None
     triggers: Any = None
     ledger: Any = None
+    allocation: Optional[str] = None
 
     @property
     def deadline(self) -> Optional[float]:
@@ -85,9 +88,14 @@ class JobContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> "JobContext":
+    def from_env(cls, run_dir: Path, environ: Optional[Mapping[str, str]] = None,
+                 local: bool = False) -> "JobContext":
+        """This process's context. ``local``: the local launcher's one process, in the foreground: not the Slurm
+        job's, even inside an allocation (its ranks, requeues and signals are the batch job's, not this run's)."""
         env = os.environ if environ is None else environ
         job_id = slurm_job_id(env)
+        if local:
+            return cls(run_dir=Path(run_dir), allocation=job_id)
         return cls(
             run_dir=Path(run_dir),
             rank=int(env.get("SLURM_PROCID", env.get("RANK", 0))),

@@ -45,12 +45,17 @@ def slurm_end_time(environ: Mapping[str, str], attempts: int = 3) -> Tuple[Optio
     return end, source
 
 
-def job_times(limit_seconds: int, on_slurm: bool, started: float,
-              environ: Optional[Mapping[str, str]] = None) -> Tuple[float, Optional[float], str]:
+def job_times(limit_seconds: int, on_slurm: bool, started: float, environ: Optional[Mapping[str, str]] = None,
+              inside_allocation: bool = False) -> Tuple[float, Optional[float], str]:
     """When this start's allocation began (locally: the process start), the end time it must save before, and the
-    end time's source (for the log)."""
+    end time's source (for the log). A local run inside an allocation ends at cluster.time or at the allocation's
+    end, whichever comes first."""
+    env = os.environ if environ is None else environ
+    if inside_allocation and not on_slurm:
+        _, end, source = slurm_times(env)
+        if end is not None and end < started + limit_seconds:
+            return started, end, f"{source}: this allocation's end"
     if on_slurm:
-        env = os.environ if environ is None else environ
         begun, end, source = slurm_times(env)
         if end is not None:
             return begun or started, end, source

@@ -151,13 +151,16 @@ class JobEntry:
 
     Args:
         run_dir: the run directory holding ``config.yaml``.
+        local: run by the local launcher, in the foreground (also inside a Slurm allocation: an interactive
+            session's Ctrl-C saves and stops, and its end is saved before, but nothing is requeued).
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, local: bool = False) -> None:
         self.run_dir = str(run_dir)
+        self.local = local
 
     def __repr__(self) -> str:
-        return f"JobEntry({self.run_dir!r})"
+        return f"JobEntry({self.run_dir!r}{', local=True' if self.local else ''})"
 
     def __call__(self) -> str:
         from hpcrun.config.compose import load_saved
@@ -169,7 +172,7 @@ class JobEntry:
             sys.path.insert(0, os.getcwd())
         run_dir = Path(self.run_dir)
         rd = RunDir(run_dir)
-        ctx = JobContext.from_env(run_dir)
+        ctx = JobContext.from_env(run_dir, local=getattr(self, "local", False))  # (an entry pickled before: False)
         if ctx.world_size > 1 and ctx.on_slurm:
             from submitit.helpers import TorchDistributedEnvironment
 
@@ -239,7 +242,8 @@ class JobEntry:
             ledger.event("end", status="failed", reason=state.data.get("reason", ""), step=start.get("resumed_from"))
             raise JobError(state.data.get("reason", "run failed"))
 
-        alloc_start, end_time, source = job_times(cfg.cluster.time_seconds(), ctx.on_slurm, started)
+        alloc_start, end_time, source = job_times(cfg.cluster.time_seconds(), ctx.on_slurm, started,
+                                                  inside_allocation=ctx.allocation is not None)
         state.note(end_time=end_time)
         state.ledger = ledger
         ledger.event("start", job_id=ctx.job_id, restart=ctx.restart, alloc_start=alloc_start,
@@ -327,6 +331,8 @@ class JobEntry:
         for name, root in removed:
             log.warning("removed %s: a save that was interrupted before it completed (in %s)", name, root)
         where = f"Slurm job {ctx.job_id} (restart {ctx.restart})" if ctx.on_slurm else "this machine (local)"
+        if ctx.allocation:
+            where = f"this machine (local, inside Slurm job {ctx.allocation})"
         log.info("===== start %d of run %s in %s, on %s, %d process(es) =====",
                  start["n"], cfg.run.name, ctx.run_dir, where, ctx.world_size)
         for ckpt, why in skipped:

@@ -135,6 +135,10 @@ class Child:
             self.killed = True
             self.signal_tree("SIGKILL")
             raise KeyboardInterrupt
+        if name == "SIGHUP":  # the terminal closed: our copy of the command's output goes to the log alone
+            from hpcrun.job.signals import leave_terminal
+
+            leave_terminal()
         if self.first_signal is None:
             self.first_signal = name
             log.info("%s: %s", name, "passed on to the command" if self.forward else

@@ -1,14 +1,17 @@
 """Signal handlers that only set a flag; the training loop acts on it at the next step boundary.
 
 Slurm sends the timeout signal (``cluster.signal``, USR2 by default) ``cluster.signal_delay`` before the time
-limit, and SIGTERM on preemption, on ``scancel`` and at the limit itself. Locally, Ctrl-C sends SIGINT. Saving
-inside a handler is fragile (it interrupts arbitrary code, possibly a collective or a half-written file), so the
-handler records the signal and returns; a second SIGINT interrupts at once, for a user who really means it.
+limit, and SIGTERM on preemption, on ``scancel`` and at the limit itself. Locally, Ctrl-C sends SIGINT, and a
+closed terminal (a dropped ssh connection) SIGHUP. Saving inside a handler is fragile (it interrupts arbitrary code,
+possibly a collective or a half-written file), so the handler records the signal and returns; a second SIGINT
+interrupts at once, for a user who really means it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 import time
 from typing import Iterable, Optional, Tuple
@@ -28,6 +31,8 @@ class StopFlags:
         name = signal.Signals(signum).name
         if self.signal == "SIGINT" and name == "SIGINT":
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, no save
+        if name == "SIGHUP":
+            leave_terminal()
         if self.signal is None:
             self.signal, self.received_at = name, time.time()
 
@@ -48,8 +53,39 @@ class StopFlags:
 
 
 def job_signals(timeout_signal: str, local: bool) -> list:
-    """The signals a job treats as "save now and stop"."""
+    """The signals a job treats as "save now and stop".
+
+    Locally also Ctrl-C (SIGINT) and a closed terminal (SIGHUP), unless SIGHUP is ignored: a run started under
+    ``nohup`` (or anything else that ignores it) keeps running when its terminal closes, as the user asked.
+    """
     names = [f"SIG{timeout_signal}", "SIGTERM"]
     if local:
         names.append("SIGINT")
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            names.append("SIGHUP")
     return list(dict.fromkeys(names))
+
+
+def signal_reason(name: str) -> str:
+    """What a stop by this signal is called in the run's state and log: ``signal SIGTERM``."""
+    return f"signal {name}" + (" (the terminal closed)" if name == "SIGHUP" else "")
+
+
+def leave_terminal() -> None:
+    """After SIGHUP: the terminal is gone, and a write to it would fail (EIO) in the middle of the save. Standard
+    output and error that are a terminal go to /dev/null from here on; the start's log keeps everything."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            if os.isatty(fd) or _hung_up(fd):  # (a terminal already hung up is no longer a tty to isatty)
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _hung_up(fd: int) -> bool:
+    try:
+        os.write(fd, b"")
+    except OSError as exc:
+        return exc.errno == errno.EIO
+    return False

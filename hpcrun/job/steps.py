@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional
 from hpcrun.errors import DiskFullError
 from hpcrun.job.faults import save_pause
 from hpcrun.job.ranks import barrier, share_max
+from hpcrun.job.signals import signal_reason
 from hpcrun.job.triggers import Decision
 
 log = logging.getLogger("hpcrun")
@@ -62,7 +63,7 @@ def decide(triggers: Any, stop_flags: Any, is_main: bool, ledger: Any = None, st
     if sig:
         name = signalled[0] if signalled else "a stop signal (on another rank)"
         decision.save = decision.stop = True
-        decision.reason = f"signal {name}" if signalled else name
+        decision.reason = signal_reason(name) if signalled else name
         decision.why = "signal"
     elif deadline:
         decision.save = True

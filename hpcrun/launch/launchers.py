@@ -34,7 +34,7 @@ class LocalLauncher:
         run_dir = prepared.run_dir
         say(f"running in the foreground in {run_dir} (Ctrl-C saves and stops)")
         try:
-            result = JobEntry(run_dir)()
+            result = JobEntry(run_dir, local=True)()
         except UserError as exc:
             if read_state(run_dir).get("status") == "failed":  # found at the run's start: a failed run, status 1
                 raise JobError(str(exc)) from None

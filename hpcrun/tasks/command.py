@@ -82,7 +82,8 @@ def command_env(cfg: Any, ctx: Any, start: int, launcher: bool, signals: Sequenc
         # a save short, and dies of SIGUSR2: it ignores the stop signals (they reach the workers directly).
         # (torchrun's --signals-to-handle reads PET_SIGNALS_TO_HANDLE and sets TORCHELASTIC_SIGNALS_TO_HANDLE.)
         env["HPCRUN_LAUNCHER_IGNORES"] = ",".join(signals)
-        env["PET_SIGNALS_TO_HANDLE"] = env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+        env["PET_SIGNALS_TO_HANDLE"] = env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = ",".join(
+            s for s in ("SIGHUP", "SIGQUIT") if s not in signals)  # (locally SIGHUP is a stop signal)
     return env
 
 
@@ -90,7 +91,7 @@ def run(cfg: Any, ctx: Any) -> Any:
     """The job side of ``hpcrun run``: runs the command once (per node or per process), returns how it ended."""
     from hpcrun.job.context import Stopped
     from hpcrun.job.processes import Child
-    from hpcrun.job.signals import job_signals
+    from hpcrun.job.signals import job_signals, signal_reason
     from hpcrun.rundir import RunDir
     from hpcrun.rundir.atomic import read_json
     from hpcrun.rundir.ledger import progress, read_ledger
@@ -122,7 +123,7 @@ def run(cfg: Any, ctx: Any) -> Any:
     if child.first_signal is not None:
         how = "was killed: it outlived the job's time" if child.killed else f"exited with status {rc}"
         return Stopped(step=last_step() or 0, signal=child.first_signal,
-                       reason=f"signal {child.first_signal}; the command {how}")
+                       reason=f"{signal_reason(child.first_signal)}; the command {how}")
     if rc == 0:
         return "the command exited with status 0"
     from hpcrun.errors import JobError

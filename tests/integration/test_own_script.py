@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.own_scripts import SCRIPTS, clm_args, sft_args, straight_run
-from tests.training import assert_same_weights, state, wait_until
+from tests.training import Terminal, assert_same_weights, state, wait_until
 
 # About 145 steps a second here: 1500 steps leave some 9 s after the first periodic save (1 s in) for the Ctrl-C
 # to land before the run ends (500 left 2.6 s).
@@ -66,6 +66,20 @@ def test_a_trainer_script_stopped_by_ctrl_c_resumes_on_the_same_command_to_the_s
     assert_same_weights(out, straight)
     (row,) = json.loads(hpcrun("status", str(run_dir), "--json").stdout)
     assert row["recorded"] == "completed" and row["step"] == STEPS and row["max_steps"] == STEPS
+
+
+def test_a_trainer_script_whose_terminal_closes_saves_and_stops(tmp_path, own_work):
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(own_work, "${run.dir}/out", STEPS)]
+    terminal = Terminal(args, tmp_path)
+    run_dir = _run_dir(tmp_path)
+    out = run_dir / "out"
+    terminal.wait_for(lambda: _checkpoints(out), 120, "a periodic checkpoint-N in the script's output_dir")
+    assert terminal.close() == 75  # hpcrun passes the SIGHUP on; the script's Trainer saves and stops
+    st = state(run_dir)
+    assert st["status"] == "stopped" and "SIGHUP (the terminal closed)" in st["reason"], st
+    stopped_at = st["starts"][0]["step"]
+    assert 0 < stopped_at < STEPS
+    assert (out / f"checkpoint-{stopped_at}" / "hpcrun-complete.json").is_file()
 
 
 def _stop_with_ctrl_c_and_run_again(hpcrun, tmp_path: Path, args: list, name: str) -> Path:
@@ -135,7 +149,8 @@ def test_a_script_of_its_own_gets_where_it_is_from_its_environment(hpcrun, tmp_p
     run_dir = _run_dir(tmp_path, "probe")
     assert env["HPCRUN_RUN_DIR"] == str(run_dir) and env["HPCRUN_START"] == "1" and env["HPCRUN_RESTART"] == "0"
     assert abs(float(env["HPCRUN_END_TIME"]) - (time.time() + 3600)) < 120
-    assert env["HPCRUN_SIGNALS"] == "SIGUSR2,SIGTERM,SIGINT"
+    closed_terminal = [] if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else ["SIGHUP"]  # (hpcrun inherits it)
+    assert env["HPCRUN_SIGNALS"].split(",") == ["SIGUSR2", "SIGTERM", "SIGINT", *closed_terminal]
     assert state(run_dir)["status"] == "completed"
     assert json.dumps(env) in (run_dir / "logs" / "start-1.log").read_text()  # the command's output, in its log
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import run_hpcrun
-from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step, wait_until
+from tests.training import TINY, Terminal, assert_same_weights, logged_steps, state, wait_for_step, wait_until
 
 pytestmark = pytest.mark.training
 
@@ -59,6 +59,37 @@ def test_a_local_run_stops_cleanly_at_its_time_limit_and_resumes_with_a_longer_o
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert f"resuming run tiny_llama from step-{stopped_at}" in longer.stderr
     assert_same_weights(run_dir / "final", reference_run / "final")
+
+
+def test_a_closed_terminal_saves_and_stops_the_run_and_the_same_command_resumes_it_exactly(tmp_path, reference_run):
+    args = [*TINY, "cluster=local", "run.dir=run"]
+    run_dir = tmp_path / "run"
+    terminal = Terminal(args, tmp_path)
+    terminal.wait_for(lambda: max(logged_steps(run_dir), default=0) >= 5, 300, "step 5")
+    assert b"Ctrl-C saves and stops" in terminal.read()
+    assert terminal.close() == 75  # the ssh connection dropped: SIGHUP, and every write to the terminal fails
+    st = state(run_dir)
+    assert st["status"] == "stopped" and st["reason"] == "signal SIGHUP (the terminal closed)", st
+    stopped_at = st["starts"][0]["step"]
+    assert 5 <= stopped_at < 30
+    assert (run_dir / "checkpoints" / f"step-{stopped_at}" / "hpcrun-complete.json").exists()
+    # what the terminal no longer shows is in the start's log
+    assert f"stopped after step {stopped_at} (signal SIGHUP (the terminal closed))" in \
+        (run_dir / "logs" / "start-1.log").read_text()
+    out = run_hpcrun(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resuming run tiny_llama from step-{stopped_at}" in out.stderr
+    assert_same_weights(run_dir / "final", reference_run / "final")
+
+
+def test_a_run_started_under_nohup_goes_on_when_its_terminal_closes(tmp_path):
+    run_dir = tmp_path / "run"
+    terminal = Terminal([*TINY, "train.max_steps=10", "cluster=local", "run.dir=run"], tmp_path, prefix=["nohup"])
+    terminal.wait_for(lambda: max(logged_steps(run_dir), default=0) >= 2, 300, "step 2")
+    assert terminal.close() == 0
+    assert state(run_dir)["status"] == "completed"
+    assert max(logged_steps(run_dir)) == 10
+    assert "stopped" not in (tmp_path / "nohup.out").read_text()
 
 
 def test_a_run_directory_holding_another_training_config_is_refused_and_run_fresh_starts_over(tmp_path):

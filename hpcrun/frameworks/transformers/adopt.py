@@ -136,7 +136,7 @@ def install(trainer_cls: Any) -> None:
         if adopted is not None and adopted.callback.stop_reason:
             step = adopted.callback.stop_step or self.state.global_step
             log.info("saved step %s after %s; exiting %s", step, adopted.callback.stop_reason,
-                     "to be requeued" if os.environ.get("SLURM_JOB_ID") else "(the same hpcrun command resumes it)")
+                     "to be requeued" if os.environ.get("HPCRUN_JOB_ID") else "(the same hpcrun command resumes it)")
             script.stop_and_requeue(step, adopted.callback.stop_reason)
         return result
 

@@ -1,0 +1,60 @@
+"""A local job's stop signals (Ctrl-C, a closed terminal, nohup), and a local run inside a Slurm allocation."""
+
+import os
+import signal
+
+from hpcrun.job.signals import job_signals, leave_terminal, signal_reason
+
+
+def test_on_slurm_the_timeout_signal_and_sigterm_stop_a_job():
+    assert job_signals("USR2", local=False) == ["SIGUSR2", "SIGTERM"]
+    assert job_signals("TERM", local=False) == ["SIGTERM"]
+
+
+def test_locally_ctrl_c_and_a_closed_terminal_stop_it_too_unless_sighup_is_ignored_as_under_nohup():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert job_signals("USR2", local=True) == ["SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP"]
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert job_signals("USR2", local=True) == ["SIGUSR2", "SIGTERM", "SIGINT"]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_the_reason_names_the_signal_and_says_what_sighup_means():
+    assert signal_reason("SIGTERM") == "signal SIGTERM"
+    assert signal_reason("SIGHUP") == "signal SIGHUP (the terminal closed)"
+
+
+def test_leaving_the_terminal_keeps_output_that_is_not_a_terminal(tmp_path):
+    path = tmp_path / "out"
+    saved = os.dup(1)
+    try:
+        with open(path, "w") as f:
+            os.dup2(f.fileno(), 1)
+        leave_terminal()
+        os.write(1, b"still here")
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert path.read_text() == "still here"
+
+
+def test_the_local_launchers_process_is_alone_and_local_even_inside_an_allocation_of_four_tasks(tmp_path):
+    from hpcrun.job.context import JobContext
+
+    salloc = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_RESTART_COUNT": "1"}
+    ctx = JobContext.from_env(tmp_path, salloc, local=True)
+    assert (ctx.rank, ctx.world_size, ctx.job_id, ctx.on_slurm, ctx.restart, ctx.allocation) == (0, 1, None, False, 0, "77")
+    job = JobContext.from_env(tmp_path, salloc)  # the same variables in a job hpcrun submitted: its rank 0 of 4
+    assert (job.world_size, job.job_id, job.on_slurm, job.allocation) == (4, "77", True, None)
+
+
+def test_a_local_run_inside_an_allocation_ends_at_the_allocations_end_or_at_cluster_time_if_sooner():
+    from hpcrun.job.deadline import job_times
+
+    env = {"SLURM_JOB_ID": "77", "SLURM_JOB_START_TIME": "1000", "SLURM_JOB_END_TIME": "4600"}
+    assert job_times(43200, False, 1100.0, env, inside_allocation=True) == \
+        (1100.0, 4600.0, "SLURM_JOB_END_TIME: this allocation's end")
+    assert job_times(600, False, 1100.0, env, inside_allocation=True) == (1100.0, 1700.0, "cluster.time (local)")
+    assert job_times(600, False, 1100.0, env) == (1100.0, 1700.0, "cluster.time (local)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 from typing import Mapping, Optional, Tuple
 
 ENV_VAR = "HPCRUN_CLUSTER"
@@ -37,3 +39,30 @@ def sbatch_cluster(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, st
     if env.get(ENV_VAR) and env[ENV_VAR] != "local":
         return env[ENV_VAR], f"from ${ENV_VAR}"
     return "slurm", "the generic Slurm cluster: this command is about sbatch"
+
+
+def off_the_allocation(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Why a local run here would train outside the Slurm allocation it seems to be in, or None.
+
+    salloc (without ``LaunchParameters=use_interactive_step``) starts its shell on the submitting host, usually a
+    login node: ``SLURM_JOB_ID`` is set, but no slurmd started the shell (no ``SLURMD_NODENAME``), and the host is
+    not one of the job's nodes (``scontrol show hostnames``; without scontrol hpcrun cannot tell, and lets it run).
+    """
+    env = os.environ if environ is None else environ
+    job, nodes = env.get("SLURM_JOB_ID"), env.get("SLURM_JOB_NODELIST", "")
+    if not job or env.get("SLURMD_NODENAME") or not nodes:
+        return None
+    scontrol = shutil.which("scontrol", path=env.get("PATH"))
+    if scontrol is None:
+        return None
+    try:
+        out = subprocess.run([scontrol, "show", "hostnames", nodes], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = out.stdout.split() if out.returncode == 0 else []
+    host = socket.gethostname()
+    if not names or host in names or host.split(".")[0] in names:
+        return None
+    return (f"this shell is salloc's, on {host}, not on a node of Slurm job {job} ({nodes}): a local run would "
+            f"train on {host}. Run it in the allocation (srun --pty bash, then hpcrun there; or srun hpcrun ...), "
+            "or submit it with cluster=slurm")

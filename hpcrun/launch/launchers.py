@@ -19,8 +19,13 @@ class LocalLauncher:
 
     submits = False
 
-    def check(self, cfgs: Sequence[Any]) -> None:
-        """Nothing to check: the machine is here."""
+    def check(self, cfgs: Sequence[Any], sweep: bool = False) -> None:
+        """That here is where the run should train: not salloc's shell on a login node, off the allocation."""
+        from hpcrun.launch.choose import off_the_allocation
+
+        problem = off_the_allocation()
+        if problem:
+            raise UserError(problem)
 
     def render(self, cfg: Any) -> str:
         raise UserError(f"cluster={cfg.cluster.name} runs locally (cluster.launcher=local): there is no sbatch "

@@ -89,6 +89,7 @@ def _run_local_sweep(sweep: Any, command: str, launcher: Any, skipped: List[str]
     from hpcrun.launch.prepare import write_prepared
     from hpcrun.launch.sweep import write_local_sweep
 
+    launcher.check([p.cfg for p in sweep.points], sweep=True)
     write_local_sweep(sweep, command)
     say(f"sweep {sweep.sweep_dir.name}: {len(sweep.points)} points, run here one after another; sweep dir: "
         f"{sweep.sweep_dir} (hpcrun status, results, report and wait take it)")
@@ -144,6 +145,7 @@ def resume(target: str, overrides: Sequence[str]) -> int:
     merged = OmegaConf.merge(OmegaConf.create(container), OmegaConf.from_dotlist(list(overrides)))
     cfg = from_container(merged)
     launcher = launcher_for(cfg)
+    launcher.check([cfg])  # as a first launch: the site's limits, or (locally) that here is the allocation
     with claimed(cfg) as prepared:
         say(prepared.message)
         if not prepared.launchable:

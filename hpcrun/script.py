@@ -193,9 +193,10 @@ def saving(step: int) -> Iterator[Path]:
 def stop_and_requeue(step: int, reason: str = "") -> None:
     """After the save that ``decision.stop`` asked for: tells hpcrun to requeue the run and exits (status 0)."""
     from hpcrun.job.ranks import close_process_group
+    from hpcrun.job.signals import signal_reason
 
     s = session()
     signal = s.flags.signal
-    s.request_stop(step, reason or (f"signal {signal}" if signal else "deadline"))
+    s.request_stop(step, reason or (signal_reason(signal) if signal else "deadline"))
     close_process_group()
     raise SystemExit(0)

@@ -78,7 +78,12 @@ class _Tee:
         self.file = open(path, "a", buffering=1, errors="replace")
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
+        try:
+            self.stream.write(text)
+        except OSError:  # the terminal hung up (EIO), its pipe's reader is gone (EPIPE): the log keeps it
+            from hpcrun.job.signals import leave_terminal
+
+            leave_terminal()
         try:
             self.file.write(text)
         except (OSError, ValueError):  # a full disk or a closed file must not break the task's print
@@ -86,7 +91,10 @@ class _Tee:
         return len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        try:
+            self.stream.flush()
+        except OSError:
+            pass
         try:
             self.file.flush()
         except (OSError, ValueError):
@@ -155,6 +163,8 @@ class JobEntry:
             session's Ctrl-C saves and stops, and its end is saved before, but nothing is requeued).
     """
 
+    local = False  # (an entry pickled before the attribute existed reads this)
+
     def __init__(self, run_dir: str | Path, local: bool = False) -> None:
         self.run_dir = str(run_dir)
         self.local = local
@@ -172,7 +182,7 @@ class JobEntry:
             sys.path.insert(0, os.getcwd())
         run_dir = Path(self.run_dir)
         rd = RunDir(run_dir)
-        ctx = JobContext.from_env(run_dir, local=getattr(self, "local", False))  # (an entry pickled before: False)
+        ctx = JobContext.from_env(run_dir, local=self.local)
         if ctx.world_size > 1 and ctx.on_slurm:
             from submitit.helpers import TorchDistributedEnvironment
 
@@ -326,6 +336,7 @@ class JobEntry:
         clear_request(ctx.run_dir)  # an earlier start's requeue request was acted on (or its job cancelled)
         prev = state.previous_start
         start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0,
+                            allocation=ctx.allocation,
                             processes=ctx.world_size)
         setup_logging(ctx, start["n"])
         for name, root in removed:

@@ -177,8 +177,10 @@ class Child:
                     self.killed = True
                     self.signal_tree("SIGKILL")
         finally:
+            from hpcrun.job.signals import after_hangup
+
             for s, handler in previous:
-                signal.signal(signal.Signals[s], handler)
+                signal.signal(signal.Signals[s], after_hangup(signal.Signals[s], handler))
             self._copier.join(timeout=10)
             self._log.close()
         return rc

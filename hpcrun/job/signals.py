@@ -13,8 +13,9 @@ import errno
 import logging
 import os
 import signal
+import stat
 import time
-from typing import Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
 log = logging.getLogger("hpcrun")
 
@@ -45,7 +46,7 @@ class StopFlags:
 
     def uninstall(self) -> None:
         for signum, previous in reversed(self._installed):
-            signal.signal(signum, previous)
+            signal.signal(signum, after_hangup(signum, previous))
         self._installed.clear()
 
     def pending(self) -> Optional[Tuple[str, float]]:
@@ -71,16 +72,32 @@ def signal_reason(name: str) -> str:
     return f"signal {name}" + (" (the terminal closed)" if name == "SIGHUP" else "")
 
 
+_left_terminal = False
+
+
 def leave_terminal() -> None:
-    """After SIGHUP: the terminal is gone, and a write to it would fail (EIO) in the middle of the save. Standard
-    output and error that are a terminal go to /dev/null from here on; the start's log keeps everything."""
+    """After SIGHUP: the terminal is gone, and a write to it would fail (EIO) in the middle of the save; a pipe to
+    it (``hpcrun ... | tee out``: tee got the SIGHUP too) would fail with EPIPE. Standard output and error that are
+    a terminal or a pipe go to /dev/null from here on; the start's log keeps everything."""
+    global _left_terminal
+    _left_terminal = True
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         for fd in (1, 2):
-            if os.isatty(fd) or _hung_up(fd):  # (a terminal already hung up is no longer a tty to isatty)
+            try:
+                pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+            except OSError:
+                continue
+            if pipe or os.isatty(fd) or _hung_up(fd):  # (a terminal already hung up is no longer a tty to isatty)
                 os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+def after_hangup(signum: int, previous: Any) -> Any:
+    """The handler to restore for ``signum`` when a job's handlers come off: once the terminal has closed, SIGHUP
+    stays ignored (a late one, from the shell or the kernel, must not kill hpcrun while it records the stop)."""
+    return signal.SIG_IGN if signum == signal.SIGHUP and _left_terminal else previous
 
 
 def _hung_up(fd: int) -> bool:

@@ -84,6 +84,8 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
     job = state.get("job_id")
     slurm = slurm_states.get(str(job)) if job else None
     status = state.get("status")
+    allocation = _allocation(state)
+    allocation_state = slurm_states.get(allocation) if allocation else None
     latest, _ = newest_complete(run_dir)
     ckpt_age = None
     if latest is not None:
@@ -104,13 +106,19 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
                   "hpcrun command (or hpcrun resume) continues it")
     elif slurm and slurm not in SLURM_ACTIVE:
         shown = slurm  # the job ended without telling its run (killed, node failure, cancelled while pending)
+    elif allocation_state and allocation_state not in SLURM_ACTIVE:
+        ended = True  # a local run inside an allocation that ended without the run recording why
+        shown = "FAILED"
+        reason = (f"the Slurm allocation it ran in (job {allocation}) ended ({allocation_state}) without the run "
+                  "recording why (killed at the allocation's end, out of memory, a node failure); the same command "
+                  "resumes it from its newest checkpoint")
     elif status == "running" and slurm is None and (gone := holder_gone(run_dir)) is not None:
         ended = True
-        # A start on this host ended without a word (kill -9, out of memory, a closed terminal), and no Slurm job
+        # A start on this host ended without a word (kill -9, out of memory), and no Slurm job
         # will start it again: a local run, or one whose job Slurm does not know. Its lock's holder is gone.
         shown = "FAILED"
         reason = (f"its process (pid {gone['pid']} on {gone['host']}) ended without recording why (killed: "
-                  "kill -9, out of memory, a closed terminal); `hpcrun resume RUN` continues it from its newest "
+                  "kill -9, out of memory); `hpcrun resume RUN` continues it from its newest "
                   "checkpoint")
     elif status == "requeued" and slurm in (None, "PENDING", "REQUEUED"):
         shown = "REQUEUED"
@@ -144,9 +152,18 @@ def statuses(run_dirs: List[Path]) -> List[RunStatus]:
     """Status of many runs with one sacct call for all their jobs."""
     from hpcrun.slurm.jobs import job_states
 
-    jobs = [read_state(d).get("job_id") for d in run_dirs]
+    recorded = [read_state(d) for d in run_dirs]
+    jobs = [s.get("job_id") or _allocation(s) for s in recorded]
     states = job_states([j for j in jobs if j]) if any(jobs) else {}
     return [run_status(d, states) for d in run_dirs]
+
+
+def _allocation(state: Dict[str, Any]) -> Optional[str]:
+    """The Slurm allocation a running local run runs inside (srun --pty bash, a batch script of the user's own)."""
+    starts = state.get("starts") or []
+    if state.get("status") != "running" or state.get("job_id") or not starts:
+        return None
+    return starts[-1].get("allocation")
 
 
 COLUMNS = ("RUN", "STATE", "RESTARTS", "STEP", "CKPT AGE", "ELAPSED", "LEFT", "GOODPUT", "JOB")

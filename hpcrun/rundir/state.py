@@ -59,7 +59,8 @@ class RunState:
     def previous_start(self) -> Optional[Dict[str, Any]]:
         return self.data["starts"][-1] if self.data["starts"] else None
 
-    def begin(self, job_id: Optional[str], restart: int, resumed_from: int, processes: int = 1) -> Dict[str, Any]:
+    def begin(self, job_id: Optional[str], restart: int, resumed_from: int, processes: int = 1,
+              allocation: Optional[str] = None) -> Dict[str, Any]:
         """Records a new start; counts it against the crash-loop budget when the previous start made no progress.
 
         Progress means the checkpoint this start resumes from is newer than the one the previous start resumed
@@ -81,6 +82,8 @@ class RunState:
             "resumed_from": resumed_from,
             "processes": processes,
         }
+        if allocation:  # a local run inside a Slurm allocation: its end is the run's (status asks Slurm about it)
+            start["allocation"] = allocation
         self.data["starts"].append(start)
         self.data.update(status="running", reason="", job_id=job_id)
         self.save()

@@ -54,3 +54,22 @@ def test_a_run_in_a_short_allocation_saves_before_the_allocation_ends_and_stops(
     st = state(run_dir)
     assert st["status"] == "stopped" and st["reason"].startswith("deadline:"), st
     assert (run_dir / "checkpoints" / f"step-{st['starts'][0]['step']}" / "hpcrun-complete.json").is_file()
+
+
+def test_a_run_killed_with_its_allocation_shows_failed_with_the_allocations_end(tmp_path, slurm_cluster):
+    from tests.conftest import run_hpcrun
+    from tests.slurm import wait_for_end
+
+    run_dir = tmp_path / "run"
+    proc = _srun(tmp_path, 10, "train.max_steps=300")
+    wait_for_step(run_dir, 2)
+    holder = json.loads((run_dir / ".hpcrun-lock").read_text())
+    os.kill(holder["pid"], signal.SIGKILL)  # out of memory, or killed with the allocation: no word from the run
+    proc.communicate(timeout=60)
+    allocation = state(run_dir)["starts"][0]["allocation"]
+    assert state(run_dir)["status"] == "running"
+    wait_for_end(allocation)
+    out = run_hpcrun("status", str(run_dir), "--json", cwd=tmp_path)
+    (row,) = json.loads(out.stdout)
+    assert row["state"] == "FAILED" and row["ended"], row
+    assert row["reason"].startswith(f"the Slurm allocation it ran in (job {allocation}) ended (")

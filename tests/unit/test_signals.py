@@ -26,18 +26,53 @@ def test_the_reason_names_the_signal_and_says_what_sighup_means():
     assert signal_reason("SIGHUP") == "signal SIGHUP (the terminal closed)"
 
 
-def test_leaving_the_terminal_keeps_output_that_is_not_a_terminal(tmp_path):
-    path = tmp_path / "out"
-    saved = os.dup(1)
+def _redirected(targets):
+    """Runs leave_terminal() with fds 1 and 2 pointing at ``targets`` (fds), then puts them back."""
+    saved = [os.dup(1), os.dup(2)]
     try:
-        with open(path, "w") as f:
-            os.dup2(f.fileno(), 1)
+        for fd, target in zip((1, 2), targets):
+            os.dup2(target, fd)
         leave_terminal()
-        os.write(1, b"still here")
+        return [os.fstat(1), os.fstat(2)]
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    assert path.read_text() == "still here"
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+
+
+def test_leaving_the_terminal_keeps_output_to_a_file_and_drops_a_pipe_whose_reader_is_gone(tmp_path, monkeypatch):
+    import hpcrun.job.signals as signals
+
+    monkeypatch.setattr(signals, "_left_terminal", False)
+    path = tmp_path / "out"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `hpcrun ... | tee out`: tee died of the same SIGHUP
+    with open(path, "w") as f:
+        out, err = _redirected([f.fileno(), write_end])
+    os.close(write_end)
+    devnull = os.stat(os.devnull)
+    assert (out.st_ino, out.st_dev) == (path.stat().st_ino, path.stat().st_dev)  # a file: kept
+    assert (err.st_ino, err.st_rdev) == (devnull.st_ino, devnull.st_rdev)  # the pipe: /dev/null, no EPIPE
+
+
+def test_once_the_terminal_has_closed_a_late_sighup_is_ignored_after_the_jobs_handlers_come_off(monkeypatch):
+    import hpcrun.job.signals as signals
+    from hpcrun.job.signals import StopFlags
+
+    monkeypatch.setattr(signals, "_left_terminal", False)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        flags = StopFlags().install(["SIGHUP"])
+        flags.uninstall()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # no hangup: as it was
+        flags = StopFlags().install(["SIGHUP"])
+        monkeypatch.setattr(signals, "leave_terminal", lambda: setattr(signals, "_left_terminal", True))
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert flags.pending()[0] == "SIGHUP"
+        flags.uninstall()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN  # the shell's or the kernel's next one
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_the_local_launchers_process_is_alone_and_local_even_inside_an_allocation_of_four_tasks(tmp_path):

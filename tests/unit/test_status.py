@@ -136,3 +136,17 @@ def test_logs_follow_ends_when_slurm_has_long_forgotten_a_job_whose_log_stands_s
     threading.Timer(1.5, lambda: RunState(run_dir).end("completed", "done", 40)).start()
     assert _follow(run_dir, poll=0.05, ask_slurm_every=0.1, unknown_for=0.5) == 0
     assert "has not known" not in capsys.readouterr().err
+
+
+def test_a_local_run_whose_allocation_ended_without_a_word_shows_failed_and_how_to_resume(tmp_path):
+    run_dir = tmp_path / "exp" / "default"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("run:\n  name: exp\n")
+    s = RunState(run_dir)
+    s.begin(None, 0, 0, allocation="77")  # hpcrun in `srun --pty bash`, looked at from the login node
+    assert run_status(run_dir, {"77": "RUNNING"}).state == "RUNNING"
+    row = run_status(run_dir, {"77": "TIMEOUT"})
+    assert row.state == "FAILED" and row.ended
+    assert row.reason.startswith("the Slurm allocation it ran in (job 77) ended (TIMEOUT) without the run recording")
+    s.end("stopped", "signal SIGINT", 3)  # it saved and stopped before the allocation ended: its own word
+    assert run_status(run_dir, {"77": "TIMEOUT"}).state == "STOPPED"

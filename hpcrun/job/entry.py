@@ -277,6 +277,9 @@ class JobEntry:
                                   stop_flags=flags, triggers=triggers, ledger=ledger)
         try:
             faults.maybe_transient_error()
+            if faults.setup_pause():
+                log.info("%s=setup_pause: %.0f s before the task starts", faults.ENV, faults.setup_pause())
+                time.sleep(faults.setup_pause())
             task = import_target(cfg.task._target_)
             ledger.phase("setup")  # config, lock, state, checkpoints, signals, the task's module
             result = task(cfg, ctx)

@@ -4,7 +4,9 @@ A comma-separated list read by the job at start (sbatch passes the environment o
 
 * ``save_pause=SECONDS``: sleep after a save's files are written and before its completion marker, to kill a job
   in the middle of a save on purpose;
-* ``transient_error``: raise a ConnectionError before training, as a flaky network or filesystem would.
+* ``transient_error``: raise a ConnectionError before training, as a flaky network or filesystem would;
+* ``setup_pause=SECONDS``: sleep once the stop signals are handled and before the task starts, to signal a job
+  while it starts, on purpose.
 
 Unset, nothing changes.
 """
@@ -28,6 +30,10 @@ def faults() -> Dict[str, str]:
 
 def save_pause() -> float:
     return float(faults().get("save_pause", 0) or 0)
+
+
+def setup_pause() -> float:
+    return float(faults().get("setup_pause", 0) or 0)
 
 
 def maybe_transient_error() -> None:

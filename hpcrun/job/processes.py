@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("hpcrun")
 KILL_BEFORE_END = 5.0  # seconds before the job's end a command still running after a stop signal is killed
@@ -147,7 +147,7 @@ class Child:
             self.signal_tree(name)
 
     def wait(self, signals: Sequence[str], end_time: Optional[float],
-             local_signal: Optional[Tuple[str, float]] = None) -> int:
+             local_signal: Optional[Tuple[str, float]] = None, earlier: Any = None) -> int:
         """Waits for the command to end; returns its exit status (negative: killed by that signal).
 
         Args:
@@ -156,8 +156,15 @@ class Child:
                 after a stop signal, is killed, so the run can still be requeued.
             local_signal: (name, seconds before end_time): sent to the command then, as Slurm's ``--signal`` would
                 (locally).
+            earlier: the job's :class:`~hpcrun.job.signals.StopFlags`: a stop signal that came before this wait
+                took the signals over (while the job started, say) never reached the command: it is passed on now.
         """
         previous = [(s, signal.signal(signal.Signals[s], self._handle)) for s in signals]
+        came = earlier.pending() if earlier is not None else None
+        if came and self.first_signal is None:
+            self.first_signal = came[0]
+            log.info("%s came before the command started: passed on to it", came[0])
+            self.signal_tree(came[0])
         try:
             while True:
                 try:

@@ -108,7 +108,7 @@ def run(cfg: Any, ctx: Any) -> Any:
     child = Child(argv, env, log_path=rd.start_log(start, ctx.rank), ignore=signals if launcher else (),
                   forward=not ctx.on_slurm)
     local_signal = None if ctx.on_slurm else (f"SIG{cfg.cluster.signal}", cfg.cluster.signal_delay_seconds())
-    rc = child.wait(signals, ctx.end_time, local_signal)
+    rc = child.wait(signals, ctx.end_time, local_signal, earlier=ctx.stop_flags)
 
     def last_step() -> Optional[int]:
         step, _ = progress([e for e in read_ledger(ctx.run_dir) if e.get("start") == start])

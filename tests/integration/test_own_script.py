@@ -82,6 +82,21 @@ def test_a_trainer_script_whose_terminal_closes_saves_and_stops(tmp_path, own_wo
     assert (out / f"checkpoint-{stopped_at}" / "hpcrun-complete.json").is_file()
 
 
+def test_a_ctrl_c_while_the_job_starts_reaches_the_command_once_it_runs(tmp_path):
+    # The stop signal comes before the command exists (here: in a pause the job takes while it starts). Before, the
+    # command never got it: it ran to its end (a minute here; on Slurm, until the grace time's SIGKILL).
+    slow = [sys.executable, "-c", "import time\nfor _ in range(600): time.sleep(0.1)"]
+    proc = _start(tmp_path, ["run", "cluster=local", "--", *slow], env={"HPCRUN_FAULTS": "setup_pause=3"})
+    run_dir = _run_dir(tmp_path, "python")
+    wait_until(lambda: "setup_pause" in ((run_dir / "logs" / "start-1.log").read_text()
+                                         if (run_dir / "logs" / "start-1.log").exists() else ""), 60, "the pause")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, output[-3000:]
+    assert "SIGINT came before the command started: passed on to it" in output
+    assert state(run_dir)["reason"].startswith("signal SIGINT; the command exited with status")  # (-2: its SIGINT)
+
+
 def _stop_with_ctrl_c_and_run_again(hpcrun, tmp_path: Path, args: list, name: str) -> Path:
     """Starts ``hpcrun ARGS``, Ctrl-C once a periodic checkpoint exists, runs it again; returns the output_dir."""
     proc = _start(tmp_path, args)

@@ -66,3 +66,16 @@ def off_the_allocation(environ: Optional[Mapping[str, str]] = None) -> Optional[
     return (f"this shell is salloc's, on {host}, not on a node of Slurm job {job} ({nodes}): a local run would "
             f"train on {host}. Run it in the allocation (srun --pty bash, then hpcrun there; or srun hpcrun ...), "
             "or submit it with cluster=slurm")
+
+
+def copies_under_srun(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Why this is one of several copies of hpcrun that ``srun -n N hpcrun ...`` started, or None. A local run is
+    one process: each copy would claim the same run (one trains, the others wait for its lock and are refused)."""
+    env = os.environ if environ is None else environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS", "")
+    if not (tasks.isdigit() and int(tasks) > 1 and env.get("SLURM_PROCID") is not None):
+        return None
+    return (f"srun started {tasks} copies of hpcrun (SLURM_STEP_NUM_TASKS={tasks}); a local run is one process. "
+            f"For {tasks} processes submit it (cluster=slurm cluster.tasks_per_node={tasks}: hpcrun's job starts the "
+            "ranks), or run one hpcrun with a launcher: hpcrun run -- torchrun --nproc_per_node "
+            f"{tasks} ...")

@@ -21,9 +21,9 @@ class LocalLauncher:
 
     def check(self, cfgs: Sequence[Any], sweep: bool = False) -> None:
         """That here is where the run should train: not salloc's shell on a login node, off the allocation."""
-        from hpcrun.launch.choose import off_the_allocation
+        from hpcrun.launch.choose import copies_under_srun, off_the_allocation
 
-        problem = off_the_allocation()
+        problem = off_the_allocation() or copies_under_srun()
         if problem:
             raise UserError(problem)
 

@@ -66,3 +66,13 @@ def test_a_local_run_in_sallocs_shell_off_the_allocation_is_refused_and_nothing_
     assert out.returncode == 2, out.stderr
     assert out.stderr.splitlines()[-1].startswith("hpcrun: error: this shell is salloc's")
     assert not (tmp_path / "run").exists()
+
+
+def test_copies_of_hpcrun_that_srun_started_are_refused_but_one_task_or_a_batch_script_is_not():
+    from hpcrun.launch.choose import copies_under_srun
+
+    problem = copies_under_srun({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_ID": "9"})
+    assert problem.startswith("srun started 4 copies of hpcrun (SLURM_STEP_NUM_TASKS=4); a local run is one process")
+    assert "cluster=slurm cluster.tasks_per_node=4" in problem
+    assert copies_under_srun({"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}) is None  # srun --pty bash
+    assert copies_under_srun({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}) is None  # sbatch -n4's batch script

@@ -11,7 +11,7 @@
     hpcrun report [RUN_OR_SWEEP] [--json] [--plot FILE.png]   where the allocated time went; goodput
     hpcrun results SWEEP [--sort M] [--json|--csv] [--plot F]  one row per point: swept values, state, metrics
     hpcrun logs RUN [-f] [--restart N]                        a run's log
-    hpcrun cancel RUN_OR_SWEEP                                scancel its jobs
+    hpcrun cancel RUN_OR_SWEEP                                stop its jobs and local runs (saved)
     hpcrun resume RUN [OVERRIDES...]                          resubmit a stopped or failed run
     hpcrun wait RUN_OR_SWEEP                                  block until its runs end
 """
@@ -49,7 +49,8 @@ COMMAND_HELP = {
     "results": "one row per point of a sweep, best first: its swept values, state, step and final metrics (--plot: "
                "the metric against a swept value)",
     "logs": "print a run's log (-f to follow; --restart N for an earlier start)",
-    "cancel": "cancel the Slurm jobs of a run or a sweep (each saves before it stops)",
+    "cancel": "cancel a run or a sweep: its Slurm jobs, and its local runs on this host (each saves before it "
+              "stops; hpcrun resume continues it)",
     "resume": "resubmit a stopped or failed run from its saved config (launcher keys may change)",
     "wait": "block until every run of a run or sweep has ended; non-zero if any failed",
 }

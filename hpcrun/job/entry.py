@@ -228,9 +228,19 @@ class JobEntry:
             return lock.acquire(wait=LOCK_WAIT)
 
     def _start(self, cfg: Any, ctx: JobContext, started: float) -> str:
-        """One start of the run, with its lock held (rank 0)."""
-        from hpcrun.job.deadline import job_times
+        """One start of the run, with its lock held (rank 0). The stop signals are taken first: from the moment
+        the start holds the run (and ``hpcrun cancel`` can find its process), a stop signal is acted on at the
+        first step boundary, never the default death."""
         from hpcrun.job.signals import StopFlags, job_signals
+
+        flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
+        try:
+            return self._train(cfg, ctx, started, flags)
+        finally:
+            flags.uninstall()  # (already off on every path that returns; an error before training gets here)
+
+    def _train(self, cfg: Any, ctx: JobContext, started: float, flags: Any) -> str:
+        from hpcrun.job.deadline import job_times
         from hpcrun.job.steps import take_background
         from hpcrun.rundir.checkpoints import CheckpointDir
         from hpcrun.rundir.ledger import Ledger
@@ -267,7 +277,6 @@ class JobEntry:
         if end_time is not None:
             log.info("job ends at %s (%s): %.0f s from now", time.strftime("%Y-%m-%d %H:%M:%S",
                      time.localtime(end_time)), source, end_time - time.time())
-        flags = StopFlags().install(job_signals(cfg.cluster.signal, local=not ctx.on_slurm))
         triggers = self.triggers(cfg, state, latest, end_time, ledger)
         if cfg.checkpoint.async_save:
             from hpcrun.job.background import BackgroundSaves
@@ -331,12 +340,15 @@ class JobEntry:
     def _begin_main(cfg: Any, ctx: JobContext, state: RunState, checkpoints: Any) -> tuple:
         """Rank 0: clear interrupted saves, pick the checkpoint, record the start, apply the crash-loop breaker."""
         from hpcrun.job.requeue import clear_request
+        from hpcrun.rundir.cancel import cancel_request
         from hpcrun.rundir.checkpoints import newest_complete, run_checkpoint_dirs
 
         removed = [(name, where.root) for where in run_checkpoint_dirs(ctx.run_dir)  # and a command's output dirs
                    for name in where.clear_staging()]
         latest, skipped = newest_complete(ctx.run_dir, cfg.checkpoint.keep_last)
         clear_request(ctx.run_dir)  # an earlier start's requeue request was acted on (or its job cancelled)
+        if cancel_request(ctx.run_dir) is None:  # a cancel of an earlier process, which ended before it read it
+            RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)
         prev = state.previous_start
         start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0,
                             allocation=ctx.allocation,
@@ -371,6 +383,15 @@ class JobEntry:
         barrier()
         if not ctx.on_slurm:
             command = shlex.join(["hpcrun", *sys.argv[1:]])
+            from hpcrun.rundir.cancel import cancel_request
+
+            cancel = cancel_request(ctx.run_dir) if stop.signal == "SIGTERM" else None
+            if cancel is not None:
+                reason = f"cancelled with hpcrun cancel ({cancel})" + (f"; saved step {stop.step}" if stop.step else "")
+                state.end("stopped", reason, stop.step, cancelled=True)
+                RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)
+                log.info("%s; hpcrun resume %s continues it", reason, ctx.run_dir)
+                return f"cancelled at step {stop.step}"
             state.end("stopped", stop.reason, stop.step)
             log.info("stopped after step %d (%s); resume with: %s", stop.step, stop.reason, command)
             return f"stopped at step {stop.step}"

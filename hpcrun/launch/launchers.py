@@ -13,6 +13,9 @@ from typing import Any, List, Sequence
 from hpcrun.console import say
 from hpcrun.errors import JobError, UserError
 
+CANCELLED_EXIT = 143  # a local run cancelled with hpcrun cancel (saved; hpcrun resume continues it)
+STOPPED_EXITS = (75, 130, CANCELLED_EXIT)  # a local run that saved and stopped: a local sweep stops there too
+
 
 class LocalLauncher:
     """Runs each run in the foreground, exactly as the Slurm job would (the same JobEntry)."""
@@ -32,7 +35,8 @@ class LocalLauncher:
                         "script to render; pick a Slurm cluster, e.g. cluster=slurm")
 
     def launch(self, cfg: Any, prepared: Any) -> int:
-        """Runs the job here and returns the exit status (0 done, 130 after Ctrl-C, 75 stopped resumable)."""
+        """Runs the job here and returns the exit status (0 done, 130 after Ctrl-C, 75 stopped resumable, 143
+        cancelled with hpcrun cancel)."""
         from hpcrun.job.entry import JobEntry
         from hpcrun.rundir.state import read_state
 
@@ -45,6 +49,10 @@ class LocalLauncher:
                 raise JobError(str(exc)) from None
             raise  # refused before it started (another process holds the run, ...): status 2
         state = read_state(run_dir)
+        if state.get("status") == "stopped" and state.get("cancelled"):
+            # 128 + SIGTERM, as a shell reports a process that SIGTERM ended: not 75, which asks to go on at once
+            say(f"{state.get('reason')}; `hpcrun resume {run_dir}` continues it")
+            return CANCELLED_EXIT
         if state.get("status") == "stopped":
             # Resumable, not finished: 130 after Ctrl-C as shells expect, else 75 (EX_TEMPFAIL: try again).
             say(f"stopped: {state.get('reason')}; the same command resumes it")

@@ -11,7 +11,7 @@ from typing import Any, List, Sequence
 
 from hpcrun.console import say
 from hpcrun.errors import UserError
-from hpcrun.launch.launchers import launcher_for
+from hpcrun.launch.launchers import STOPPED_EXITS, launcher_for
 
 
 def _wait(target: Path) -> int:
@@ -107,7 +107,7 @@ def _run_local_sweep(sweep: Any, command: str, launcher: Any, skipped: List[str]
                 status = max(status, 1)
                 continue
             status = max(status, code)
-            if code in (75, 130):  # stopped, resumable: the user (or the time limit) stops the sweep
+            if code in STOPPED_EXITS:  # stopped, resumable: the user (or the time limit) stops the sweep
                 say(f"sweep stopped at point {p.cfg.run.id}; the same command continues it")
                 break
     finally:

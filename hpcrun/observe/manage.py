@@ -110,18 +110,70 @@ def _job_ids(run_dirs: Sequence[Path]) -> List[str]:
 
 
 def cancel(target: str) -> int:
-    """Cancels every active job of a run or sweep with one scancel call. Each running job saves first."""
+    """Cancels a run or sweep: its active Slurm jobs with one scancel call, its local runs with a SIGTERM to their
+    process (:mod:`hpcrun.rundir.cancel`). Each running one saves first; ``hpcrun resume`` continues it later.
+    Non-zero when a local run could not be reached from here (another host, another user's process)."""
     from hpcrun.rundir.index import resolve_targets
     from hpcrun.slurm.jobs import cancel as scancel
 
-    jobs = _job_ids(resolve_targets(target))
-    if not jobs:
-        say(f"nothing to cancel: no pending or running job for {target}")
-        return 0
-    scancel(jobs)
-    say(f"cancelled {len(jobs)} job(s): {' '.join(jobs)} (running ones save before they stop; "
-         f"`hpcrun resume RUN` continues one later)")
-    return 0
+    run_dirs = resolve_targets(target)
+    jobs = _job_ids(run_dirs)
+    if jobs:
+        scancel(jobs)
+        say(f"cancelled {len(jobs)} job(s): {' '.join(jobs)} (running ones save before they stop; "
+            f"`hpcrun resume RUN` continues one later)")
+    local = [d for d in run_dirs if _runs_locally(d)]
+    unreached = [problem for problem in (_cancel_local(d) for d in local) if problem]
+    for problem in unreached:
+        say(problem)
+    if not jobs and not local:
+        say(f"nothing to cancel: no pending or running job or local run for {target}")
+    return 1 if unreached else 0
+
+
+def _runs_locally(run_dir: Path) -> bool:
+    """A run recorded as running that no Slurm job of its own runs (a local run, inside an allocation or not)."""
+    state = read_state(run_dir)
+    return state.get("status") == "running" and not state.get("job_id")
+
+
+def _cancel_local(run_dir: Path) -> Optional[str]:
+    """Asks the process training a local run to save and stop; None when it was asked, else why it could not be.
+    A run whose process is gone (killed without a word) has nothing to cancel: status shows it FAILED."""
+    import getpass
+    import os
+    import signal
+
+    from hpcrun.rundir.cancel import cancel_request_of, request_cancel
+    from hpcrun.rundir.lock import START, RunLock, holder_gone, holder_here
+
+    holder = holder_here(run_dir)
+    if holder is None:
+        recorded = RunLock(run_dir, "").holder_now(wait=0.0)
+        if holder_gone(run_dir) is not None or not recorded.get("pid"):
+            return None
+        where = f"pid {recorded.get('pid')} on {recorded.get('host', '?')}"
+        inside = read_state(run_dir).get("starts", [{}])[-1].get("allocation")
+        return (f"{run_dir}: its process ({where}{f', inside Slurm job {inside}' if inside else ''}) is not one this "
+                f"machine can signal: run `hpcrun cancel {run_dir}` on {recorded.get('host', 'that host')}")
+    pid = holder["pid"]
+    if holder.get("what") != START:
+        return f"{run_dir}: hpcrun is launching it right now (pid {pid}); cancel it again in a few seconds"
+    earlier = cancel_request_of(run_dir, holder)
+    if earlier is not None:
+        say(f"{run_dir}: already cancelled ({earlier}); it saves at its next step boundary and stops")
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return f"{run_dir}: its process (pid {pid}) belongs to another user: only they can cancel it"
+    except ProcessLookupError:
+        return None  # it ended meanwhile
+    request_cancel(run_dir, holder, by=getpass.getuser())
+    os.kill(pid, signal.SIGTERM)
+    say(f"cancelled the local run {run_dir} (pid {pid}): it saves at its next step boundary and stops; "
+        f"`hpcrun resume {run_dir}` continues it later")
+    return None
 
 
 def wait(target: str, poll: float = 15.0) -> int:

@@ -97,7 +97,7 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
     ended = status in FINISHED or bool(slurm and slurm not in SLURM_ACTIVE)
     if status in FINISHED:
         shown = status.upper()
-        if status == "stopped" and slurm == "CANCELLED":
+        if status == "stopped" and (slurm == "CANCELLED" or state.get("cancelled")):
             shown = "CANCELLED"
     elif status == "requeued" and slurm == "COMPLETED":
         # it saved and asked for a requeue that never came (`scontrol requeue` refused on the host, say)

@@ -10,6 +10,7 @@
     <run.dir>/slurm/             the sbatch script, submitit's pickles, Slurm's output
     <run.dir>/final/             the task's final output (the built-in task: weights in save_pretrained format)
     <run.dir>/metrics.jsonl      one JSON record per logged step (optional: tasks that log write it)
+    <run.dir>/cancel-request.json  who cancelled a local run's start with ``hpcrun cancel`` (until the next start)
 
 A task keeps its own files under the run directory too (the built-in one: tokenizer/, tokens.safetensors,
 trainer/); it asks :meth:`RunDir.task_file` for their paths.
@@ -40,6 +41,7 @@ class RunDir:
     FINAL = "final"
     LATEST_LOG = "latest.log"
     STOP_REQUEST = "stop-request.json"
+    CANCEL_REQUEST = "cancel-request.json"
     REQUEUE_REQUEST = "requeue-request"
     OUTPUTS = "outputs.json"
 
@@ -100,6 +102,12 @@ class RunDir:
     def stop_request(self) -> Path:
         """Written by a command's process (``hpcrun.script``) that saved and stopped to be requeued."""
         return self.path / self.STOP_REQUEST
+
+    @property
+    def cancel_request(self) -> Path:
+        """Written by ``hpcrun cancel`` before it signals a local run's process: the stop that follows is a cancel
+        (hpcrun.observe.manage)."""
+        return self.path / self.CANCEL_REQUEST
 
     @property
     def requeue_request(self) -> Path:

@@ -71,6 +71,12 @@ def _stat(pid: int | str) -> Optional[Tuple[str, int]]:
         return None
 
 
+def start_ticks(pid: int | str = "self") -> Optional[int]:
+    """A process's start in clock ticks since boot: with its pid (and this boot) it names one process."""
+    stat = _stat(pid)
+    return stat[1] if stat else None
+
+
 def process_start_time(pid: int | str = "self") -> Optional[float]:
     """When a process started, as a Unix time (Linux: /proc, to its 10 ms ticks; None elsewhere, or when it is
     gone). The start is counted in ticks since boot; the time since boot is read now (CLOCK_BOOTTIME), not from
@@ -110,6 +116,23 @@ def holder_gone(run_dir: Path) -> Optional[Dict[str, Any]]:
     if stat[1] == ticks and stat[0] not in ("Z", "X"):
         return None
     return None if command_processes(run_dir) else holder
+
+
+def holder_here(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The run lock's last holder when it is a live process of this host (this boot, this PID namespace: the same
+    pid with the same start ticks, not a zombie), that ``os.kill`` can reach; None otherwise: gone, on another
+    host, in another PID namespace, or unknown (a lock file written by an older hpcrun). The holder may have
+    released the lock and gone on (a local sweep's process, on its next point): the caller checks that the run is
+    still running. Read-only, as :func:`holder_gone`."""
+    holder = RunLock(run_dir, "").holder_now(wait=0.0)
+    pid, ticks = holder.get("pid"), holder.get("start_ticks")
+    if (not isinstance(pid, int) or not isinstance(ticks, int) or not holder.get("boot_id")
+            or holder.get("boot_id") != _boot_id() or holder.get("pid_namespace") != _pid_namespace()):
+        return None
+    stat = _stat(pid)
+    if stat is None or stat[1] != ticks or stat[0] in ("Z", "X"):
+        return None
+    return holder
 
 
 def command_processes(run_dir: Path) -> List[int]:

@@ -86,6 +86,7 @@ class RunState:
             start["allocation"] = allocation
         self.data["starts"].append(start)
         self.data.update(status="running", reason="", job_id=job_id)
+        self.data.pop("cancelled", None)
         self.save()
         return start
 
@@ -95,14 +96,18 @@ class RunState:
             self.data["starts"][-1].update(fields)
             self.save()
 
-    def end(self, status: str, reason: str, step: Optional[int] = None, clean_stop: bool = False) -> None:
+    def end(self, status: str, reason: str, step: Optional[int] = None, clean_stop: bool = False,
+            cancelled: bool = False) -> None:
         """Records how this start ended, and the run's status (``clean_stop``: it stopped on a signal or the
-        deadline, as asked, rather than crashing)."""
+        deadline, as asked, rather than crashing; ``cancelled``: a stop the user asked for with ``hpcrun cancel``,
+        shown as CANCELLED)."""
         if self.data["starts"]:
             self.data["starts"][-1].update(ended_at=time.time(), end=f"{status}: {reason}", step=step)
             if clean_stop:
                 self.data["starts"][-1]["clean_stop"] = True
         self.data.update(status=status, reason=reason)
+        if cancelled:
+            self.data["cancelled"] = True
         if status == "requeued":
             self.data["requeues"] += 1
         self.save()

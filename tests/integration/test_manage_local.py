@@ -84,3 +84,38 @@ def test_ctrl_c_stops_a_local_sweep_and_wait_ends_with_the_points_it_did_not_rea
     assert waited.returncode == 1, waited.stderr[-2000:]
     assert "2/2 ended: 1 new, 1 stopped" in waited.stderr
     assert "not started: the local sweep ended before this point" in waited.stderr
+
+
+def test_cancel_of_a_local_sweep_saves_its_running_point_and_ends_the_sweep(hpcrun, tmp_path):
+    # `hpcrun cancel` from another shell, as for a Slurm run: the point saves and stops as cancelled (exit 143, not
+    # 75: a batch script of the user's own must not requeue it), and the sweep starts no further point
+    import os
+    import subprocess
+    import sys
+
+    from tests.training import wait_until
+
+    env = {**os.environ, "HPCRUN_STATE_DIR": str(tmp_path / "state")}
+    sweep = subprocess.Popen([sys.executable, "-m", "hpcrun", "-m", "+experiment=tiny_llama", "cluster=local",
+                              "train.max_steps=400", "data.vocab_size=300", "train.log_every=1", "train.seed=0,1"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "runs" / "tiny_llama" / "data.vocab_size=300,train.log_every=1,train.max_steps=400,train.seed=0"
+    try:
+        wait_until(lambda: (first / "metrics.jsonl").exists(), timeout=180, what="the first point's first step")
+        (sweep_dir,) = (tmp_path / "runs" / "sweeps").iterdir()
+        cancelled = hpcrun("cancel", str(sweep_dir), env=env, timeout=60)
+        assert cancelled.returncode == 0 and f"cancelled the local run {first}" in cancelled.stderr, cancelled.stderr
+        _, err = sweep.communicate(timeout=180)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 143 and "sweep stopped at point" in err, err[-3000:]
+    assert "cancelled with hpcrun cancel (by " in err
+    assert not (first.parent / first.name.replace("seed=0", "seed=1")).exists()  # never started
+    (row,) = json.loads(hpcrun("status", str(first), "--json", env=env).stdout)
+    assert row["state"] == "CANCELLED" and row["reason"].startswith("cancelled with hpcrun cancel"), row
+    saved = state(first)["starts"][-1]["step"]
+    assert saved >= 1 and (first / "checkpoints" / f"step-{saved}" / "hpcrun-complete.json").exists()
+    assert not (first / "cancel-request.json").exists()  # read and removed by the start it cancelled
+    again = hpcrun("cancel", str(first), env=env)
+    assert again.returncode == 0 and "nothing to cancel" in again.stderr

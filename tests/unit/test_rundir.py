@@ -12,7 +12,7 @@ from hpcrun.errors import UserError
 from hpcrun.rundir import RunDir
 from hpcrun.rundir.atomic import atomic_write, atomic_write_json, read_json
 from hpcrun.rundir.create import is_hpcrun_run, move_aside, refuse_foreign
-from hpcrun.rundir.lock import RunBusy, RunLock, holder_gone
+from hpcrun.rundir.lock import RunBusy, RunLock, holder_gone, holder_here
 
 HOLD = """
 import sys, time
@@ -93,6 +93,40 @@ def test_a_holder_is_known_gone_only_when_it_is_a_dead_process_of_this_boot_and_
                           (dict(pid=os.getpid(), start_ticks=mine["start_ticks"] - 1), True)):  # its pid reused
         lock_file.write_text(json.dumps({**written, **changed}))
         assert (holder_gone(run) is not None) is gone, changed
+
+
+def test_hpcrun_cancel_signals_a_holder_only_when_it_is_this_very_process_of_this_host(tmp_path):
+    # holder_here: the process hpcrun cancel may send SIGTERM to; a pid of another host, another PID namespace or
+    # another process (its pid reused) must never be signalled
+    import json
+
+    run = tmp_path / "run"
+    lock_file = RunLock(run, "").path
+    lock_file.parent.mkdir(parents=True)
+    mine = RunLock(run, "the job's start").holder
+    for changed, here in ((dict(), True),
+                          (dict(boot_id="another-boot"), False),  # another host, or before a reboot
+                          (dict(pid_namespace="pid:[1]"), False),
+                          (dict(start_ticks=mine["start_ticks"] - 1), False),  # the pid now names a newer process
+                          (dict(start_ticks=None), False)):  # written by an older hpcrun
+        lock_file.write_text(json.dumps({**mine, **changed}))
+        assert (holder_here(run) is not None) is here, changed
+    proc = _holder(run)
+    proc.kill()
+    proc.wait()
+    assert holder_here(run) is None  # gone
+
+
+def test_a_cancel_request_names_one_process(tmp_path):
+    from hpcrun.rundir.cancel import cancel_request, cancel_request_of, request_cancel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mine = RunLock(run, "").holder
+    request_cancel(run, mine, by="alice")
+    assert cancel_request(run).startswith("by alice on ")  # this process's start is cancelled
+    assert cancel_request_of(run, {**mine, "start_ticks": mine["start_ticks"] + 1}) is None  # not a later process
+    assert cancel_request_of(run, {**mine, "pid": mine["pid"] + 1}) is None
 
 
 def test_a_dead_holder_whose_command_still_runs_is_not_gone(tmp_path):

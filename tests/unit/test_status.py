@@ -150,3 +150,33 @@ def test_a_local_run_whose_allocation_ended_without_a_word_shows_failed_and_how_
     assert row.reason.startswith("the Slurm allocation it ran in (job 77) ended (TIMEOUT) without the run recording")
     s.end("stopped", "signal SIGINT", 3)  # it saved and stopped before the allocation ended: its own word
     assert run_status(run_dir, {"77": "TIMEOUT"}).state == "STOPPED"
+
+
+def test_cancel_of_a_local_run_on_another_host_says_where_it_runs_and_signals_nothing(tmp_path, capsys):
+    import subprocess
+
+    from hpcrun.observe.manage import cancel
+    from hpcrun.rundir.lock import RunLock
+
+    run_dir = _run(tmp_path, "running", job=None)  # a local run (no Slurm job of its own)
+    bystander = subprocess.Popen(["sleep", "60"])  # the pid the record names: it must not get the SIGTERM
+    try:
+        holder = {**RunLock(run_dir, "the job's start").holder, "pid": bystander.pid, "host": "gpu-17",
+                  "boot_id": "another-host"}
+        RunLock(run_dir, "").path.write_text(json.dumps(holder))
+        assert cancel(str(run_dir)) == 1
+        err = capsys.readouterr().err
+        assert f"pid {bystander.pid} on gpu-17" in err and f"run `hpcrun cancel {run_dir}` on gpu-17" in err, err
+        assert bystander.poll() is None
+        assert not (run_dir / "cancel-request.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_cancel_of_a_run_that_ended_has_nothing_to_do(tmp_path, capsys):
+    from hpcrun.observe.manage import cancel
+
+    run_dir = _run(tmp_path, "stopped", job=None)
+    assert cancel(str(run_dir)) == 0
+    assert "nothing to cancel" in capsys.readouterr().err

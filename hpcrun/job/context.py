@@ -151,8 +151,11 @@ class Stopped:
         step: the global step of the checkpoint it saved.
         reason: why it stopped, for the log and the run's state.
         signal: the signal's name (``SIGTERM``, ``SIGUSR2``, ``SIGINT``) when a signal stopped it.
+        saved: whether ``step`` was saved on the way out (False: a command of the user's own that hpcrun saw end,
+            with no word of a save; ``step`` is then the last step it recorded).
     """
 
     step: int
     reason: str
     signal: Optional[str] = None
+    saved: bool = True

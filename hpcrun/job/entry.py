@@ -237,7 +237,7 @@ class JobEntry:
         try:
             return self._train(cfg, ctx, started, flags)
         finally:
-            flags.uninstall()  # (already off on every path that returns; an error before training gets here)
+            flags.uninstall()  # (on Slurm already off on every path that returns)
 
     def _train(self, cfg: Any, ctx: JobContext, started: float, flags: Any) -> str:
         from hpcrun.job.deadline import job_times
@@ -284,6 +284,10 @@ class JobEntry:
             triggers.writer = BackgroundSaves(ctx.rank, ctx.world_size)
         ctx = dataclasses.replace(ctx, checkpoints=checkpoints, resume_from=latest, end_time=end_time,
                                   stop_flags=flags, triggers=triggers, ledger=ledger)
+        # On Slurm the handlers come off before the end is recorded (submitit's are back for the requeue). A local
+        # run keeps them until its end is recorded (_start): a SIGTERM then (hpcrun cancel a moment late) must not
+        # kill it with the run still marked running.
+        release = flags.uninstall if ctx.on_slurm else (lambda: None)
         try:
             faults.maybe_transient_error()
             if faults.setup_pause():
@@ -294,22 +298,23 @@ class JobEntry:
             result = task(cfg, ctx)
             take_background(triggers, ledger, checkpoints=checkpoints)  # complete before the run ends or requeues
         except KeyboardInterrupt:  # a second Ctrl-C (hpcrun.job.signals): stop now, unsaved, and say so
-            flags.uninstall()
+            release()
             if ctx.is_main:
                 state.end("stopped", "interrupted by a second Ctrl-C, without a save: the same command resumes "
                           "from the newest complete checkpoint", ledger.last_step)
             raise
         except Exception as exc:
-            flags.uninstall()
+            release()
             with contextlib.suppress(Exception):  # a periodic save still being written: let it complete (a while)
                 take_background(triggers, ledger, checkpoints=checkpoints, timeout=FAILING_SAVE_WAIT)
             return self._failed(cfg, ctx, state, exc)
-        flags.uninstall()
+        release()
         try:
             if isinstance(result, Stopped):
                 return self._stopped(cfg, ctx, state, result)
             step = ledger.last_step
             state.end("completed", f"trained to step {step}" if step is not None else "done", step)
+            RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)  # (a cancel that came as it finished)
             return str(result)
         finally:
             close_process_group()
@@ -340,15 +345,15 @@ class JobEntry:
     def _begin_main(cfg: Any, ctx: JobContext, state: RunState, checkpoints: Any) -> tuple:
         """Rank 0: clear interrupted saves, pick the checkpoint, record the start, apply the crash-loop breaker."""
         from hpcrun.job.requeue import clear_request
-        from hpcrun.rundir.cancel import cancel_request
         from hpcrun.rundir.checkpoints import newest_complete, run_checkpoint_dirs
 
         removed = [(name, where.root) for where in run_checkpoint_dirs(ctx.run_dir)  # and a command's output dirs
                    for name in where.clear_staging()]
         latest, skipped = newest_complete(ctx.run_dir, cfg.checkpoint.keep_last)
         clear_request(ctx.run_dir)  # an earlier start's requeue request was acted on (or its job cancelled)
-        if cancel_request(ctx.run_dir) is None:  # a cancel of an earlier process, which ended before it read it
-            RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)
+        # A cancel of an earlier start, which ended before it read it. (None can be for this one yet: hpcrun cancel
+        # signals a process only once the newest start record names it.)
+        RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)
         prev = state.previous_start
         start = state.begin(ctx.job_id, ctx.restart, resumed_from=latest.step if latest else 0,
                             allocation=ctx.allocation,
@@ -385,9 +390,11 @@ class JobEntry:
             command = shlex.join(["hpcrun", *sys.argv[1:]])
             from hpcrun.rundir.cancel import cancel_request
 
-            cancel = cancel_request(ctx.run_dir) if stop.signal == "SIGTERM" else None
+            # (whatever stopped it first: a cancel that came while it saved for Ctrl-C is a cancel all the same)
+            cancel = cancel_request(ctx.run_dir)
             if cancel is not None:
-                reason = f"cancelled with hpcrun cancel ({cancel})" + (f"; saved step {stop.step}" if stop.step else "")
+                saved = f"saved step {stop.step}" if stop.saved and stop.step else stop.reason
+                reason = f"cancelled with hpcrun cancel ({cancel}); {saved}"
                 state.end("stopped", reason, stop.step, cancelled=True)
                 RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)
                 log.info("%s; hpcrun resume %s continues it", reason, ctx.run_dir)

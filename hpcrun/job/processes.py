@@ -81,6 +81,7 @@ class Child:
         self.forward = forward
         self.first_signal: Optional[str] = None
         self.killed = False
+        self.ctrl_c = 0  # Ctrl-Cs so far: the second stops the command at once
         ignored = [signal.Signals[n] for n in ignore]
 
         def before_exec() -> None:  # in the child, between fork and exec
@@ -131,7 +132,8 @@ class Child:
 
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if self.first_signal == "SIGINT" and name == "SIGINT":  # the second Ctrl-C: stop now, no save
+        self.ctrl_c += name == "SIGINT"
+        if self.ctrl_c > 1:  # the second Ctrl-C (after whatever stopped it first): stop now, no save
             self.killed = True
             self.signal_tree("SIGKILL")
             raise KeyboardInterrupt
@@ -139,10 +141,12 @@ class Child:
             from hpcrun.job.signals import leave_terminal
 
             leave_terminal()
-        if self.first_signal is None:
-            self.first_signal = name
-            log.info("%s: %s", name, "passed on to the command" if self.forward else
-                     "Slurm signals the command's processes too; waiting for the command to stop")
+        if self.first_signal is not None:  # it has its stop signal, and is saving: a second kind would kill it
+            log.info("%s: the command is stopping already (%s)", name, self.first_signal)
+            return
+        self.first_signal = name
+        log.info("%s: %s", name, "passed on to the command" if self.forward else
+                 "Slurm signals the command's processes too; waiting for the command to stop")
         if self.forward:
             self.signal_tree(name)
 

@@ -26,12 +26,15 @@ class StopFlags:
     def __init__(self) -> None:
         self.signal: Optional[str] = None
         self.received_at: Optional[float] = None
+        self.ctrl_c = 0
         self._installed: list = []
 
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if self.signal == "SIGINT" and name == "SIGINT":
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now, no save
+        if name == "SIGINT":
+            self.ctrl_c += 1
+            if self.ctrl_c > 1:  # the second Ctrl-C, whatever stopped the run first (hpcrun cancel): now, no save
+                raise KeyboardInterrupt
         if name == "SIGHUP":
             leave_terminal()
         if self.signal is None:

@@ -5,13 +5,14 @@ compose -> check the site -> prepare the run directory -> the launcher (foregrou
 
 from __future__ import annotations
 
+import signal
 import textwrap
 from pathlib import Path
 from typing import Any, List, Sequence
 
 from hpcrun.console import say
 from hpcrun.errors import UserError
-from hpcrun.launch.launchers import STOPPED_EXITS, launcher_for
+from hpcrun.launch.launchers import CANCELLED_EXIT, STOPPED_EXITS, launcher_for
 
 
 def _wait(target: Path) -> int:
@@ -94,8 +95,16 @@ def _run_local_sweep(sweep: Any, command: str, launcher: Any, skipped: List[str]
     say(f"sweep {sweep.sweep_dir.name}: {len(sweep.points)} points, run here one after another; sweep dir: "
         f"{sweep.sweep_dir} (hpcrun status, results, report and wait take it)")
     status = 0
+    # A SIGTERM between two points (hpcrun cancel of a point that just ended) stops the sweep, rather than killing
+    # it before it records its end; during a point, the point's own handlers take it (hpcrun.job.signals).
+    between: List[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: between.append(signum))
     try:
         for p in sweep.points:
+            if between:
+                say(f"sweep cancelled (SIGTERM) before point {p.cfg.run.id}; the same command continues it")
+                status = max(status, CANCELLED_EXIT)
+                break
             if not p.prepared.launchable:
                 continue
             write_prepared(p.cfg, p.prepared)
@@ -111,6 +120,7 @@ def _run_local_sweep(sweep: Any, command: str, launcher: Any, skipped: List[str]
                 say(f"sweep stopped at point {p.cfg.run.id}; the same command continues it")
                 break
     finally:
+        signal.signal(signal.SIGTERM, previous)
         write_local_sweep(sweep, command, ended=True)
     if skipped:
         say(f"skipped {len(skipped)}: {', '.join(skipped)}")

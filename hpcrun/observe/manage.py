@@ -138,39 +138,65 @@ def _runs_locally(run_dir: Path) -> bool:
 
 
 def _cancel_local(run_dir: Path) -> Optional[str]:
-    """Asks the process training a local run to save and stop; None when it was asked, else why it could not be.
-    A run whose process is gone (killed without a word) has nothing to cancel: status shows it FAILED."""
+    """Asks the process training a local run to save and stop; None when it was asked (or has ended: nothing to
+    cancel), else why it could not be.
+
+    Only the process that the run's newest start record and its lock both name (pid and start ticks, this boot,
+    this PID namespace), while that start has not recorded its end, is ever signalled: not a pid reused since, and
+    not a local sweep's process after the point has ended (it may be training the next one).
+    """
     import getpass
     import os
     import signal
+    import socket
 
     from hpcrun.rundir.cancel import cancel_request_of, request_cancel
-    from hpcrun.rundir.lock import START, RunLock, holder_gone, holder_here
+    from hpcrun.rundir.lock import START, RunLock, command_processes, holder_gone, holder_here
 
     holder = holder_here(run_dir)
+    start = (read_state(run_dir).get("starts") or [{}])[-1]
     if holder is None:
         recorded = RunLock(run_dir, "").holder_now(wait=0.0)
-        if holder_gone(run_dir) is not None or not recorded.get("pid"):
-            return None
-        where = f"pid {recorded.get('pid')} on {recorded.get('host', '?')}"
-        inside = read_state(run_dir).get("starts", [{}])[-1].get("allocation")
-        return (f"{run_dir}: its process ({where}{f', inside Slurm job {inside}' if inside else ''}) is not one this "
-                f"machine can signal: run `hpcrun cancel {run_dir}` on {recorded.get('host', 'that host')}")
+        host = recorded.get("host") or start.get("host") or "?"
+        if host != socket.gethostname():
+            inside = start.get("allocation")
+            return (f"{run_dir}: it runs on {host} (pid {recorded.get('pid', '?')}"
+                    f"{f', inside Slurm job {inside}' if inside else ''}), which this machine cannot signal: run "
+                    f"`hpcrun cancel {run_dir}` on {host}")
+        left = command_processes(run_dir)
+        if left:
+            return (f"{run_dir}: hpcrun's process for it is gone, but processes of its command still run (pids "
+                    f"{' '.join(map(str, left))}): stop them yourself (kill -TERM PID lets a Trainer save)")
+        if holder_gone(run_dir) is None and recorded.get("pid"):
+            return (f"{run_dir}: its process (pid {recorded['pid']}) is not one this shell can see (another PID "
+                    "namespace: a container of its own; or a lock file of an older hpcrun): stop it where it runs "
+                    "(Ctrl-C in its terminal)")
+        say(f"{run_dir}: its process is gone (killed without a word): nothing to cancel; `hpcrun status` shows it "
+            "FAILED and `hpcrun resume` continues it")
+        return None
     pid = holder["pid"]
-    if holder.get("what") != START:
-        return f"{run_dir}: hpcrun is launching it right now (pid {pid}); cancel it again in a few seconds"
+    if (holder.get("what") != START or start.get("pid") != pid or start.get("start_ticks") != holder["start_ticks"]
+            or "ended_at" in start):
+        if "ended_at" in start:
+            say(f"{run_dir}: its start has just ended ({start.get('end', '?')}): nothing to cancel")
+            return None
+        return f"{run_dir}: hpcrun is starting it right now (pid {pid}); cancel it again in a few seconds"
     earlier = cancel_request_of(run_dir, holder)
     if earlier is not None:
-        say(f"{run_dir}: already cancelled ({earlier}); it saves at its next step boundary and stops")
+        say(f"{run_dir}: already cancelled ({earlier}); it saves and stops")
         return None
     try:
         os.kill(pid, 0)
+        request_cancel(run_dir, holder, by=getpass.getuser())
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it ended meanwhile
+        RunDir(run_dir).cancel_request.unlink(missing_ok=True)
+        say(f"{run_dir}: its process ended meanwhile: nothing to cancel")
+        return None
     except PermissionError:
         return f"{run_dir}: its process (pid {pid}) belongs to another user: only they can cancel it"
-    except ProcessLookupError:
-        return None  # it ended meanwhile
-    request_cancel(run_dir, holder, by=getpass.getuser())
-    os.kill(pid, signal.SIGTERM)
+    except OSError as exc:
+        return f"{run_dir}: cannot write {RunDir.CANCEL_REQUEST} there ({exc.strerror or exc}): nothing was signalled"
     say(f"cancelled the local run {run_dir} (pid {pid}): it saves at its next step boundary and stops; "
         f"`hpcrun resume {run_dir}` continues it later")
     return None

@@ -11,6 +11,7 @@ submitting side (is the run complete? is it queued?), and by people.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Dict, Optional
 
 from hpcrun.rundir.atomic import atomic_write_json, read_json
 from hpcrun.rundir.layout import RunDir
+from hpcrun.rundir.lock import start_ticks
 
 # A run in one of these is coming back (or running): its job, if any, may still be in Slurm.
 ACTIVE = ("running", "submitted", "requeued")
@@ -78,6 +80,8 @@ class RunState:
             "job_id": job_id,
             "restart": restart,
             "host": socket.gethostname(),
+            "pid": os.getpid(),  # with start_ticks: the process (hpcrun cancel signals only it, while it runs)
+            "start_ticks": start_ticks(),
             "started_at": time.time(),
             "resumed_from": resumed_from,
             "processes": processes,

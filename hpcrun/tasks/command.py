@@ -122,7 +122,7 @@ def run(cfg: Any, ctx: Any) -> Any:
                        signal=request.get("signal") or child.first_signal)
     if child.first_signal is not None:
         how = "was killed: it outlived the job's time" if child.killed else f"exited with status {rc}"
-        return Stopped(step=last_step() or 0, signal=child.first_signal,
+        return Stopped(step=last_step() or 0, signal=child.first_signal, saved=False,
                        reason=f"{signal_reason(child.first_signal)}; the command {how}")
     if rc == 0:
         return "the command exited with status 0"

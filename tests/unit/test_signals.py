@@ -93,3 +93,49 @@ def test_a_local_run_inside_an_allocation_ends_at_the_allocations_end_or_at_clus
         (1100.0, 4600.0, "SLURM_JOB_END_TIME: this allocation's end")
     assert job_times(600, False, 1100.0, env, inside_allocation=True) == (1100.0, 1700.0, "cluster.time (local)")
     assert job_times(600, False, 1100.0, env) == (1100.0, 1700.0, "cluster.time (local)")
+
+
+def test_after_a_cancel_the_second_ctrl_c_still_stops_at_once_and_the_command_gets_one_stop_signal(tmp_path):
+    # hpcrun cancel (SIGTERM) first, then Ctrl-C twice in the run's terminal: the first Ctrl-C changes nothing
+    # (the save goes on), the second stops now. The command of `hpcrun run` got the SIGTERM only: a second kind of
+    # signal would kill a Trainer that saves on the first.
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    from hpcrun.job.processes import Child
+    from hpcrun.job.signals import StopFlags
+
+    flags = StopFlags()
+    flags._handle(signal.SIGTERM, None)
+    flags._handle(signal.SIGINT, None)
+    assert flags.pending()[0] == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        flags._handle(signal.SIGINT, None)
+
+    got = tmp_path / "got"
+    script = ("import signal, sys, time\n"
+              "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):\n"
+              f"    signal.signal(s, lambda n, f: open({str(got)!r}, 'a').write(signal.Signals(n).name + chr(10)))\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+    child = Child([sys.executable, "-c", script], dict(os.environ), log_path=tmp_path / "log")
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in (tmp_path / "log").read_text():
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.05)
+        child._handle(signal.SIGTERM, None)
+        child._handle(signal.SIGUSR2, None)  # (the local time signal, say; not SIGHUP: it would leave pytest's tty)
+        child._handle(signal.SIGINT, None)
+        time.sleep(1)
+        assert got.read_text().split() == ["SIGTERM"]
+        with pytest.raises(KeyboardInterrupt):
+            child._handle(signal.SIGINT, None)  # the second Ctrl-C: the command is killed
+        assert child.proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()

@@ -166,7 +166,7 @@ def test_cancel_of_a_local_run_on_another_host_says_where_it_runs_and_signals_no
         RunLock(run_dir, "").path.write_text(json.dumps(holder))
         assert cancel(str(run_dir)) == 1
         err = capsys.readouterr().err
-        assert f"pid {bystander.pid} on gpu-17" in err and f"run `hpcrun cancel {run_dir}` on gpu-17" in err, err
+        assert f"runs on gpu-17 (pid {bystander.pid})" in err and f"run `hpcrun cancel {run_dir}` on gpu-17" in err, err
         assert bystander.poll() is None
         assert not (run_dir / "cancel-request.json").exists()
     finally:

@@ -45,6 +45,7 @@ class RunStatus:
     job_id: Optional[str]
     goodput: Optional[float]  # training time over allocated time so far, from the run's ledger (hpcrun report)
     ended: bool  # it will not go on by itself: it recorded its end, its job is over, or its process died unwatched
+    allocation: Optional[str] = None  # a local run's newest start ran inside this Slurm job (srun --pty bash, ...)
 
 
 def _progress(run_dir: Path, events: List[Dict[str, Any]]) -> Tuple[int, int]:
@@ -145,6 +146,7 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         reason=reason, restarts=max(0, len(starts) - 1), step=step, max_steps=planned,
         last_checkpoint_step=latest.step if latest else None, last_checkpoint_age_s=ckpt_age, elapsed_s=elapsed,
         time_left_s=time_left, job_id=job, goodput=None if goodput is None else round(goodput, 4), ended=ended,
+        allocation=None if job or not starts else starts[-1].get("allocation"),
     )
 
 
@@ -183,7 +185,7 @@ def table(rows: List[RunStatus], colour: Optional[bool] = None) -> str:
             f"{r.step}/{r.max_steps}" if r.max_steps else (str(r.step) if r.step else "-"),
             format_human(r.last_checkpoint_age_s) if r.last_checkpoint_age_s is not None else "-",
             format_human(r.elapsed_s), format_human(r.time_left_s) if r.time_left_s is not None else "-",
-            f"{r.goodput:.0%}" if r.goodput is not None else "-", r.job_id or "-",
+            f"{r.goodput:.0%}" if r.goodput is not None else "-", r.job_id or (f"({r.allocation})" if r.allocation else "-"),
         ])
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]

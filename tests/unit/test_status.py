@@ -144,7 +144,9 @@ def test_a_local_run_whose_allocation_ended_without_a_word_shows_failed_and_how_
     (run_dir / "config.yaml").write_text("run:\n  name: exp\n")
     s = RunState(run_dir)
     s.begin(None, 0, 0, allocation="77")  # hpcrun in `srun --pty bash`, looked at from the login node
-    assert run_status(run_dir, {"77": "RUNNING"}).state == "RUNNING"
+    running = run_status(run_dir, {"77": "RUNNING"})
+    assert running.state == "RUNNING" and running.job_id is None and running.allocation == "77"
+    assert table([running]).splitlines()[1].split()[-1] == "(77)"  # the JOB column: the allocation it runs in
     row = run_status(run_dir, {"77": "TIMEOUT"})
     assert row.state == "FAILED" and row.ended
     assert row.reason.startswith("the Slurm allocation it ran in (job 77) ended (TIMEOUT) without the run recording")

@@ -33,12 +33,13 @@ STEPS = 90
 RUN = [*TINY, f"train.max_steps={STEPS}", "cluster=local"]
 
 
-def _straight(work: Path) -> subprocess.Popen:
-    """The same run trained straight through, in the background while the kills go on (the kill loop mostly waits
-    for start-ups; the two cores do both at once): the weights the killed run must end with, bit for bit."""
-    work.mkdir()
-    return subprocess.Popen([sys.executable, "-m", "hpcrun", *RUN, "run.dir=straight"], cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=(work / "straight.err").open("w"), env=os.environ.copy())
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The same run trained straight through: the weights the killed run must end with, bit for bit."""
+    work = tmp_path_factory.mktemp("straight")
+    out = run_hpcrun(*RUN, "run.dir=straight", cwd=work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return work / "straight"
 
 
 def _complete_steps(run_dir: Path) -> set:
@@ -87,17 +88,7 @@ def _wait_for_save(run_dir: Path, proc, count: int) -> bool:
     return False
 
 
-def test_22_kill_9_at_random_instants_resume_from_complete_checkpoints_and_end_bitwise_equal(tmp_path):
-    straight = _straight(tmp_path / "straight-work")
-    try:
-        _kill_and_resume(tmp_path, straight)
-    finally:
-        if straight.poll() is None:
-            straight.kill()
-            straight.wait()
-
-
-def _kill_and_resume(tmp_path: Path, straight: subprocess.Popen) -> None:
+def test_22_kill_9_at_random_instants_resume_from_complete_checkpoints_and_end_bitwise_equal(tmp_path, straight):
     rng = random.Random(SEED)
     run_dir = tmp_path / "run"
     # Saves every 2 s of wall clock; the kills are no crash loop, so the restart budget is not what is tested here.
@@ -127,8 +118,7 @@ def _kill_and_resume(tmp_path: Path, straight: subprocess.Popen) -> None:
     out = run_hpcrun(*args, cwd=tmp_path, timeout=300)
     (tmp_path / f"start-{KILLS}.err").write_text(out.stderr)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert straight.wait(timeout=600) == 0, (tmp_path / "straight-work" / "straight.err").read_text()[-3000:]
-    assert_same_weights(run_dir / "final", tmp_path / "straight-work" / "straight" / "final")
+    assert_same_weights(run_dir / "final", straight / "final")
 
     # Every start after a kill resumed from the newest checkpoint that was complete at the kill (or from scratch when
     # there was none), and no later than the last logged step; what a killed save left was found, removed and named.

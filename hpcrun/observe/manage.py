@@ -169,8 +169,8 @@ def _cancel_local(run_dir: Path) -> Optional[str]:
                     f"{' '.join(map(str, left))}): stop them yourself (kill -TERM PID lets a Trainer save)")
         if holder_gone(run_dir) is None and recorded.get("pid"):
             return (f"{run_dir}: its process (pid {recorded['pid']}) is not one this shell can see (another PID "
-                    "namespace: a container of its own; or a lock file of an older hpcrun): stop it where it runs "
-                    "(Ctrl-C in its terminal)")
+                    "namespace: a container of its own; the machine rebooted since; or a lock file of an older "
+                    "hpcrun): stop it where it runs (Ctrl-C in its terminal)")
         say(f"{run_dir}: its process is gone (killed without a word): nothing to cancel; `hpcrun status` shows it "
             "FAILED and `hpcrun resume` continues it")
         return None
@@ -180,6 +180,8 @@ def _cancel_local(run_dir: Path) -> Optional[str]:
         if "ended_at" in start:
             say(f"{run_dir}: its start has just ended ({start.get('end', '?')}): nothing to cancel")
             return None
+        if holder.get("what") == START and "start_ticks" not in start:
+            return f"{run_dir}: an older hpcrun runs it (pid {pid}): stop it with Ctrl-C in its terminal"
         return f"{run_dir}: hpcrun is starting it right now (pid {pid}); cancel it again in a few seconds"
     earlier = cancel_request_of(run_dir, holder)
     if earlier is not None:
@@ -187,16 +189,21 @@ def _cancel_local(run_dir: Path) -> Optional[str]:
         return None
     try:
         os.kill(pid, 0)
+    except ProcessLookupError:
+        say(f"{run_dir}: its process ended meanwhile: nothing to cancel")
+        return None
+    except PermissionError:
+        return f"{run_dir}: its process (pid {pid}) belongs to another user: only they can cancel it"
+    try:
         request_cancel(run_dir, holder, by=getpass.getuser())
+    except OSError as exc:
+        return f"{run_dir}: cannot write {RunDir.CANCEL_REQUEST} there ({exc.strerror or exc}): nothing was signalled"
+    try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:  # it ended meanwhile
         RunDir(run_dir).cancel_request.unlink(missing_ok=True)
         say(f"{run_dir}: its process ended meanwhile: nothing to cancel")
         return None
-    except PermissionError:
-        return f"{run_dir}: its process (pid {pid}) belongs to another user: only they can cancel it"
-    except OSError as exc:
-        return f"{run_dir}: cannot write {RunDir.CANCEL_REQUEST} there ({exc.strerror or exc}): nothing was signalled"
     say(f"cancelled the local run {run_dir} (pid {pid}): it saves at its next step boundary and stops; "
         f"`hpcrun resume {run_dir}` continues it later")
     return None

@@ -89,6 +89,17 @@ def process_start_time(pid: int | str = "self") -> Optional[float]:
         return None
 
 
+def _holder_of_this_host(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The run lock's last holder when its pid means something here: written by a process of this boot of this
+    host, in this PID namespace, by an hpcrun that records start ticks. Read-only."""
+    holder = RunLock(run_dir, "").holder_now(wait=0.0)
+    if (not isinstance(holder.get("pid"), int) or not isinstance(holder.get("start_ticks"), int)
+            or not holder.get("boot_id") or holder.get("boot_id") != _boot_id()
+            or holder.get("pid_namespace") != _pid_namespace()):
+        return None
+    return holder
+
+
 def holder_gone(run_dir: Path) -> Optional[Dict[str, Any]]:
     """The run lock's last holder, when it is known to have ended without a word: a process of this boot of this
     host, in this PID namespace, that no longer runs (its pid gone, a zombie, or taken by a newer process: another
@@ -99,11 +110,10 @@ def holder_gone(run_dir: Path) -> Optional[Dict[str, Any]]:
     knows), another PID namespace (a container with its own), /proc hiding other users' processes, or a lock file
     written by an older hpcrun.
     """
-    holder = RunLock(run_dir, "").holder_now(wait=0.0)
-    pid, ticks = holder.get("pid"), holder.get("start_ticks")
-    if (not isinstance(pid, int) or not isinstance(ticks, int) or not holder.get("boot_id")
-            or holder.get("boot_id") != _boot_id() or holder.get("pid_namespace") != _pid_namespace()):
+    holder = _holder_of_this_host(run_dir)
+    if holder is None:
         return None
+    pid, ticks = holder["pid"], holder["start_ticks"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,11 +134,10 @@ def holder_here(run_dir: Path) -> Optional[Dict[str, Any]]:
     host, in another PID namespace, or unknown (a lock file written by an older hpcrun). The holder may have
     released the lock and gone on (a local sweep's process, on its next point): the caller checks that the run is
     still running. Read-only, as :func:`holder_gone`."""
-    holder = RunLock(run_dir, "").holder_now(wait=0.0)
-    pid, ticks = holder.get("pid"), holder.get("start_ticks")
-    if (not isinstance(pid, int) or not isinstance(ticks, int) or not holder.get("boot_id")
-            or holder.get("boot_id") != _boot_id() or holder.get("pid_namespace") != _pid_namespace()):
+    holder = _holder_of_this_host(run_dir)
+    if holder is None:
         return None
+    pid, ticks = holder["pid"], holder["start_ticks"]
     stat = _stat(pid)
     if stat is None or stat[1] != ticks or stat[0] in ("Z", "X"):
         return None

@@ -387,9 +387,9 @@ class JobEntry:
         """After the save on a signal or the deadline: requeue on Slurm, or tell the user how to resume."""
         barrier()
         if not ctx.on_slurm:
-            command = shlex.join(["hpcrun", *sys.argv[1:]])
             from hpcrun.rundir.cancel import cancel_request
 
+            command = shlex.join(["hpcrun", *sys.argv[1:]])
             # (whatever stopped it first: a cancel that came while it saved for Ctrl-C is a cancel all the same)
             cancel = cancel_request(ctx.run_dir)
             if cancel is not None:
@@ -413,7 +413,7 @@ class JobEntry:
         # (Without a Slurm client here, the batch script checks for a cancel on the host before it requeues.)
         if stop.signal == "SIGTERM" and client_here() and \
                 job_states([ctx.job_id or ""]).get(ctx.job_id or "") == "CANCELLED":
-            state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step)
+            state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step, cancelled=True)
             log.info("job cancelled: saved step %d, not requeueing", stop.step)
             return f"cancelled at step {stop.step}"
         if state.data["requeues"] >= cfg.run.max_requeues:

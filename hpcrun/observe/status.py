@@ -185,7 +185,8 @@ def table(rows: List[RunStatus], colour: Optional[bool] = None) -> str:
             f"{r.step}/{r.max_steps}" if r.max_steps else (str(r.step) if r.step else "-"),
             format_human(r.last_checkpoint_age_s) if r.last_checkpoint_age_s is not None else "-",
             format_human(r.elapsed_s), format_human(r.time_left_s) if r.time_left_s is not None else "-",
-            f"{r.goodput:.0%}" if r.goodput is not None else "-", r.job_id or (f"({r.allocation})" if r.allocation else "-"),
+            f"{r.goodput:.0%}" if r.goodput is not None else "-",
+            r.job_id or (f"({r.allocation})" if r.allocation else "-"),
         ])
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]

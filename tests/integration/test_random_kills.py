@@ -30,7 +30,7 @@ SEED = int(os.environ.get("HPCRUN_KILL_SEED", "20261125"))
 # kill on average here (26 steps after 19 kills in one CI run, where 30 steps ran out before the 22nd kill). 90 steps
 # leave room for a machine three times as fast.
 STEPS = 90
-RUN = [*TINY, f"train.max_steps={STEPS}", "cluster=local"]
+RUN = [*TINY, f"train.max_steps={STEPS}", "train.batch_size=16", "cluster=local"]
 
 
 @pytest.fixture(scope="module")

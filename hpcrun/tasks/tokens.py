@@ -9,6 +9,11 @@ tokenizer's definition). The folder is written aside and renamed into place whol
 are removed. Every later start, and every rank, opens the file with ``numpy.memmap``: a block is read from disk when
 the data loader asks for it, so neither the corpus nor its ids are ever held in memory whole.
 
+The stream depends only on its key, so a stream of up to ``SHARE_MAX_BYTES`` is also kept in hpcrun's cache
+(``<cache>/tokens/<key>``, as trained tokenizers are): another run on the same corpus and tokenizer (a sweep's next
+point, a fresh run) takes a copy at its first start, a hard link where both are on one file system, instead of
+tokenizing again. The run keeps its own copy: deleting the cache never touches a run.
+
 Text files are one document each, tokenized line by line (as the run's BPE tokenizer is trained); a json, csv,
 parquet or saved dataset's rows are one document each, their text in ``data.text_field``.
 """
@@ -21,10 +26,12 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 from hpcrun.errors import ConfigError
+from hpcrun.resources import cache_dir
 from hpcrun.rundir.atomic import publish_folder
 from hpcrun.tasks.sources import Source
 
@@ -33,6 +40,10 @@ TOKENS_DIR = "tokens"  # <run.dir>/tokens: ids.u32 and meta.json
 FORMAT = "hpcrun-tokens-v2"
 CHUNK_BYTES = 4 << 20  # text files are read in pieces of about this size (a document may be far larger)
 SMALL_CORPUS = 32 << 20  # below this many bytes one process tokenizes (starting workers costs more)
+# Token files up to this size are shared through hpcrun's cache (a 200 MB English corpus makes about 250 MB); larger
+# ones stay in their run only, where a cache in a home directory would not hold them (HPCRUN_CACHE_DIR moves it).
+SHARE_MAX_BYTES = 1 << 30
+STREAM_FILES = ("ids.u32", "meta.json")
 
 
 def _text_chunks(files: List[str]) -> Iterator[dict]:
@@ -161,10 +172,61 @@ def build_stream(source: Source, column: str, tokenizer: Any, folder: Path, key:
     return stream
 
 
+def shared_folder(key: str) -> Path:
+    """Where hpcrun's cache keeps the stream of ``key`` for other runs."""
+    return cache_dir() / TOKENS_DIR / key[:32]
+
+
+def _place(src: Path, folder: Path, replace: bool) -> None:
+    """Puts the stream in ``src`` at ``folder`` whole: hard links (a copy across file systems) in a folder made
+    beside it, then one rename. ``replace``: remove what ``folder`` holds first (a stream made with another key);
+    else an existing ``folder`` is kept and this raises OSError."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        for name in STREAM_FILES:
+            try:
+                os.link(src / name, staging / name)
+            except OSError:
+                shutil.copyfile(src / name, staging / name)
+        if replace:
+            shutil.rmtree(folder, ignore_errors=True)
+        publish_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def stream_from_cache(folder: Path, key: str) -> Optional[Any]:
+    """The stream of ``key`` from hpcrun's cache, placed in ``folder``; None when the cache does not have it."""
+    shared = shared_folder(key)
+    if open_stream(shared, key) is None:
+        return None
+    try:
+        _place(shared, folder, replace=True)
+    except OSError as exc:
+        log.warning("could not take the token stream from %s (%s); tokenizing instead", shared, exc)
+        return None
+    stream = open_stream(folder, key)
+    if stream is not None:
+        log.info("token stream for this corpus and tokenizer (%d tokens) from %s", len(stream), shared)
+    return stream
+
+
+def share_stream(folder: Path, key: str) -> None:
+    """Keeps the stream in ``folder`` in hpcrun's cache for other runs, unless it is larger than SHARE_MAX_BYTES.
+    A cache that cannot be written is only a slower next run; one put there meanwhile by another run is kept."""
+    shared = shared_folder(key)
+    try:
+        if (folder / "ids.u32").stat().st_size > SHARE_MAX_BYTES or open_stream(shared, key) is not None:
+            return
+        _place(folder, shared, replace=False)
+    except OSError as exc:
+        if open_stream(shared, key) is None:
+            log.warning("could not keep the token stream in %s for other runs (%s)", shared, exc)
+
+
 def texts(source: Source, column: str) -> Iterator[str]:
     """The corpus's text, line by line (what a BPE tokenizer is trained on)."""
-    import tempfile
-
     if source.kind == "text":
         for chunk in _text_chunks([str(p) for p in source.files]):
             yield from chunk["text"].splitlines(keepends=True)
@@ -213,9 +275,8 @@ def token_blocks(stream: Any, seq_len: int, eval_fraction: float) -> tuple:
 
 def corpus_blocks(cfg: Any, tokenizer: Any, folder: Path, write: bool = True) -> tuple:
     """``data.corpus`` as train and eval blocks, from the stream in ``folder`` (made there when it is missing or
-    was made from other files or another tokenizer, if ``write``; else tokenized into a temporary folder)."""
-    import tempfile
-
+    was made from other files or another tokenizer, if ``write``: from hpcrun's cache, else tokenized; without
+    ``write``, tokenized into a temporary folder)."""
     from hpcrun.tasks.sources import resolve
 
     d = cfg.data
@@ -223,7 +284,11 @@ def corpus_blocks(cfg: Any, tokenizer: Any, folder: Path, write: bool = True) ->
     column = "text" if source.kind == "text" else d.text_field
     key = stream_key(source, column, tokenizer)
     stream = open_stream(folder, key)
+    if stream is None and write:
+        stream = stream_from_cache(folder, key)
     if stream is None:
         target = folder if write else Path(tempfile.mkdtemp()) / TOKENS_DIR
         stream = build_stream(source, column, tokenizer, target, key, d.num_proc)
+        if write:
+            share_stream(folder, key)
     return token_blocks(stream, d.seq_len, d.eval_fraction)

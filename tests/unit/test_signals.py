@@ -80,7 +80,8 @@ def test_the_local_launchers_process_is_alone_and_local_even_inside_an_allocatio
 
     salloc = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_RESTART_COUNT": "1"}
     ctx = JobContext.from_env(tmp_path, salloc, local=True)
-    assert (ctx.rank, ctx.world_size, ctx.job_id, ctx.on_slurm, ctx.restart, ctx.allocation) == (0, 1, None, False, 0, "77")
+    got = (ctx.rank, ctx.world_size, ctx.job_id, ctx.on_slurm, ctx.restart, ctx.allocation)
+    assert got == (0, 1, None, False, 0, "77")
     job = JobContext.from_env(tmp_path, salloc)  # the same variables in a job hpcrun submitted: its rank 0 of 4
     assert (job.world_size, job.job_id, job.on_slurm, job.allocation) == (4, "77", True, None)
 

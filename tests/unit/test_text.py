@@ -10,7 +10,13 @@ from hpcrun.errors import ConfigError
 from hpcrun.resources import corpus_path
 from hpcrun.tasks.sources import check_corpus, resolve
 from hpcrun.tasks.text import train_bpe
-from hpcrun.tasks.tokens import TokenBlocks, corpus_blocks, open_stream, stream_key, texts
+from hpcrun.tasks.tokens import TokenBlocks, corpus_blocks, open_stream, shared_folder, stream_key, texts
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test its own hpcrun cache (token streams and tokenizers are shared through it)."""
+    monkeypatch.setenv("HPCRUN_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _shakespeare(n: int) -> str:
@@ -149,3 +155,48 @@ def test_a_trained_bpe_is_shared_through_the_cache_and_each_run_keeps_its_own_co
     cfg.data.vocab_size = 300
     tokenizer_for(cfg, tmp_path / "b2", is_main=False)
     assert "trained a 300-token" in caplog.text
+
+
+def test_a_token_stream_is_shared_through_the_cache_and_each_run_keeps_its_own(tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from hpcrun.tasks import tokens
+
+    caplog.set_level("INFO", logger="hpcrun")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(_shakespeare(40_000))
+    tok = train_bpe(_shakespeare(40_000).splitlines(keepends=True), 400)
+    key = stream_key(resolve(str(corpus)), "text", tok)
+    first, _ = corpus_blocks(_data(corpus), tok, tmp_path / "a" / "tokens")
+    assert "tokenized 1 documents" in caplog.text
+    assert shared_folder(key).parent == tmp_path / "cache" / "tokens"
+    assert open_stream(shared_folder(key), key) is not None
+    caplog.clear()
+    second, _ = corpus_blocks(_data(corpus), tok, tmp_path / "b" / "tokens")
+    assert "tokenized" not in caplog.text and f"from {shared_folder(key)}" in caplog.text
+    assert [first[i]["input_ids"].tolist() for i in range(len(first))] == \
+        [second[i]["input_ids"].tolist() for i in range(len(second))]
+    # The run's own copy (a hard link on one file system) outlives the cache; no work folder is left anywhere.
+    assert (tmp_path / "b" / "tokens" / "ids.u32").stat().st_ino == (shared_folder(key) / "ids.u32").stat().st_ino
+    assert not [p for d in (tmp_path / "b", shared_folder(key).parent) for p in d.iterdir() if p.name.startswith(".")]
+    shutil.rmtree(tmp_path / "cache")
+    assert len(open_stream(tmp_path / "b" / "tokens", key)) == len(open_stream(tmp_path / "a" / "tokens", key))
+
+    # A changed corpus is another stream; one larger than the cap stays in its run only.
+    monkeypatch.setattr(tokens, "SHARE_MAX_BYTES", 1000)
+    corpus.write_text(_shakespeare(30_000))
+    caplog.clear()
+    corpus_blocks(_data(corpus), tok, tmp_path / "b" / "tokens")
+    new_key = stream_key(resolve(str(corpus)), "text", tok)
+    assert "tokenized 1 documents" in caplog.text and open_stream(tmp_path / "b" / "tokens", new_key) is not None
+    assert open_stream(shared_folder(new_key), new_key) is None
+
+
+def test_a_cache_that_cannot_be_written_costs_only_a_warning(tmp_path, monkeypatch, caplog):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("HPCRUN_CACHE_DIR", str(tmp_path / "not-a-folder"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(_shakespeare(20_000))
+    tok = train_bpe(_shakespeare(20_000).splitlines(keepends=True), 300)
+    train, _ = corpus_blocks(_data(corpus), tok, tmp_path / "run" / "tokens")
+    assert len(train) > 0 and "could not keep the token stream in" in caplog.text

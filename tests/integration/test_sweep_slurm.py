@@ -123,8 +123,9 @@ def test_cancel_stops_every_task_of_a_sweep(hpcrun, tmp_path, slurm_cluster):
 
 
 def test_a_task_preempted_mid_sweep_resumes_while_the_others_are_untouched(hpcrun, tmp_path, slurm_cluster):
-    out = hpcrun("-m", *CHEAP, "train.max_steps=60", "train.seed=20,21", "cluster.partition=preemptible",
-                 "cluster.array_throttle=2", "checkpoint.save_every=0")
+    # 40 steps of batch 8 (about 0.5 s a step on one CPU): 20 s of training left when the preemption comes.
+    out = hpcrun("-m", *CHEAP, "train.max_steps=40", "train.batch_size=8", "train.seed=20,21",
+                 "cluster.partition=preemptible", "cluster.array_throttle=2", "checkpoint.save_every=0")
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = _sweep_dir(out.stdout)
     (array,) = _array_ids(out.stdout)

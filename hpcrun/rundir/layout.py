@@ -12,8 +12,8 @@
     <run.dir>/metrics.jsonl      one JSON record per logged step (optional: tasks that log write it)
     <run.dir>/cancel-request.json  who cancelled a local run's start with ``hpcrun cancel`` (until the next start)
 
-A task keeps its own files under the run directory too (the built-in one: tokenizer/, tokens.safetensors,
-trainer/); it asks :meth:`RunDir.task_file` for their paths.
+A task keeps its own files under the run directory too (the built-in one: tokenizer/, tokens/, trainer/); it
+asks :meth:`RunDir.task_file` for their paths.
 
 Both sides use this module (standard library only).
 """

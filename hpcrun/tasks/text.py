@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -66,14 +66,16 @@ def bpe_key(source: Source, vocab_size: int) -> str:
 def _save_atomically(tok: Any, folder: Path) -> None:
     """Written aside, then renamed: another rank, run or start never reads half of it. A folder already there (put
     by another process meanwhile) is kept; a cache that cannot be written is only a slower next run."""
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    staging = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        # A name no other process has, on any host (the cache may be on a file system that nodes share).
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         tok.save_pretrained(staging)
         publish_folder(staging, folder)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if not (folder / "tokenizer.json").exists():
             log.warning("could not save the tokenizer in %s (%s)", folder, exc)
 

@@ -9,10 +9,14 @@ tokenizer's definition). The folder is written aside and renamed into place whol
 are removed. Every later start, and every rank, opens the file with ``numpy.memmap``: a block is read from disk when
 the data loader asks for it, so neither the corpus nor its ids are ever held in memory whole.
 
-The stream depends only on its key, so a stream of up to ``SHARE_MAX_BYTES`` is also kept in hpcrun's cache
-(``<cache>/tokens/<key>``, as trained tokenizers are): another run on the same corpus and tokenizer (a sweep's next
-point, a fresh run) takes a copy at its first start, a hard link where both are on one file system, instead of
-tokenizing again. The run keeps its own copy: deleting the cache never touches a run.
+The stream depends only on its key, so it is also kept in hpcrun's cache (``<cache>/tokens/<key>``, as trained
+tokenizers are), as hard links to the run's files: only where the run and the cache are on one file system, so
+the cache costs no space while a run holds the file. Another run on the same corpus and tokenizer (a sweep's next
+point, a fresh run) takes it at its first start instead of tokenizing again: hard links, or a copy from another
+file system. Each run keeps its own names for the files, so deleting the cache never touches a run; an entry that
+no run links to any more is removed after ``UNUSED_DAYS``. Hub datasets are not shared: their key holds no
+revision. (On a node other than the first, the Trainer's ``main_process_first`` lets that node's first process go
+at once: it reads the cache's stream, or tokenizes into a temporary folder while the run's own is not there yet.)
 
 Text files are one document each, tokenized line by line (as the run's BPE tokenizer is trained); a json, csv,
 parquet or saved dataset's rows are one document each, their text in ``data.text_field``.
@@ -40,10 +44,8 @@ TOKENS_DIR = "tokens"  # <run.dir>/tokens: ids.u32 and meta.json
 FORMAT = "hpcrun-tokens-v2"
 CHUNK_BYTES = 4 << 20  # text files are read in pieces of about this size (a document may be far larger)
 SMALL_CORPUS = 32 << 20  # below this many bytes one process tokenizes (starting workers costs more)
-# Token files up to this size are shared through hpcrun's cache (a 200 MB English corpus makes about 250 MB); larger
-# ones stay in their run only, where a cache in a home directory would not hold them (HPCRUN_CACHE_DIR moves it).
-SHARE_MAX_BYTES = 1 << 30
 STREAM_FILES = ("ids.u32", "meta.json")
+UNUSED_DAYS = 7  # a cached stream no run links to any more is removed after this many days
 
 
 def _text_chunks(files: List[str]) -> Iterator[dict]:
@@ -129,9 +131,14 @@ def open_stream(folder: Path, key: str) -> Optional[Any]:
         return None
     if meta.get("key") != key or meta.get("format") != FORMAT:
         return None
-    if meta["tokens"] == 0:
-        return np.zeros(0, dtype=np.uint32)
-    return np.memmap(folder / "ids.u32", dtype=np.uint32, mode="r", shape=(meta["tokens"],))
+    try:  # a file cut short or deleted (a cache cleaned file by file) is no stream: it is made again
+        if (folder / "ids.u32").stat().st_size != 4 * meta["tokens"]:
+            return None
+        if meta["tokens"] == 0:
+            return np.zeros(0, dtype=np.uint32)
+        return np.memmap(folder / "ids.u32", dtype=np.uint32, mode="r", shape=(meta["tokens"],))
+    except (OSError, ValueError):
+        return None
 
 
 def build_stream(source: Source, column: str, tokenizer: Any, folder: Path, key: str,
@@ -177,10 +184,10 @@ def shared_folder(key: str) -> Path:
     return cache_dir() / TOKENS_DIR / key[:32]
 
 
-def _place(src: Path, folder: Path, replace: bool) -> None:
-    """Puts the stream in ``src`` at ``folder`` whole: hard links (a copy across file systems) in a folder made
-    beside it, then one rename. ``replace``: remove what ``folder`` holds first (a stream made with another key);
-    else an existing ``folder`` is kept and this raises OSError."""
+def _place(src: Path, folder: Path, copy: bool) -> None:
+    """Puts the stream in ``src`` at ``folder`` whole, replacing what ``folder`` held: hard links (with ``copy``,
+    a copy where a link fails: another file system) in a folder made beside it, then one rename. Raises OSError
+    (EXDEV: another file system, without ``copy``)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -188,21 +195,45 @@ def _place(src: Path, folder: Path, replace: bool) -> None:
             try:
                 os.link(src / name, staging / name)
             except OSError:
+                if not copy:
+                    raise
                 shutil.copyfile(src / name, staging / name)
-        if replace:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _prune(parent: Path, now: float) -> None:
+    """Removes from the cache what a killed copy left (a day old) and the streams no run has linked to for
+    UNUSED_DAYS (a link or an unlink sets the file's ctime)."""
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                if now - entry.stat().st_mtime > 86400:
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            st = (entry / "ids.u32").stat()
+            if st.st_nlink == 1 and now - st.st_ctime > UNUSED_DAYS * 86400:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def stream_from_cache(folder: Path, key: str) -> Optional[Any]:
     """The stream of ``key`` from hpcrun's cache, placed in ``folder``; None when the cache does not have it."""
+    import time
+
     shared = shared_folder(key)
+    _prune(shared.parent, time.time())
     if open_stream(shared, key) is None:
         return None
     try:
-        _place(shared, folder, replace=True)
+        _place(shared, folder, copy=True)
     except OSError as exc:
         log.warning("could not take the token stream from %s (%s); tokenizing instead", shared, exc)
         return None
@@ -213,15 +244,21 @@ def stream_from_cache(folder: Path, key: str) -> Optional[Any]:
 
 
 def share_stream(folder: Path, key: str) -> None:
-    """Keeps the stream in ``folder`` in hpcrun's cache for other runs, unless it is larger than SHARE_MAX_BYTES.
-    A cache that cannot be written is only a slower next run; one put there meanwhile by another run is kept."""
+    """Links the stream in ``folder`` into hpcrun's cache for other runs, where both are on one file system (no
+    copy: the cache would cost space, in a home directory that may not hold it). A cache that cannot be written
+    is only a slower next run; a stream put there meanwhile by another run is kept, a broken one replaced."""
+    import errno
+
     shared = shared_folder(key)
+    if open_stream(shared, key) is not None:
+        return
     try:
-        if (folder / "ids.u32").stat().st_size > SHARE_MAX_BYTES or open_stream(shared, key) is not None:
-            return
-        _place(folder, shared, replace=False)
+        _place(folder, shared, copy=False)
     except OSError as exc:
-        if open_stream(shared, key) is None:
+        if exc.errno == errno.EXDEV:
+            log.info("token stream not shared: hpcrun's cache (%s) is on another file system than the run "
+                     "(HPCRUN_CACHE_DIR moves it)", shared.parent)
+        elif open_stream(shared, key) is None:
             log.warning("could not keep the token stream in %s for other runs (%s)", shared, exc)
 
 
@@ -283,12 +320,18 @@ def corpus_blocks(cfg: Any, tokenizer: Any, folder: Path, write: bool = True) ->
     source = resolve(d.corpus)
     column = "text" if source.kind == "text" else d.text_field
     key = stream_key(source, column, tokenizer)
+    shareable = source.kind != "hub"  # a hub dataset's key holds no revision: it would never be renewed
     stream = open_stream(folder, key)
     if stream is None and write:
-        stream = stream_from_cache(folder, key)
+        for left in folder.parent.glob(f".{folder.name}.*"):  # what a killed first start left (one start at a time)
+            shutil.rmtree(left, ignore_errors=True)
+        if shareable:
+            stream = stream_from_cache(folder, key)
+    elif stream is None and shareable:  # a later node's first process, while rank 0 tokenizes the run's own
+        stream = open_stream(shared_folder(key), key)
     if stream is None:
         target = folder if write else Path(tempfile.mkdtemp()) / TOKENS_DIR
         stream = build_stream(source, column, tokenizer, target, key, d.num_proc)
-        if write:
+        if write and shareable:
             share_stream(folder, key)
     return token_blocks(stream, d.seq_len, d.eval_fraction)

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -157,15 +158,17 @@ def test_a_trained_bpe_is_shared_through_the_cache_and_each_run_keeps_its_own_co
     assert "trained a 300-token" in caplog.text
 
 
-def test_a_token_stream_is_shared_through_the_cache_and_each_run_keeps_its_own(tmp_path, monkeypatch, caplog):
+def _corpus_and_tokenizer(folder, n=40_000):
+    corpus = folder / "c.txt"
+    corpus.write_text(_shakespeare(n))
+    return corpus, train_bpe(_shakespeare(n).splitlines(keepends=True), 400)
+
+
+def test_a_token_stream_is_shared_through_the_cache_and_each_run_keeps_its_own(tmp_path, caplog):
     import shutil
 
-    from hpcrun.tasks import tokens
-
     caplog.set_level("INFO", logger="hpcrun")
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(_shakespeare(40_000))
-    tok = train_bpe(_shakespeare(40_000).splitlines(keepends=True), 400)
+    corpus, tok = _corpus_and_tokenizer(tmp_path)
     key = stream_key(resolve(str(corpus)), "text", tok)
     first, _ = corpus_blocks(_data(corpus), tok, tmp_path / "a" / "tokens")
     assert "tokenized 1 documents" in caplog.text
@@ -176,20 +179,95 @@ def test_a_token_stream_is_shared_through_the_cache_and_each_run_keeps_its_own(t
     assert "tokenized" not in caplog.text and f"from {shared_folder(key)}" in caplog.text
     assert [first[i]["input_ids"].tolist() for i in range(len(first))] == \
         [second[i]["input_ids"].tolist() for i in range(len(second))]
-    # The run's own copy (a hard link on one file system) outlives the cache; no work folder is left anywhere.
-    assert (tmp_path / "b" / "tokens" / "ids.u32").stat().st_ino == (shared_folder(key) / "ids.u32").stat().st_ino
+    # Hard links, not copies; the run's own names outlive the cache; no work folder is left anywhere.
+    ids = [tmp_path / r / "tokens" / "ids.u32" for r in "ab"]
+    assert ids[0].stat().st_ino == ids[1].stat().st_ino == (shared_folder(key) / "ids.u32").stat().st_ino
     assert not [p for d in (tmp_path / "b", shared_folder(key).parent) for p in d.iterdir() if p.name.startswith(".")]
     shutil.rmtree(tmp_path / "cache")
     assert len(open_stream(tmp_path / "b" / "tokens", key)) == len(open_stream(tmp_path / "a" / "tokens", key))
 
-    # A changed corpus is another stream; one larger than the cap stays in its run only.
-    monkeypatch.setattr(tokens, "SHARE_MAX_BYTES", 1000)
+    # A changed corpus is another stream, tokenized and shared in turn.
     corpus.write_text(_shakespeare(30_000))
     caplog.clear()
     corpus_blocks(_data(corpus), tok, tmp_path / "b" / "tokens")
     new_key = stream_key(resolve(str(corpus)), "text", tok)
     assert "tokenized 1 documents" in caplog.text and open_stream(tmp_path / "b" / "tokens", new_key) is not None
-    assert open_stream(shared_folder(new_key), new_key) is None
+    assert open_stream(shared_folder(new_key), new_key) is not None
+
+
+def test_a_broken_cached_stream_is_made_again_and_replaced(tmp_path, caplog):
+    caplog.set_level("INFO", logger="hpcrun")
+    corpus, tok = _corpus_and_tokenizer(tmp_path)
+    key = stream_key(resolve(str(corpus)), "text", tok)
+    corpus_blocks(_data(corpus), tok, tmp_path / "a" / "tokens")
+    cached = shared_folder(key) / "ids.u32"
+    cached.unlink()  # a cache cleaned file by file; then one cut short
+    (shared_folder(key) / "ids.u32").write_bytes(b"\0" * 40)
+    caplog.clear()
+    train, _ = corpus_blocks(_data(corpus), tok, tmp_path / "b" / "tokens")
+    assert "tokenized 1 documents" in caplog.text and len(train) > 0
+    assert len(open_stream(shared_folder(key), key)) == len(open_stream(tmp_path / "a" / "tokens", key))
+    assert (tmp_path / "a" / "tokens" / "ids.u32").stat().st_size > 40  # the first run's own file is untouched
+
+
+def test_across_file_systems_the_cache_is_copied_from_but_never_copied_into(tmp_path, monkeypatch, caplog):
+    import os
+    import tempfile
+
+    other = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else None
+    if other is None or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second file system (/dev/shm)")
+    try:
+        caplog.set_level("INFO", logger="hpcrun")
+        corpus, tok = _corpus_and_tokenizer(tmp_path)
+        key = stream_key(resolve(str(corpus)), "text", tok)
+        corpus_blocks(_data(corpus), tok, tmp_path / "a" / "tokens")  # the cache (under tmp_path) links it
+        caplog.clear()
+        corpus_blocks(_data(corpus), tok, other / "b" / "tokens")  # a run on the other file system: a copy
+        assert "tokenized" not in caplog.text and f"from {shared_folder(key)}" in caplog.text
+        assert (other / "b" / "tokens" / "ids.u32").stat().st_ino != (shared_folder(key) / "ids.u32").stat().st_ino
+
+        monkeypatch.setenv("HPCRUN_CACHE_DIR", str(tmp_path / "cache2"))  # a cache away from the run's files
+        caplog.clear()
+        corpus_blocks(_data(corpus), tok, other / "c" / "tokens")
+        assert "tokenized 1 documents" in caplog.text and "not shared: hpcrun's cache" in caplog.text
+        assert open_stream(shared_folder(key), key) is None
+        assert not [p for p in shared_folder(key).parent.iterdir()]  # and no copy begun either
+    finally:
+        import shutil
+
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_another_nodes_first_process_reads_the_cached_stream_without_writing(tmp_path, caplog):
+    caplog.set_level("INFO", logger="hpcrun")
+    corpus, tok = _corpus_and_tokenizer(tmp_path)
+    corpus_blocks(_data(corpus), tok, tmp_path / "a" / "tokens")
+    caplog.clear()
+    train, _ = corpus_blocks(_data(corpus), tok, tmp_path / "b" / "tokens", write=False)
+    assert "tokenized" not in caplog.text and len(train) > 0 and not (tmp_path / "b").exists()
+
+
+def test_the_cache_drops_streams_no_run_links_to_and_what_killed_copies_left(tmp_path):
+    import time
+
+    from hpcrun.tasks.tokens import UNUSED_DAYS, _prune
+
+    corpus, tok = _corpus_and_tokenizer(tmp_path, 20_000)
+    corpus_blocks(_data(corpus), tok, tmp_path / "held" / "tokens")
+    corpus.write_text(_shakespeare(10_000))
+    corpus_blocks(_data(corpus), tok, tmp_path / "gone" / "tokens")
+    import shutil
+
+    shutil.rmtree(tmp_path / "gone")
+    parent = tmp_path / "cache" / "tokens"
+    (parent / ".abc.x1.tmp").mkdir()  # a killed copy's folder
+    assert len(list(parent.iterdir())) == 3
+    _prune(parent, time.time() + 3600)  # an hour later: nothing is old enough
+    assert len(list(parent.iterdir())) == 3
+    _prune(parent, time.time() + (UNUSED_DAYS + 1) * 86400)
+    (left,) = parent.iterdir()  # only the stream a run still links to
+    assert (left / "ids.u32").stat().st_ino == (tmp_path / "held" / "tokens" / "ids.u32").stat().st_ino
 
 
 def test_a_cache_that_cannot_be_written_costs_only_a_warning(tmp_path, monkeypatch, caplog):

@@ -132,7 +132,12 @@ def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], nex
     end_event = next((e for e in reversed(events) if e["event"] == "end"), None)
     a, e_ = alloc
     first_t = next((float(e["t"]) for e in events if e["event"] == "first_step"), None)
-    steps = sorted(_step_times(events) + [(t, s) for t, s in logged if first_t is not None and first_t <= t])
+    # Each step at the time it was first seen: a step recorded again later (the Trainer's on_train_end after the
+    # stop save, a log line written after the save) is no new work, and must not stretch training past the save.
+    reached_at: Dict[int, float] = {}
+    for t, s in sorted(_step_times(events) + [(t, s) for t, s in logged if first_t is not None and first_t <= t]):
+        reached_at.setdefault(s, t)
+    steps = sorted((t, s) for s, t in reached_at.items())
     saves = sorted(((float(e["began"]), float(e["began"]) + float(e["seconds"]), int(e["step"]))
                     for e in events if e["event"] == "save"))
     first = next((e for e in events if e["event"] == "first_step"), None)

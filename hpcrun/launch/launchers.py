@@ -90,7 +90,7 @@ class SlurmLauncher:
         executor = make_executor(cfg)  # a refused one: claimed() removes what the launch created
         job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
         job_id = str(job.job_id)
-        record_submission(prepared.run_dir, job_id, cfg)
+        record_submission(prepared.run_dir, job_id, cfg, lock_held=True)  # claimed() holds it
         return job_id
 
     def launch_array(self, cfgs: Sequence[Any], folder: Path, what: str = "sbatch") -> List[str]:

@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 from hpcrun.errors import UserError
 from hpcrun.rundir.atomic import atomic_write
 from hpcrun.rundir.layout import RunDir
+from hpcrun.rundir.lock import LAUNCHING, RunBusy, RunLock
 from hpcrun.rundir.state import read_state, write_state
 
 
@@ -198,17 +199,36 @@ def write_run_dir(cfg: Any, run_dir: Path, durable: bool = True) -> None:
     atomic_write(rd.config, config_yaml(cfg), durable=durable)
 
 
-def record_submission(run_dir: Path, job_id: str, cfg: Any = None, durable: bool = True) -> None:
+def record_submission(run_dir: Path, job_id: str, cfg: Any = None, durable: bool = True,
+                      lock_held: bool = False) -> None:
     """Notes the submitted job in the run's state (the job overwrites it with "running" when it starts), and the
     steps the run plans when the task's settings can tell before it starts (a settings class with
     ``planned_steps()``), so ``hpcrun status`` shows ``0/N`` for a run still in the queue (the task's own word, in
-    the ledger, wins once it has started)."""
-    state = read_state(run_dir)
-    state.update(status="submitted", job_id=job_id, reason="")
-    planned = getattr(getattr(cfg, "settings", None), "planned_steps", None)
-    if callable(planned):
-        try:  # a task's own code, after the job went in: never a reason to lose the record of it
-            state["planned_steps"] = int(planned())
-        except Exception:  # noqa: BLE001
-            pass
-    write_state(run_dir, state, durable=durable)
+    the ledger, wins once it has started).
+
+    The job may already have started when this runs (an array's first tasks start while the submitting side is
+    still recording the others): under the run's lock (taken here unless ``lock_held``), a run whose job holds
+    the lock, or has recorded a start of ``job_id``, is left as the job wrote it. Without that, this read-modify-
+    write could drop the job's start record, which the job's other ranks wait for.
+    """
+    lock = None
+    if not lock_held:
+        try:
+            lock = RunLock(run_dir, LAUNCHING).acquire()
+        except RunBusy:
+            return  # the job's start holds the run: what it records is newer than this
+    try:
+        state = read_state(run_dir)
+        if any(s.get("job_id") == job_id for s in state.get("starts", [])):
+            return  # the job started (and maybe ended) already
+        state.update(status="submitted", job_id=job_id, reason="")
+        planned = getattr(getattr(cfg, "settings", None), "planned_steps", None)
+        if callable(planned):
+            try:  # a task's own code, after the job went in: never a reason to lose the record of it
+                state["planned_steps"] = int(planned())
+            except Exception:  # noqa: BLE001
+                pass
+        write_state(run_dir, state, durable=durable)
+    finally:
+        if lock is not None:
+            lock.release()

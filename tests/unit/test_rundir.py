@@ -196,3 +196,29 @@ def test_atomic_writes_leave_the_old_content_or_the_new_and_no_temporary_files(t
     atomic_write(target, '{"a": 2}')
     assert read_json(target) == {"a": 2} and read_json(tmp_path / "missing", {}) == {}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_recording_a_submission_never_overwrites_what_the_started_job_wrote(tmp_path):
+    # An array's first tasks can start while the submitting side still records the others: a read-modify-write of
+    # state.json then would drop the job's start record (the job's other ranks wait for it).
+    from hpcrun.rundir.create import record_submission
+    from hpcrun.rundir.lock import START
+    from hpcrun.rundir.state import read_state, write_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    started = {"status": "running", "job_id": "5_0", "starts": [{"n": 1, "job_id": "5_0", "restart": 0}]}
+    write_state(run, started)
+    with RunLock(run, START, job_id="5_0"):  # the job's start holds the run
+        record_submission(run, "5_0")
+    assert read_state(run) == started
+    write_state(run, {**started, "status": "completed"})  # it started and ended before the record came
+    record_submission(run, "5_0")
+    assert read_state(run)["status"] == "completed"
+
+    fresh = tmp_path / "fresh"  # the usual order: recorded before the job starts
+    fresh.mkdir()
+    record_submission(fresh, "5_1")
+    assert (read_state(fresh)["status"], read_state(fresh)["job_id"]) == ("submitted", "5_1")
+    with RunLock(fresh, START, job_id="5_1"):  # and the lock was released: the job can take it
+        pass

@@ -290,9 +290,11 @@ class JobEntry:
         release = flags.uninstall if ctx.on_slurm else (lambda: None)
         try:
             faults.maybe_transient_error()
-            if faults.setup_pause():
-                log.info("%s=setup_pause: %.0f s before the task starts", faults.ENV, faults.setup_pause())
-                time.sleep(faults.setup_pause())
+            if faults.setup_pause():  # ended early by a stop signal: a test's signal lands in it, however late
+                log.info("%s=setup_pause: %g s before the task starts", faults.ENV, faults.setup_pause())
+                resume_at = time.monotonic() + faults.setup_pause()
+                while time.monotonic() < resume_at and flags.pending() is None:
+                    time.sleep(0.05)
             task = import_target(cfg.task._target_)
             ledger.phase("setup")  # config, lock, state, checkpoints, signals, the task's module
             result = task(cfg, ctx)
@@ -408,11 +410,10 @@ class JobEntry:
         # later). A preempted job reads RUNNING here, one at its time limit TIMEOUT: those requeue.
         from hpcrun.job.requeue import requeue_job
         from hpcrun.slurm.client import client_here
-        from hpcrun.slurm.jobs import job_states
+        from hpcrun.slurm.jobs import cancelled
 
         # (Without a Slurm client here, the batch script checks for a cancel on the host before it requeues.)
-        if stop.signal == "SIGTERM" and client_here() and \
-                job_states([ctx.job_id or ""]).get(ctx.job_id or "") == "CANCELLED":
+        if stop.signal == "SIGTERM" and client_here() and cancelled(ctx.job_id or ""):
             state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step, cancelled=True)
             log.info("job cancelled: saved step %d, not requeueing", stop.step)
             return f"cancelled at step {stop.step}"

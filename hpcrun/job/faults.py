@@ -6,7 +6,7 @@ A comma-separated list read by the job at start (sbatch passes the environment o
   in the middle of a save on purpose;
 * ``transient_error``: raise a ConnectionError before training, as a flaky network or filesystem would;
 * ``setup_pause=SECONDS``: sleep once the stop signals are handled and before the task starts, to signal a job
-  while it starts, on purpose.
+  while it starts, on purpose (a stop signal ends the pause).
 
 Unset, nothing changes.
 """

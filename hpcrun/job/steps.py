@@ -214,5 +214,5 @@ def _pause_before_commit(step: int) -> None:
     """HPCRUN_FAULTS' pause (tests: a kill while a save is written leaves the previous checkpoint the newest)."""
     pause = save_pause()
     if pause:
-        log.warning("HPCRUN_FAULTS: pausing %.0f s before completing step-%d", pause, step)
+        log.warning("HPCRUN_FAULTS: pausing %g s before completing step-%d", pause, step)
         time.sleep(pause)

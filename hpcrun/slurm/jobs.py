@@ -97,6 +97,38 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     return {j: states[j] for j in ids if j in states}
 
 
+def cancelled(job_id: str, wait: float = 10.0, poll: float = 1.0) -> bool:
+    """Whether this running job, which just got a SIGTERM, was cancelled (then it must not requeue itself).
+
+    The controller still says RUNNING while a preemption's or a time limit's warning is acted on, and COMPLETING at
+    once for a cancel (also for a hard time limit or a node failure). Checked on the dev cluster: during a cancel's
+    KillWait, ``squeue -o %T`` and ``scontrol show job`` both say COMPLETING, ``squeue -t CANCELLED`` lists nothing,
+    and ``scontrol requeue`` of the job succeeds (the cancel would be undone). Why a job is ending is accounting's
+    word (sacct: CANCELLED, TIMEOUT, ...), which slurmdbd writes apart from the controller, at times late: for a
+    job the controller is ending, sacct is asked again for up to ``wait`` seconds. With no answer by then the job
+    counts as cancelled: a run left stopped (``hpcrun resume`` continues it) costs less than a cancel undone.
+    """
+    try:
+        controller = run_slurm(["squeue", "-h", "-j", job_id, "-o", "%T"], attempts=2).strip()
+    except SubmissionError:
+        controller = ""
+    if controller == "RUNNING":
+        return False
+    deadline = time.monotonic() + (wait if controller else 0.0)  # no controller: accounting's first word
+    while True:
+        try:
+            rows = [ln.split() for ln in run_slurm(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id],
+                                                   attempts=1).splitlines() if ln.strip()]
+        except SubmissionError:
+            rows = []
+        why = rows[-1][0].rstrip("+") if rows else ""  # the newest run's; "CANCELLED by 1000"
+        if why and why not in ("RUNNING", "PENDING", "REQUEUED", "SUSPENDED"):
+            return why == "CANCELLED"
+        if time.monotonic() >= deadline:
+            return bool(controller)  # ending, and accounting silent: taken for a cancel
+        time.sleep(poll)
+
+
 def chunks(items: List, size: int) -> List[List]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 

@@ -57,7 +57,9 @@ def setup_lines() -> List[str]:
 
 def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr: str = "") -> List[str]:
     """Batch-script lines after srun, on the host: the requeue the job asked for and could not do itself (no Slurm
-    client in its container; hpcrun.job.requeue), unless Slurm says the job was cancelled. The run directory is
+    client in its container; hpcrun.job.requeue), while the controller says RUNNING: a cancelled job reads
+    COMPLETING at once (never CANCELLED while it ends; checked on the dev cluster), and ``scontrol requeue`` would
+    bring it back; a preempted one stays RUNNING through its grace time. The run directory is
     ``run_dir``, or by task id one of an array's ``run_dirs``, or the shell's ``run_dir_expr`` (``"$RUN_DIR"``)."""
     if run_dir_expr:
         where = [f'hpcrun_request={run_dir_expr}/requeue-request']
@@ -70,7 +72,7 @@ def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr
             "# the job's exit status stays srun's (a failed run must stay FAILED in Slurm's accounting)",
             "hpcrun_status=$?", _JOB_ID, *where,
             'if [ "$(cat "$hpcrun_request" 2>/dev/null)" = "$hpcrun_job" ] && '
-            '[ "$(squeue -h -j "$hpcrun_job" -o %T 2>/dev/null)" != CANCELLED ]; then',
+            '[ "$(squeue -h -j "$hpcrun_job" -o %T 2>/dev/null)" = RUNNING ]; then',
             '  scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"',
             "fi",
             'exit "$hpcrun_status"']

@@ -84,9 +84,10 @@ def test_a_trainer_script_whose_terminal_closes_saves_and_stops(tmp_path, own_wo
 
 def test_a_ctrl_c_while_the_job_starts_reaches_the_command_once_it_runs(tmp_path):
     # The stop signal comes before the command exists (here: in a pause the job takes while it starts). Before, the
-    # command never got it: it ran to its end (a minute here; on Slurm, until the grace time's SIGKILL).
+    # command never got it: it ran to its end (a minute here; on Slurm, until the grace time's SIGKILL). The pause
+    # ends at the signal, however late the test sends it.
     slow = [sys.executable, "-c", "import time\nfor _ in range(600): time.sleep(0.1)"]
-    proc = _start(tmp_path, ["run", "cluster=local", "--", *slow], env={"HPCRUN_FAULTS": "setup_pause=3"})
+    proc = _start(tmp_path, ["run", "cluster=local", "--", *slow], env={"HPCRUN_FAULTS": "setup_pause=120"})
     run_dir = _run_dir(tmp_path, "python")
     wait_until(lambda: "setup_pause" in ((run_dir / "logs" / "start-1.log").read_text()
                                          if (run_dir / "logs" / "start-1.log").exists() else ""), 60, "the pause")

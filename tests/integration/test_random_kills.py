@@ -5,6 +5,8 @@ The instants are random (seeded, so a failure can be replayed with the printed s
 * "training": a random 0-2.5 s after the start logged its first step (a kill between saves, or in one);
 * "save": a random 0-40 ms after the start's k-th save began writing (k = 1 or 2), i.e. while files are half
   written; whether the kill landed inside the save is read back from what the next start found, not assumed.
+  Each save pauses 50 ms before its completion marker (HPCRUN_FAULTS): where the disk writes the files in less
+  than 40 ms (a fast SSD, tmpfs), a kill is still inside the save, never just after it.
 """
 
 import json
@@ -30,6 +32,7 @@ SEED = int(os.environ.get("HPCRUN_KILL_SEED", "20261125"))
 # kill on average here (26 steps after 19 kills in one CI run, where 30 steps ran out before the 22nd kill). 90 steps
 # leave room for a machine three times as fast.
 STEPS = 90
+SAVE_PAUSE = 0.05  # s, > the 40 ms a save's kill may wait
 RUN = [*TINY, f"train.max_steps={STEPS}", "train.batch_size=16", "cluster=local"]
 
 
@@ -98,7 +101,8 @@ def test_22_kill_9_at_random_instants_resume_from_complete_checkpoints_and_end_b
         kind = "save" if i % 2 else "training"
         before = len(logged_steps(run_dir))
         proc = subprocess.Popen([sys.executable, "-m", "hpcrun", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=(tmp_path / f"start-{i}.err").open("w"), env=os.environ.copy())
+                                stderr=(tmp_path / f"start-{i}.err").open("w"),
+                                env={**os.environ, "HPCRUN_FAULTS": f"save_pause={SAVE_PAUSE}"})
         if not _wait_for_start(run_dir, proc, i + 1):
             break  # it finished on its own
         if kind == "save":

@@ -1,5 +1,5 @@
 """Slurm's own daemons failing under hpcrun, on the real dev cluster: slurmctld down during submit and status,
-slurmdbd down during status, a sweep cut off half-way through its arrays.
+slurmdbd down during status and during a cancel, a sweep cut off half-way through its arrays.
 
 Each test kills a daemon and starts it again (tests/slurm.py::daemon_stopped), whatever happens in between.
 """
@@ -14,8 +14,8 @@ import time
 import pytest
 
 from tests.slurm import (calls, counting_shims, daemon_stopped, job_id_from, release_when_requeued, restart_cluster,
-                         sacct_runs, sacct_state, wait_for_run_end)
-from tests.training import TINY, assert_same_weights, state, wait_until
+                         sacct_runs, sacct_state, squeue_state, wait_for_run_end)
+from tests.training import TINY, assert_same_weights, state, wait_for_step, wait_until
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")
 
@@ -110,6 +110,25 @@ def test_slurmdbd_down_status_answers_from_squeue_and_the_runs_own_files(hpcrun,
             assert out.returncode == 0 and "PENDING" in out.stdout
     finally:
         subprocess.run(["scancel", job])
+
+
+def test_scancel_while_slurmdbd_is_down_still_stays_cancelled(hpcrun, tmp_path):
+    # Why a job is ending is accounting's word; the controller says COMPLETING for a cancelled job, and `scontrol
+    # requeue` of it succeeds. Before, a SIGTERM that found accounting silent was taken for a preemption: the job
+    # requeued itself and the cancel was undone.
+    out = hpcrun(*TINY, "cluster=slurm", "run.dir=run")
+    assert out.returncode == 0, out.stderr
+    job = job_id_from(out.stdout)
+    run_dir = tmp_path / "run"
+    wait_for_step(run_dir, 3)
+    with daemon_stopped("slurmdbd"):
+        subprocess.run(["scancel", job], check=True)
+        wait_until(lambda: state(run_dir)["status"] != "running", 90, "the run's end")
+        st = state(run_dir)
+        assert st["status"] == "stopped" and "cancelled" in st["reason"], st
+        wait_until(lambda: squeue_state(job) == "", 60, "the job to leave the queue")  # requeued, it would pend
+    assert wait_for_run_end(job, 1) == "CANCELLED" and len(sacct_runs(job)) == 1
+    assert (run_dir / "checkpoints" / f"step-{st['starts'][0]['step']}" / "hpcrun-complete.json").exists()
 
 
 def test_a_sweep_cut_off_by_a_controller_crash_says_which_points_went_in_and_the_same_command_finishes_it(

@@ -48,6 +48,8 @@ def test_a_four_point_sweep_is_one_throttled_array_and_rerunning_it_submits_noth
         running_max = max(running_max, states.count("RUNNING"))
         time.sleep(1)
     assert running_max == 1  # two tasks would fit the node's CPUs; the throttle lets one run
+    for i in range(4):  # accounting (sacct, what status reads) is written apart from the queue: wait for it too
+        wait_for_end(f"{array}_{i}")
 
     # Each point has its own readable run directory named by its overrides.
     record = json.loads((sweep / "sweep.json").read_text())

@@ -37,7 +37,8 @@ def test_an_array_task_requeues_its_own_run_when_it_asked(tmp_path):
 @pytest.mark.parametrize("request_text, squeue_says", [
     (None, "RUNNING"),  # the job did not ask (it finished, or requeued itself)
     ("7", "RUNNING"),  # an earlier job's request
-    ("9", "CANCELLED"),  # scancel: a cancelled job stays cancelled
+    ("9", "COMPLETING"),  # scancel: the controller says COMPLETING at once (never CANCELLED while it ends)
+    ("9", ""),  # the controller does not answer: no requeue on a guess
 ])
 def test_no_requeue_unless_this_job_asked_and_was_not_cancelled(tmp_path, request_text, squeue_says):
     run = tmp_path / "run"

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from hpcrun.rundir.ledger import Ledger
 from hpcrun.rundir.state import RunState
 from hpcrun.slurm.jobs import job_states
@@ -182,3 +184,39 @@ def test_cancel_of_a_run_that_ended_has_nothing_to_do(tmp_path, capsys):
     run_dir = _run(tmp_path, "stopped", job=None)
     assert cancel(str(run_dir)) == 0
     assert "nothing to cancel" in capsys.readouterr().err
+
+
+def _answers(tmp_path, name, *outputs):
+    """A stand-in for a Slurm command that prints its answers in turn (the last one again once they run out)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for i, text in enumerate(outputs):
+        (tmp_path / f"{name}.{i}").write_text(text)
+    (bin_dir / name).write_text(
+        f'#!/bin/sh\nn=$(cat {tmp_path}/{name}.calls 2>/dev/null | wc -l)\necho "$*" >> {tmp_path}/{name}.calls\n'
+        f'[ "$n" -ge {len(outputs)} ] && n={len(outputs) - 1}\ncat {tmp_path}/{name}.$n\n')
+    (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+@pytest.mark.parametrize("controller, accounting, expected, sacct_calls", [
+    (["RUNNING\n"], ["RUNNING\n"], False, 0),  # a preemption's grace time, the time limit's warning: requeue
+    (["COMPLETING\n"], ["CANCELLED by 0\n"], True, 1),  # scancel (what the dev cluster says during KillWait)
+    (["COMPLETING\n"], ["RUNNING\n", "RUNNING\n", "CANCELLED by 0\n"], True, 3),  # accounting a little late
+    (["COMPLETING\n"], ["RUNNING\n", "TIMEOUT\n"], False, 2),  # the hard time limit: requeue
+    (["COMPLETING\n"], ["RUNNING\n"], True, None),  # accounting silent past the wait: no requeue on a guess
+    (["REQUEUED\n", "REQUEUED\n"], ["REQUEUED\n\nREQUEUED\n", "NODE_FAIL\n"], False, 2),
+])
+def test_a_sigterm_is_a_cancel_only_when_slurm_is_ending_the_job_and_accounting_does_not_say_otherwise(
+        tmp_path, monkeypatch, controller, accounting, expected, sacct_calls):
+    from hpcrun.slurm.jobs import cancelled
+
+    path = _answers(tmp_path, "squeue", *controller)
+    _answers(tmp_path, "sacct", *accounting)
+    monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
+    assert cancelled("9", wait=0.5, poll=0.05) is expected
+    calls = (tmp_path / "sacct.calls").read_text().splitlines() if (tmp_path / "sacct.calls").exists() else []
+    if sacct_calls is not None:
+        assert len(calls) == sacct_calls
+    else:
+        assert len(calls) >= 2  # asked again until the wait ran out

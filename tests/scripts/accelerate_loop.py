@@ -5,6 +5,7 @@ trained on (``seen/rank-R.jsonl``), like ddp_loop.py.
     accelerate launch --cpu --num_processes 2 accelerate_loop.py OUT_DIR STEPS
 """
 
+import gc
 import json
 import os
 import sys
@@ -56,6 +57,9 @@ def main() -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         torch.save(accelerator.unwrap_model(model).state_dict(), out / "final.pt")
+    del model, opt  # DDP let go of before the process group ends (as in ddp_loop.py: gloo can abort at exit)
+    accelerator.free_memory()
+    gc.collect()
     accelerator.end_training()
 
 

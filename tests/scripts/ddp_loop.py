@@ -5,6 +5,7 @@ append-only across restarts) so a test can check that each was trained on exactl
     python ddp_loop.py OUT_DIR STEPS
 """
 
+import gc
 import json
 import os
 import sys
@@ -57,6 +58,12 @@ def main() -> None:
             script.stop_and_requeue(step + 1)
     if rank == 0:
         torch.save(model.module.state_dict(), out / "final.pt")
+    # DDP let go of before the process group: with torch 2.13's gloo, a DDP model still alive at
+    # destroy_process_group (or at exit) makes a process abort now and then as it exits ("terminate called without
+    # an active exception", SIGABRT after the last step: 2 of 20 two-process runs, 10 of 30 without the destroy,
+    # 0 of 40 like this; plain torchrun, no hpcrun). See docs/own-script.md.
+    del model, opt
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -90,20 +90,22 @@ class SlurmLauncher:
         executor = make_executor(cfg)  # a refused one: claimed() removes what the launch created
         job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
         job_id = str(job.job_id)
-        record_submission(prepared.run_dir, job_id, cfg, lock_held=True)  # claimed() holds it
+        record_submission(prepared.run_dir, job_id, cfg, take_lock=False)  # claimed() holds it
         return job_id
 
-    def launch_array(self, cfgs: Sequence[Any], folder: Path, what: str = "sbatch") -> List[str]:
-        """ONE sbatch call for a job array of runs whose sbatch options are the same; returns the task ids."""
+    def launch_array(self, cfgs: Sequence[Any], folder: Path, what: str = "sbatch", held: bool = False) -> List[str]:
+        """ONE sbatch call for a job array of runs whose sbatch options are the same; returns the task ids.
+        ``held``: submitted with ``--hold`` (no task starts until ``scontrol release``)."""
         from hpcrun.job.entry import JobEntry
         from hpcrun.slurm.client import submit_with_retries
-        from hpcrun.slurm.sbatch import make_executor
-
-        from hpcrun.slurm.sbatch import teardown_lines
+        from hpcrun.slurm.sbatch import executor_parameters, make_executor, teardown_lines
 
         executor = make_executor(cfgs[0], folder=folder)
         executor.update_parameters(array_parallelism=cfgs[0].cluster.array_throttle or len(cfgs),
                                    teardown=teardown_lines("", [c.run.dir for c in cfgs]))
+        if held:
+            extra = dict(executor_parameters(cfgs[0])["additional_parameters"], hold=True)
+            executor.update_parameters(additional_parameters=extra)
 
         def submit_array() -> List[Any]:
             with executor.batch():

@@ -145,9 +145,14 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
                 _each(lambda p: write_prepared(p.cfg, p.prepared, durable=False, index=False), chunk)
                 remember(*(p.cfg.run.dir for p in chunk))
                 _durable(chunk)  # before sbatch: every task finds its config
+                # Held until every point's job is recorded: a task that started before its point's record would
+                # have that record written over its own start (which its other ranks wait for). One release call
+                # rather than a lock per point (measured: +0.4 s on a 1000-point sweep). A hold the user asked
+                # for (cluster.sbatch_extra.hold) is theirs to release.
+                hold = not _user_hold(chunk[0].cfg)
                 try:
                     job_ids = launcher.launch_array([p.cfg for p in chunk], sweep.sweep_dir / RunDir.SLURM,
-                                                    what=f"sbatch of an array of {_points(len(chunk))}")
+                                                    what=f"sbatch of an array of {_points(len(chunk))}", held=hold)
                 except SubmissionError as exc:
                     if not isinstance(exc, SubmissionUncertain):
                         for p in reversed(chunk):  # the last made first: its parents may be an earlier one's
@@ -161,12 +166,34 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
                 array_id = job_ids[0].split("_")[0]
                 for p, job_id in zip(chunk, job_ids):
                     p.job_id = job_id
-                _each(lambda p: record_submission(Path(p.cfg.run.dir), p.job_id, p.cfg, durable=False), chunk)
-                _durable(chunk)
-                sweep.arrays.append({"job_id": array_id, "submitted_at": time.time(),
-                                     "tasks": [p.cfg.run.dir for p in chunk]})
+                try:
+                    _each(lambda p: record_submission(Path(p.cfg.run.dir), p.job_id, p.cfg, durable=False,
+                                                      take_lock=not hold), chunk)
+                    _durable(chunk)
+                    sweep.arrays.append({"job_id": array_id, "submitted_at": time.time(),
+                                         "tasks": [p.cfg.run.dir for p in chunk]})
+                finally:  # (also after an error or a Ctrl-C while recording: never an array left held)
+                    if hold:
+                        _release(array_id, sweep, record)
     _write_record(sweep.sweep_dir, record, sweep.arrays)
     return sweep
+
+
+def _user_hold(cfg: Any) -> bool:
+    return cfg.cluster.sbatch_extra.get("hold") in (True, "true", "yes", "1", 1)
+
+
+def _release(array_id: str, sweep: Sweep, record: Dict[str, Any]) -> None:
+    """Releases an array submitted held (its points are recorded); a release Slurm refused is said in one line."""
+    from hpcrun.slurm.jobs import release
+
+    try:
+        release(array_id)
+    except SubmissionError as exc:
+        _write_record(sweep.sweep_dir, record, sweep.arrays)
+        raise SubmissionError(f"array {array_id} went in held (until its points were recorded), and `scontrol "
+                              f"release {array_id}` failed: {exc}; run that command to start it; "
+                              f"{_submitted_so_far(sweep)}") from None
 
 
 def _make_run_dirs(chunk: List[Point]) -> None:

@@ -200,19 +200,19 @@ def write_run_dir(cfg: Any, run_dir: Path, durable: bool = True) -> None:
 
 
 def record_submission(run_dir: Path, job_id: str, cfg: Any = None, durable: bool = True,
-                      lock_held: bool = False) -> None:
+                      take_lock: bool = True) -> None:
     """Notes the submitted job in the run's state (the job overwrites it with "running" when it starts), and the
     steps the run plans when the task's settings can tell before it starts (a settings class with
     ``planned_steps()``), so ``hpcrun status`` shows ``0/N`` for a run still in the queue (the task's own word, in
     the ledger, wins once it has started).
 
-    The job may already have started when this runs (an array's first tasks start while the submitting side is
-    still recording the others): under the run's lock (taken here unless ``lock_held``), a run whose job holds
-    the lock, or has recorded a start of ``job_id``, is left as the job wrote it. Without that, this read-modify-
-    write could drop the job's start record, which the job's other ranks wait for.
+    The job may already have started when this runs: under the run's lock (``take_lock``; a caller that holds it,
+    or whose job cannot start yet, passes False), a run whose job holds the lock, or has recorded a start of
+    ``job_id``, is left as the job wrote it. Without that, this read-modify-write could drop the job's start record,
+    which the job's other ranks wait for.
     """
     lock = None
-    if not lock_held:
+    if take_lock:
         try:
             lock = RunLock(run_dir, LAUNCHING).acquire()
         except RunBusy:

@@ -145,6 +145,11 @@ def requeue(job_id: str) -> bool:
         return False
 
 
+def release(job_id: str) -> None:
+    """``scontrol release JOB`` (a job, or a whole array, submitted with ``--hold``) under the retry policy."""
+    run_slurm(["scontrol", "release", job_id])
+
+
 def cancel(job_ids: List[str]) -> None:
     """``scancel`` of every job in one call (running ones get SIGTERM and save first)."""
     run_slurm(["scancel", *job_ids])

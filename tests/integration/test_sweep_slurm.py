@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -30,12 +31,26 @@ def _array_ids(stdout: str) -> list:
 
 def test_a_four_point_sweep_is_one_throttled_array_and_rerunning_it_submits_nothing(hpcrun, tmp_path, slurm_cluster):
     env = counting_shims(tmp_path, "sbatch", "sacct")
+    # What the queue and the points' states are when hpcrun releases the array: it goes in held, so that no task
+    # starts before its point's job is recorded (a record written over a started task's own would drop its start).
+    scontrol = shutil.which("scontrol")
+    (tmp_path / "shims" / "scontrol").write_text(f"""#!/bin/sh
+if [ "$1" = release ]; then
+  squeue -h -r -j "$2" -o %T,%r >> "{tmp_path}/queue-at-release"
+  find "{tmp_path}" -name state.json -exec grep -ho '"status": *"[a-z]*"' {{}} + >> "{tmp_path}/states-at-release"
+fi
+exec "{scontrol}" "$@"
+""")
+    (tmp_path / "shims" / "scontrol").chmod(0o755)
     args = ["-m", *CHEAP, "train.lr=1e-4,1e-3", "train.seed=0,1", "cluster.array_throttle=1"]
     out = hpcrun(*args, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(calls(tmp_path, "sbatch")) == 1  # one sbatch call for the four points
     (array,) = _array_ids(out.stdout)
     sweep = _sweep_dir(out.stdout)
+    assert (tmp_path / "queue-at-release").read_text().split() == ["PENDING,JobHeldUser"] * 4
+    assert [ln.split(":")[-1].strip() for ln in (tmp_path / "states-at-release").read_text().splitlines()] \
+        == ['"submitted"'] * 4
 
     show = subprocess.run(["scontrol", "show", "job", array], capture_output=True, text=True).stdout
     assert "ArrayTaskThrottle=1" in show

@@ -88,7 +88,7 @@ def test_a_run_still_in_the_queue_shows_the_steps_its_settings_plan(tmp_path, mo
     cfg = compose(["+experiment=tiny_llama", "train.max_steps=70", f"run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     with claimed(cfg) as prepared:  # as the Slurm launcher does: write, sbatch, record the job
         assert prepared.kind == "new"
-        record_submission(prepared.run_dir, "77", cfg, lock_held=True)
+        record_submission(prepared.run_dir, "77", cfg, take_lock=False)
     row = run_status(tmp_path / "run", {"77": "PENDING"})
     assert (row.state, row.step, row.max_steps) == ("PENDING", 0, 70)
 

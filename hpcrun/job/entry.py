@@ -413,7 +413,7 @@ class JobEntry:
         from hpcrun.slurm.jobs import cancelled
 
         # (Without a Slurm client here, the batch script checks for a cancel on the host before it requeues.)
-        if stop.signal == "SIGTERM" and client_here() and cancelled(ctx.job_id or ""):
+        if stop.signal == "SIGTERM" and client_here() and cancelled(ctx.job_id or "", ctx.restart):
             state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step, cancelled=True)
             log.info("job cancelled: saved step %d, not requeueing", stop.step)
             return f"cancelled at step {stop.step}"

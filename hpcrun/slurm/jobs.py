@@ -97,28 +97,36 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
     return {j: states[j] for j in ids if j in states}
 
 
-def cancelled(job_id: str, wait: float = 10.0, poll: float = 1.0) -> bool:
+def cancelled(job_id: str, restart: int = 0, wait: float = 10.0, poll: float = 1.0) -> bool:
     """Whether this running job, which just got a SIGTERM, was cancelled (then it must not requeue itself).
 
     The controller still says RUNNING while a preemption's or a time limit's warning is acted on, and COMPLETING at
-    once for a cancel (also for a hard time limit or a node failure). Checked on the dev cluster: during a cancel's
-    KillWait, ``squeue -o %T`` and ``scontrol show job`` both say COMPLETING, ``squeue -t CANCELLED`` lists nothing,
-    and ``scontrol requeue`` of the job succeeds (the cancel would be undone). Why a job is ending is accounting's
-    word (sacct: CANCELLED, TIMEOUT, ...), which slurmdbd writes apart from the controller, at times late: for a
-    job the controller is ending, sacct is asked again for up to ``wait`` seconds. With no answer by then the job
-    counts as cancelled: a run left stopped (``hpcrun resume`` continues it) costs less than a cancel undone.
+    once for a cancel (also for a hard time limit, a node failure, or a requeue by Slurm itself). Checked on the dev
+    cluster: during a cancel's KillWait, ``squeue -o %T`` and ``scontrol show job`` both say COMPLETING, ``squeue -t
+    CANCELLED`` lists nothing, and ``scontrol requeue`` of the job succeeds (the cancel would be undone). A requeue
+    by Slurm (an admin's ``scontrol requeue``, a preemption without grace time) raises the controller's restart
+    count at once, past this start's ``restart`` (``SLURM_RESTART_COUNT``; checked: COMPLETING with RestartCnt 1,
+    sacct REQUEUED): no cancel, and no need to ask accounting. Otherwise why a job is ending is accounting's word
+    (sacct: CANCELLED, TIMEOUT, ...), which slurmdbd writes apart from the controller, at times late: for a job the
+    controller is ending, sacct is asked again for up to ``wait`` seconds. With no answer by then the job counts as
+    cancelled: a run left stopped (``hpcrun resume`` continues it) costs less than a cancel undone. Each query may
+    take 5 s at most: all of this runs inside Slurm's KillWait, after which the job is killed.
     """
     try:
-        controller = run_slurm(["squeue", "-h", "-j", job_id, "-o", "%T"], attempts=2).strip()
+        fields = run_slurm(["squeue", "-h", "-j", job_id, "-O", "State,RestartCnt"], attempts=2, first_delay=0.5,
+                           timeout=5).split()
     except SubmissionError:
-        controller = ""
+        fields = []
+    controller = fields[0] if fields else ""
     if controller == "RUNNING":
         return False
+    if len(fields) > 1 and fields[1].isdigit() and int(fields[1]) > restart:
+        return False  # Slurm requeued the job itself
     deadline = time.monotonic() + (wait if controller else 0.0)  # no controller: accounting's first word
     while True:
         try:
             rows = [ln.split() for ln in run_slurm(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id],
-                                                   attempts=1).splitlines() if ln.strip()]
+                                                   attempts=1, timeout=5).splitlines() if ln.strip()]
         except SubmissionError:
             rows = []
         why = rows[-1][0].rstrip("+") if rows else ""  # the newest run's; "CANCELLED by 1000"

@@ -61,6 +61,8 @@ def test_scontrol_requeue_like_an_admin_preemption_resumes_and_finishes(hpcrun, 
     assert wait_for_end(job) == "COMPLETED"
     runs = sacct_runs(job)
     assert runs[-1] == "COMPLETED" and "COMPLETED" not in runs[:-1]
+    # Its SIGTERM was Slurm's requeue (the controller's restart count), not a cancel: the start says so.
+    assert state(run_dir)["starts"][0]["end"].startswith("requeued: signal SIGTERM")
     assert_same_weights(run_dir / "final", reference_run / "final")
 
 

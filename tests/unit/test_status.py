@@ -220,3 +220,20 @@ def test_a_sigterm_is_a_cancel_only_when_slurm_is_ending_the_job_and_accounting_
         assert len(calls) == sacct_calls
     else:
         assert len(calls) >= 2  # asked again until the wait ran out
+
+
+@pytest.mark.parametrize("restart, expected, sacct_calls", [
+    (0, False, 0),  # the controller counted a restart this start has not had: Slurm requeued it, no cancel
+    (1, True, 1),  # this start is the first restart: the count is its own, so accounting decides
+])
+def test_a_job_that_slurm_requeued_itself_is_not_taken_for_a_cancel(tmp_path, monkeypatch, restart, expected,
+                                                                     sacct_calls):
+    from hpcrun.slurm.jobs import cancelled
+
+    # What squeue -O State,RestartCnt says during KillWait after `scontrol requeue` (dev cluster, Slurm 22.05).
+    path = _answers(tmp_path, "squeue", "COMPLETING          1                   \n")
+    _answers(tmp_path, "sacct", "CANCELLED by 0\n")
+    monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
+    assert cancelled("9", restart, wait=0.5, poll=0.05) is expected
+    calls = (tmp_path / "sacct.calls").read_text().splitlines() if (tmp_path / "sacct.calls").exists() else []
+    assert len(calls) == sacct_calls

@@ -180,7 +180,9 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
 
 
 def _user_hold(cfg: Any) -> bool:
-    return cfg.cluster.sbatch_extra.get("hold") in (True, "true", "yes", "1", 1)
+    from hpcrun.slurm.sbatch import sbatch_flag
+
+    return sbatch_flag(cfg.cluster, "hold")
 
 
 def _release(array_id: str, sweep: Sweep, record: Dict[str, Any]) -> None:

@@ -59,7 +59,8 @@ def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr
     """Batch-script lines after srun, on the host: the requeue the job asked for and could not do itself (no Slurm
     client in its container; hpcrun.job.requeue), while the controller says RUNNING: a cancelled job reads
     COMPLETING at once (never CANCELLED while it ends; checked on the dev cluster), and ``scontrol requeue`` would
-    bring it back; a preempted one stays RUNNING through its grace time. The run directory is
+    bring it back; a preempted one stays RUNNING through its grace time. A controller that answers nothing is asked
+    twice more, 2 s apart; still silent, no requeue on a guess. The run directory is
     ``run_dir``, or by task id one of an array's ``run_dirs``, or the shell's ``run_dir_expr`` (``"$RUN_DIR"``)."""
     if run_dir_expr:
         where = [f'hpcrun_request={run_dir_expr}/requeue-request']
@@ -71,9 +72,12 @@ def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr
     return ["# hpcrun: the requeue the job asked for, done here where the Slurm client is (see hpcrun.job.requeue);",
             "# the job's exit status stays srun's (a failed run must stay FAILED in Slurm's accounting)",
             "hpcrun_status=$?", _JOB_ID, *where,
-            'if [ "$(cat "$hpcrun_request" 2>/dev/null)" = "$hpcrun_job" ] && '
-            '[ "$(squeue -h -j "$hpcrun_job" -o %T 2>/dev/null)" = RUNNING ]; then',
-            '  scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"',
+            'if [ "$(cat "$hpcrun_request" 2>/dev/null)" = "$hpcrun_job" ]; then',
+            "  for hpcrun_try in 1 2 3; do  # a busy controller answers nothing at times: asked again, 2 s apart",
+            '    hpcrun_state="$(squeue -h -j "$hpcrun_job" -o %T 2>/dev/null || true)"',
+            '    [ -n "$hpcrun_state" ] || [ "$hpcrun_try" = 3 ] && break; sleep 2',
+            "  done",
+            '  [ "$hpcrun_state" = RUNNING ] && scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"',
             "fi",
             'exit "$hpcrun_status"']
 
@@ -110,10 +114,15 @@ def _option_of(key: str) -> str:
     return next((o for o, k in SBATCH_KEYS.items() if k == key), key.rpartition(".")[2].replace("_", "-"))
 
 
+def sbatch_flag(cluster: Any, name: str) -> bool:
+    """Whether ``cluster.sbatch_extra.<name>`` turns an sbatch flag on (``hold=true``, ``overcommit=1``, ...)."""
+    return cluster.sbatch_extra.get(name) in (True, "true", "yes", "1", 1)
+
+
 def overcommits(cluster: Any) -> bool:
     """``cluster.sbatch_extra.overcommit=true`` on one node: its processes share ``cluster.cpus_per_task`` CPUs,
     asked for as ``--ntasks`` (:func:`executor_parameters`). On several nodes each process keeps its own."""
-    return cluster.nodes == 1 and cluster.sbatch_extra.get("overcommit") in (True, "true", "yes", "1", 1)
+    return cluster.nodes == 1 and sbatch_flag(cluster, "overcommit")
 
 
 def executor_parameters(cfg: Any) -> Dict[str, Any]:

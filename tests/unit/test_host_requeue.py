@@ -9,9 +9,14 @@ from hpcrun.slurm.sbatch import teardown_lines
 
 
 def _run(tmp_path, lines, env, squeue_says="RUNNING"):
+    """``squeue_says``: its answer, or answers in turn split by '|' (the last one again once they run out)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho {squeue_says}\n")
+    answers = squeue_says.split("|")
+    (bin_dir / "squeue").write_text(
+        f'#!/bin/bash\nanswers=({" ".join(repr(a) for a in answers)})\necho x >> {tmp_path}/squeue.calls\n'
+        f'n=$(wc -l < {tmp_path}/squeue.calls)\n[ "$n" -gt {len(answers)} ] && n={len(answers)}\n'
+        'echo "${answers[$((n - 1))]}"\n')
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/scontrol.calls\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -38,7 +43,7 @@ def test_an_array_task_requeues_its_own_run_when_it_asked(tmp_path):
     (None, "RUNNING"),  # the job did not ask (it finished, or requeued itself)
     ("7", "RUNNING"),  # an earlier job's request
     ("9", "COMPLETING"),  # scancel: the controller says COMPLETING at once (never CANCELLED while it ends)
-    ("9", ""),  # the controller does not answer: no requeue on a guess
+    ("9", ""),  # the controller does not answer (asked three times): no requeue on a guess
 ])
 def test_no_requeue_unless_this_job_asked_and_was_not_cancelled(tmp_path, request_text, squeue_says):
     run = tmp_path / "run"
@@ -46,6 +51,16 @@ def test_no_requeue_unless_this_job_asked_and_was_not_cancelled(tmp_path, reques
     if request_text:
         (run / "requeue-request").write_text(request_text)
     assert _run(tmp_path, teardown_lines(str(run)), {"SLURM_JOB_ID": "9"}, squeue_says) == []
+    if squeue_says == "":
+        assert len((tmp_path / "squeue.calls").read_text().splitlines()) == 3
+
+
+def test_a_controller_that_answers_nothing_once_is_asked_again_before_the_requeue(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "requeue-request").write_text("9")
+    assert _run(tmp_path, teardown_lines(str(run)), {"SLURM_JOB_ID": "9"}, "|RUNNING") == ["requeue 9"]
+    assert not (run / "requeue-request").exists()
 
 
 def test_the_scripts_exit_status_stays_the_job_steps(tmp_path):

@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 from hpcrun.errors import ConfigError
 from hpcrun.resources import cache_dir
@@ -184,10 +184,11 @@ def shared_folder(key: str) -> Path:
     return cache_dir() / TOKENS_DIR / key[:32]
 
 
-def _place(src: Path, folder: Path, copy: bool) -> None:
-    """Puts the stream in ``src`` at ``folder`` whole, replacing what ``folder`` held: hard links (with ``copy``,
-    a copy where a link fails: another file system) in a folder made beside it, then one rename. Raises OSError
-    (EXDEV: another file system, without ``copy``)."""
+def _place(src: Path, folder: Path, copy: bool, keep: Callable[[], bool] = lambda: False) -> None:
+    """Puts the stream in ``src`` at ``folder`` whole: hard links (with ``copy``, a copy where a link fails: another
+    file system) in a folder made beside it, then one rename. What ``folder`` already holds is replaced, unless
+    ``keep()`` says it is good (another process put a whole stream there meanwhile). Raises OSError (EXDEV: another
+    file system, without ``copy``)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -198,8 +199,13 @@ def _place(src: Path, folder: Path, copy: bool) -> None:
                 if not copy:
                     raise
                 shutil.copyfile(src / name, staging / name)
-        shutil.rmtree(folder, ignore_errors=True)
-        publish_folder(staging, folder)
+        try:
+            publish_folder(staging, folder)
+        except OSError:
+            if folder.exists() and keep():
+                return
+            shutil.rmtree(folder, ignore_errors=True)
+            publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -253,7 +259,7 @@ def share_stream(folder: Path, key: str) -> None:
     if open_stream(shared, key) is not None:
         return
     try:
-        _place(folder, shared, copy=False)
+        _place(folder, shared, copy=False, keep=lambda: open_stream(shared, key) is not None)
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             log.info("token stream not shared: hpcrun's cache (%s) is on another file system than the run "

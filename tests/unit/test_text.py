@@ -195,6 +195,30 @@ def test_a_token_stream_is_shared_through_the_cache_and_each_run_keeps_its_own(t
     assert open_stream(shared_folder(new_key), new_key) is not None
 
 
+def test_a_stream_another_run_shared_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+    import shutil
+
+    from hpcrun.tasks import tokens
+
+    corpus, tok = _corpus_and_tokenizer(tmp_path)
+    key = stream_key(resolve(str(corpus)), "text", tok)
+    corpus_blocks(_data(corpus), tok, tmp_path / "a" / "tokens")  # run a tokenized and shared first
+    shutil.copytree(tmp_path / "a" / "tokens", tmp_path / "b" / "tokens")  # run b tokenized at the same time
+    entry = shared_folder(key) / "ids.u32"
+    before = entry.stat().st_ino
+    looked = []
+
+    def empty_when_b_looked(folder, k):  # b found the cache empty, as it was when it started
+        looked.append(folder)
+        return None if len(looked) == 1 else open_stream(folder, k)
+
+    monkeypatch.setattr(tokens, "open_stream", empty_when_b_looked)
+    tokens.share_stream(tmp_path / "b" / "tokens", key)
+    assert len(looked) == 2  # its publish found a's entry, which is whole: kept
+    assert entry.stat().st_ino == before == (tmp_path / "a" / "tokens" / "ids.u32").stat().st_ino
+    assert not [p for p in shared_folder(key).parent.iterdir() if p.name.startswith(".")]
+
+
 def test_a_broken_cached_stream_is_made_again_and_replaced(tmp_path, caplog):
     caplog.set_level("INFO", logger="hpcrun")
     corpus, tok = _corpus_and_tokenizer(tmp_path)

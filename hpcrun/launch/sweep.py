@@ -162,7 +162,9 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
                         _write_record(sweep.sweep_dir, record, sweep.arrays)
                     else:  # nothing of this sweep went in: leave nothing behind
                         remove_new(sweep.sweep_dir, sweep_created)
-                    raise SubmissionError(f"{exc}; {_submitted_so_far(sweep)}") from None
+                    held = ("; an array of this that did go in waits held (JobHeldUser in `squeue --me`): scancel "
+                            "it, then run the same command" if hold and isinstance(exc, SubmissionUncertain) else "")
+                    raise SubmissionError(f"{exc}{held}; {_submitted_so_far(sweep)}") from None
                 array_id = job_ids[0].split("_")[0]
                 for p, job_id in zip(chunk, job_ids):
                     p.job_id = job_id

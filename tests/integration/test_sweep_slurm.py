@@ -1,6 +1,7 @@
 """Sweeps as job arrays, and status/cancel/wait, on the real dev Slurm cluster."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -124,6 +125,31 @@ def test_a_sweep_larger_than_max_array_size_becomes_several_arrays(hpcrun, tmp_p
     finally:
         conf.write_text(original)
         subprocess.run(["scontrol", "reconfigure"], check=True)
+
+
+def test_an_array_that_went_in_while_sbatch_timed_out_waits_held_and_the_error_says_what_to_do(
+        hpcrun, tmp_path, slurm_cluster):
+    # sbatch submits, then the answer is lost: what a busy controller's "Socket timed out" looks like to hpcrun.
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "sbatch").write_text(f"""#!/bin/sh
+"{shutil.which('sbatch')}" "$@" >> "{tmp_path}/submitted"
+echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+exit 1
+""")
+    (shims / "sbatch").chmod(0o755)
+    args = ["-m", *CHEAP, "train.seed=20,21"]
+    out = hpcrun(*args, env={"PATH": f"{shims}:{os.environ['PATH']}"})
+    assert out.returncode != 0
+    assert "may or may not have been submitted" in out.stderr and "waits held" in out.stderr, out.stderr
+    (array,) = re.findall(r"Submitted batch job (\d+)", (tmp_path / "submitted").read_text())
+    queue = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T,%r"], capture_output=True, text=True)
+    assert queue.stdout.split() == ["PENDING,JobHeldUser"] * 2  # no task starts without its point's record
+    subprocess.run(["scancel", array], check=True)  # what the message says, then the same command
+    again = hpcrun(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "submitted 2" in again.stdout
+    subprocess.run(["scancel", *_array_ids(again.stdout)])
 
 
 def test_cancel_stops_every_task_of_a_sweep(hpcrun, tmp_path, slurm_cluster):

@@ -85,7 +85,7 @@ def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = (), shape:
         from hpcrun.tasks.sft import sft_arguments
 
         kind, extra = sft_arguments(cfg)
-    return kind(
+    return one_gpu_per_process(kind(
         **extra,
         **fsdp_arguments(cfg, ctx),
         output_dir=str(RunDir(ctx.run_dir).task_file(TRAINER_DIR)),
@@ -113,7 +113,21 @@ def training_arguments(cfg: Config, ctx: JobContext, report_to: Any = (), shape:
         dataloader_num_workers=t.num_workers,
         # A progress bar on a terminal only: in a log file its redraws are carriage returns (log lines say it there)
         disable_tqdm=not (ctx.is_main and sys.stderr.isatty()),
-    )
+    ))
+
+
+def one_gpu_per_process(args: Any) -> Any:
+    """The Trainer's DataParallel off: a single process that sees several GPUs (a local run in an allocation of
+    several) trains on its first one, and says how to use them all. DataParallel splits each batch over the GPUs from
+    one process, slower than a process per GPU, and makes the global batch per-device batch x GPUs where the run's
+    shape (hpcrun.rundir.shape) counts processes: a resume on another number of GPUs would change the batch it
+    means to keep. In a distributed run ``n_gpu`` is 1 already."""
+    if args.n_gpu > 1:
+        log.warning("%d GPUs visible to this one process: it trains on the first only (not DataParallel, which splits "
+                    "each batch from one process); for a process per GPU, submit it with cluster.gpus_per_node=%d "
+                    "(cluster=slurm)", args.n_gpu, args.n_gpu)
+        args._n_gpu = 1  # what the Trainer itself does for a model split over GPUs (is_model_parallel)
+    return args
 
 
 def start_shape(cfg: Config, ctx: JobContext) -> Shape:

@@ -35,3 +35,29 @@ def test_the_shape_file_round_trips_and_is_absent_from_older_checkpoints(tmp_pat
     assert read_shape(tmp_path) == Shape(3, 2, 2)
     (tmp_path / "hpcrun-shape.json").write_text("{")
     assert read_shape(tmp_path) is None
+
+
+def test_one_process_that_sees_several_gpus_trains_on_one_not_dataparallel(tmp_path, caplog):
+    """A local run in an allocation of 4 GPUs is one process: the Trainer would wrap its model in DataParallel and
+    make the global batch 4x what the run's shape (processes x per-process batch) says it is."""
+    from transformers import TrainingArguments
+
+    from hpcrun.tasks.causal_lm import one_gpu_per_process
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=8)
+    assert one_gpu_per_process(args).n_gpu == 0 and not caplog.records  # here: the CPU, nothing to say
+    args._n_gpu = 4  # what TrainingArguments finds in one process on a node of 4 GPUs (torch.cuda.device_count())
+    assert args.train_batch_size == 32
+    one_gpu_per_process(args)
+    assert args.n_gpu == 1 and args.train_batch_size == 8  # the batch the run's shape records
+    assert "4 GPUs visible to this one process" in caplog.text and "cluster.gpus_per_node=4" in caplog.text
+    caplog.clear()
+
+    # A Trainer of the user's own (hpcrun run -- python train.py) keeps its DataParallel, and is told the way out.
+    from transformers import TrainerControl, TrainerState
+
+    from hpcrun.frameworks.transformers import TimeTriggerCallback
+
+    args._n_gpu = 4
+    TimeTriggerCallback().on_train_begin(args, TrainerState(), TrainerControl())
+    assert args.n_gpu == 4 and "torchrun --nproc_per_node 4" in caplog.text

@@ -92,6 +92,10 @@ class TimeTriggerCallback(TrainerCallback):
             self.ledger.phase("data position")  # the data loader, and the batches a resume skips
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if getattr(args, "n_gpu", 1) > 1 and state.is_world_process_zero:  # (the built-in task turns it off)
+            log.warning("%d GPUs in this one process: the Trainer splits each batch over them with DataParallel, "
+                        "slower than a process per GPU: hpcrun run -- torchrun --nproc_per_node %d ...",
+                        args.n_gpu, args.n_gpu)
         if self.ledger is not None and state.is_world_process_zero and state.max_steps:
             self.ledger.planned(int(state.max_steps))
         if self.ledger is not None and self.ledger.phase_mark is not None:

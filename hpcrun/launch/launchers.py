@@ -98,13 +98,13 @@ class SlurmLauncher:
         ``held``: submitted with ``--hold`` (no task starts until ``scontrol release``)."""
         from hpcrun.job.entry import JobEntry
         from hpcrun.slurm.client import submit_with_retries
-        from hpcrun.slurm.sbatch import executor_parameters, make_executor, teardown_lines
+        from hpcrun.slurm.sbatch import make_executor, teardown_lines
 
         executor = make_executor(cfgs[0], folder=folder)
         executor.update_parameters(array_parallelism=cfgs[0].cluster.array_throttle or len(cfgs),
                                    teardown=teardown_lines("", [c.run.dir for c in cfgs]))
         if held:
-            extra = dict(executor_parameters(cfgs[0])["additional_parameters"], hold=True)
+            extra = dict(executor.parameters.get("additional_parameters") or {}, hold=True)
             executor.update_parameters(additional_parameters=extra)
 
         def submit_array() -> List[Any]:

@@ -162,15 +162,16 @@ def submit_arrays(sweep: Sweep, command: str, launcher: Any) -> Sweep:
                         _write_record(sweep.sweep_dir, record, sweep.arrays)
                     else:  # nothing of this sweep went in: leave nothing behind
                         remove_new(sweep.sweep_dir, sweep_created)
-                    held = ("; an array of this that did go in waits held (JobHeldUser in `squeue --me`): scancel "
-                            "it, then run the same command" if hold and isinstance(exc, SubmissionUncertain) else "")
-                    raise SubmissionError(f"{exc}{held}; {_submitted_so_far(sweep)}") from None
+                    held_note = ("; an array of this that did go in waits held (JobHeldUser in `squeue --me`): "
+                                 "scancel it, then run the same command"
+                                 if hold and isinstance(exc, SubmissionUncertain) else "")
+                    raise SubmissionError(f"{exc}{held_note}; {_submitted_so_far(sweep)}") from None
                 array_id = job_ids[0].split("_")[0]
                 for p, job_id in zip(chunk, job_ids):
                     p.job_id = job_id
-                try:
+                try:  # no lock per point: no task starts while held (by hpcrun here, or by the user)
                     _each(lambda p: record_submission(Path(p.cfg.run.dir), p.job_id, p.cfg, durable=False,
-                                                      take_lock=not hold), chunk)
+                                                      take_lock=False), chunk)
                     _durable(chunk)
                     sweep.arrays.append({"job_id": array_id, "submitted_at": time.time(),
                                          "tasks": [p.cfg.run.dir for p in chunk]})

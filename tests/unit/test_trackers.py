@@ -93,10 +93,28 @@ def wandb_offline(tmp_path, monkeypatch):
 
 def _finish_wandb_run():
     """What a process's exit does to its W&B run: finish it (transformers' WandbCallback never does; atexit does).
-    wandb's session stays, with the environment it read first: the next start's tracker_callbacks closes it."""
+    wandb's session stays, with the environment it read first: the next start's tracker_callbacks closes it.
+
+    wandb.finish() can return before wandb-core has written the run's file to its end (CI once read a finished
+    start's file without its history rows; read again later, all of them were there): the start is over once its
+    file ends with the exit record, which is the last one wandb writes."""
     import wandb
 
+    from tests.training import wait_until
+    from tests.wandb_files import wandb_records
+
+    run = wandb.run
+    assert run is not None, "no W&B run open to finish"
+    log = Path(run.dir).parent / f"run-{run.id}.wandb"
     wandb.finish()
+
+    def ended() -> bool:
+        try:
+            return [r.WhichOneof("record_type") for r in wandb_records(log)][-1:] == ["exit"]
+        except Exception:  # noqa: BLE001 (not there yet, or its last record still being written)
+            return False
+
+    wait_until(ended, timeout=60, what=f"the exit record at the end of {log}")
 
 
 @pytest.mark.training

@@ -98,16 +98,34 @@ def tracker_callbacks(
 
 
 def finish_trackers() -> None:
-    """Ends this start's W&B run, so that everything it logged is written before the process exits.
+    """Ends this start's W&B run and waits until everything it logged is written, before the process exits.
 
     A start that stopped for a requeue is killed with its job's processes (``scontrol requeue``), W&B's writer
-    service among them: rows it had not written to ``<run_dir>/wandb`` yet were lost (seen on the dev cluster: a
-    whole first start's history, in offline mode). transformers' WandbCallback never ends its run itself.
-    TensorBoard's writer flushes at every log.
+    service (wandb-core) among them: rows it had not written to ``<run_dir>/wandb`` yet were lost (seen on the dev
+    cluster: a whole first start's history, in offline mode). transformers' WandbCallback never ends its run itself.
+    ``wandb.finish()`` alone is not enough: it can return before wandb-core has written the run's file to its end
+    (wandb 0.31, offline: 3 of 30 runs read right after it lacked rows or the exit record). ``wandb.teardown()``
+    then waits for wandb-core to exit, which closes the file (about 10 ms); the next ``wandb.init`` of the process
+    starts a new one. TensorBoard's writer flushes at every log.
+
+    A tracker must not cost the run its requeue or its final weights: where wandb-core is gone (killed, crashed:
+    both calls then raise ConnectionResetError; a non-zero exit makes ``teardown`` raise SystemExit), the start
+    says so and goes on.
     """
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    run_id = wandb.run.id
+    try:
         wandb.finish()
+    except Exception as exc:  # noqa: BLE001 (whatever wandb raises, the run goes on)
+        log.warning("W&B: could not finish run %s (%s: %s); what it had not written yet may be missing",
+                    run_id, type(exc).__name__, exc)
+    try:
+        wandb.teardown()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
+        log.warning("W&B: its service did not end cleanly (%s: %s); run %s may miss its last rows",
+                    type(exc).__name__, exc, run_id)
 
 
 def wandb_run_id(run_dir: Path) -> str:

@@ -134,6 +134,12 @@ def node_cpus() -> str:
     return subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
 
 
+def node_memory_mb() -> int:
+    """The dev cluster node's memory in MB (its RealMemory: 80 % of the machine's, so it differs between machines)."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
 def preempt_at_step(job_id: str, run_dir, step: int) -> None:
     """Once the run (on the preemptible partition, holding every CPU) logged ``step``: a job on the higher-priority
     normal partition that needs the CPUs preempts it (SIGTERM, GraceTime=15); then skip the requeue hold."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm import calls, counting_shims
+from tests.slurm import calls, counting_shims, node_cpus, node_memory_mb
 
 BUILTIN = Path(__file__).resolve().parents[2] / "hpcrun" / "data" / "shakespeare.txt.gz"  # a file that is there
 
@@ -54,7 +54,9 @@ CASES = [
 
 # Requests only the cluster itself can judge (hpcrun/slurm/site.py asks it: ONE `scontrol show partition` and ONE
 # `scontrol show node` call; the dev cluster's partitions normal (default) and preemptible have MaxTime=7-00:00:00
-# and one node with 2 CPUs, 19284 MB and 4 GPUs). sbatch itself accepts most of these and they pend forever
+# and one node with 4 GPUs, as many CPUs as the machine has cores and 80% of its memory; the last two differ between
+# machines, so the cases name them as {cpus} and {mem} (and {over}, one task per node too many with 2 CPUs each)
+# and the test reads them from the cluster). sbatch itself accepts most of these and they pend forever
 # (EnforcePartLimits=NO, reason PartitionConfig for the CPUs); the others it refuses only after the run directory
 # was made.
 SITE_CASES = [
@@ -68,15 +70,22 @@ SITE_CASES = [
      "cluster.gpus_per_node=8 is invalid: expected at most 4 (the default partition normal has 4 GPUs on 1 node)"),
     (["cluster=slurm", "cluster.partition=nope"], "cluster.partition='nope' is invalid; valid choices: normal, "
                                                   "preemptible"),
-    (["cluster=slurm", "cluster.tasks_per_node=4", "cluster.cpus_per_task=2"],
-     "cluster.tasks_per_node=4 is invalid: expected at most 1 with cluster.cpus_per_task=2 (the default partition "
-     "normal: its largest node has 2 CPUs)"),
+    (["cluster=slurm", "cluster.tasks_per_node={over}", "cluster.cpus_per_task=2"],
+     "cluster.tasks_per_node={over} is invalid: expected at most {fit} with cluster.cpus_per_task=2 (the default "
+     "partition normal: its largest node has {cpus} CPUs)"),
     (["cluster=slurm", "cluster.mem=64G"],
-     "cluster.mem='64G' is invalid: expected at most 19284M (the default partition normal: its largest node has "
-     "19284 MB)"),
+     "cluster.mem='64G' is invalid: expected at most {mem}M (the default partition normal: its largest node has "
+     "{mem} MB)"),
     (["-m", "cluster=slurm", "train.lr=1e-3,3e-4", "cluster.time=8-00:00:00"],
      "cluster.time='8-00:00:00' is invalid: expected at most 7-00:00:00"),
 ]
+
+
+def _node_facts() -> dict[str, int]:
+    """The dev node's CPUs and memory as Slurm reports them, with {fit}/{over}: the most tasks of 2 CPUs that fit on
+    it, and one more."""
+    cpus = int(node_cpus())
+    return {"cpus": cpus, "mem": node_memory_mb(), "fit": cpus // 2, "over": cpus // 2 + 1}
 
 
 def _check(out, fragment, tmp_path, before):
@@ -100,6 +109,8 @@ def test_bad_input_gives_one_line_with_the_key_and_value_and_touches_nothing(arg
 @pytest.mark.parametrize("args, fragment", SITE_CASES, ids=[" ".join(a)[:60] for a, _ in SITE_CASES])
 def test_a_request_the_cluster_can_never_run_is_refused_before_anything_is_written(
         args, fragment, hpcrun, tmp_path, slurm_cluster):
+    node = _node_facts()
+    args, fragment = [a.format(**node) for a in args], fragment.format(**node)
     shims = counting_shims(tmp_path, "sbatch", "scontrol")
     before = {p.name for p in tmp_path.iterdir()}
     out = hpcrun(*args, env=shims)

@@ -106,15 +106,17 @@ def cancelled(job_id: str, restart: int = 0, wait: float = 10.0, poll: float = 1
     CANCELLED`` lists nothing, and ``scontrol requeue`` of the job succeeds (the cancel would be undone). A requeue
     by Slurm (an admin's ``scontrol requeue``, a preemption without grace time) raises the controller's restart
     count at once, past this start's ``restart`` (``SLURM_RESTART_COUNT``; checked: COMPLETING with RestartCnt 1,
-    sacct REQUEUED): no cancel, and no need to ask accounting. Otherwise why a job is ending is accounting's word
-    (sacct: CANCELLED, TIMEOUT, ...), which slurmdbd writes apart from the controller, at times late: for a job the
-    controller is ending, sacct is asked again for up to ``wait`` seconds. With no answer by then the job counts as
-    cancelled: a run left stopped (``hpcrun resume`` continues it) costs less than a cancel undone. Each query may
-    take 5 s at most: all of this runs inside Slurm's KillWait, after which the job is killed.
+    sacct REQUEUED): no cancel, and no need to ask accounting. The hard time limit (no warning signal came first)
+    gives the controller's reason TimeLimit at once, a cancel None (checked on the dev cluster, Slurm 22.05: during
+    KillWait, COMPLETING with Reason TimeLimit, sacct TIMEOUT): no cancel either. Otherwise why a job is ending is
+    accounting's word (sacct: CANCELLED, ...), which slurmdbd writes apart from the controller, at times late: for a
+    job the controller is ending, sacct is asked again for up to ``wait`` seconds. With no answer by then the job
+    counts as cancelled: a run left stopped (``hpcrun resume`` continues it) costs less than a cancel undone. Each
+    query may take 5 s at most: all of this runs inside Slurm's KillWait, after which the job is killed.
     """
     try:
-        fields = run_slurm(["squeue", "-h", "-j", job_id, "-O", "State,RestartCnt"], attempts=2, first_delay=0.5,
-                           timeout=5).split()
+        fields = run_slurm(["squeue", "-h", "-j", job_id, "-O", "State,RestartCnt,Reason"], attempts=2,
+                           first_delay=0.5, timeout=5).split()
     except SubmissionError:
         fields = []
     controller = fields[0] if fields else ""
@@ -122,6 +124,8 @@ def cancelled(job_id: str, restart: int = 0, wait: float = 10.0, poll: float = 1
         return False
     if len(fields) > 1 and fields[1].isdigit() and int(fields[1]) > restart:
         return False  # Slurm requeued the job itself
+    if fields[2:3] == ["TimeLimit"]:
+        return False  # Slurm is ending it at its time limit
     deadline = time.monotonic() + (wait if controller else 0.0)  # no controller: accounting's first word
     while True:
         try:

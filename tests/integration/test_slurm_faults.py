@@ -1,5 +1,5 @@
 """Slurm's own daemons failing under hpcrun, on the real dev cluster: slurmctld down during submit and status,
-slurmdbd down during status and during a cancel, a sweep cut off half-way through its arrays.
+slurmdbd down during status, during a cancel and at the hard time limit, a sweep cut off half-way through its arrays.
 
 Each test kills a daemon and starts it again (tests/slurm.py::daemon_stopped), whatever happens in between.
 """
@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests import step_gate
 from tests.slurm import (calls, counting_shims, daemon_stopped, job_id_from, release_when_requeued, restart_cluster,
                          sacct_runs, sacct_state, squeue_state, wait_for_run_end)
 from tests.training import TINY, assert_same_weights, state, wait_for_step, wait_until
@@ -129,6 +130,40 @@ def test_scancel_while_slurmdbd_is_down_still_stays_cancelled(hpcrun, tmp_path):
         wait_until(lambda: squeue_state(job) == "", 60, "the job to leave the queue")  # requeued, it would pend
     assert wait_for_run_end(job, 1) == "CANCELLED" and len(sacct_runs(job)) == 1
     assert (run_dir / "checkpoints" / f"step-{st['starts'][0]['step']}" / "hpcrun-complete.json").exists()
+
+
+def test_the_hard_time_limit_while_slurmdbd_is_down_requeues_and_the_run_finishes(hpcrun, tmp_path):
+    # A batch script without --signal (a standalone script, its line taken out): no warning comes, the time limit's
+    # SIGTERM is the job's first word. (With hpcrun's --signal, Slurm sends the warning with it even when the end is
+    # moved to now, and the warning, first, requeues without asking why.) Accounting, which would say TIMEOUT, is
+    # down; the controller says why it ends the job (Reason TimeLimit, a cancel's None). Before, a SIGTERM that found
+    # accounting silent was taken for a cancel: the run stayed stopped instead of requeueing.
+    gate = step_gate.install(tmp_path)  # the first start waits at step 3
+    out = hpcrun("render", "--standalone", *TINY, *gate, "cluster=slurm", "run.dir=run", "-o", "job.sbatch")
+    assert out.returncode == 0, out.stderr
+    script = tmp_path / "job.sbatch"
+    lines = script.read_text().splitlines(keepends=True)
+    assert sum(line.startswith("#SBATCH --signal=") for line in lines) == 1
+    script.write_text("".join(line for line in lines if not line.startswith("#SBATCH --signal=")))
+    job = subprocess.run(["sbatch", "--parsable", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                         check=True, env={**os.environ, "HPCRUN_TEST_HOLD_AT_STEP": "3"}).stdout.strip()
+    run_dir = tmp_path / "run"
+    try:
+        wait_for_step(run_dir, 3)
+        with daemon_stopped("slurmdbd"):
+            # The job's time limit, now (root may move a running job's end): Slurm times it out at its next check.
+            subprocess.run(["scontrol", "update", f"JobId={job}", "EndTime=now"], check=True)
+            wait_until(lambda: state(run_dir)["starts"][0].get("end"), 120, "the first start's end")
+            first = state(run_dir)["starts"][0]
+            assert first["end"].startswith("requeued: signal SIGTERM") and first["step"] == 4, first
+            # (Moving the end made the time limit a minute: the next start gets its 10 minutes back.)
+            subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True)
+            release_when_requeued(job)
+            wait_until(lambda: state(run_dir)["status"] == "completed", 180, "the requeued job to finish the run")
+        st = state(run_dir)
+        assert st["requeues"] == 1 and not st.get("cancelled") and len(st["starts"]) == 2
+    finally:
+        subprocess.run(["scancel", job])
 
 
 def test_a_sweep_cut_off_by_a_controller_crash_says_which_points_went_in_and_the_same_command_finishes_it(

@@ -237,3 +237,15 @@ def test_a_job_that_slurm_requeued_itself_is_not_taken_for_a_cancel(tmp_path, mo
     assert cancelled("9", restart, wait=0.5, poll=0.05) is expected
     calls = (tmp_path / "sacct.calls").read_text().splitlines() if (tmp_path / "sacct.calls").exists() else []
     assert len(calls) == sacct_calls
+
+
+@pytest.mark.parametrize("reason, expected", [("TimeLimit", False), ("None", True)])
+def test_the_hard_time_limit_is_told_from_a_cancel_by_the_controller_alone(tmp_path, monkeypatch, reason, expected):
+    from hpcrun.slurm.jobs import cancelled
+
+    # What squeue -O State,RestartCnt,Reason says during KillWait (dev cluster, Slurm 22.05) at the time limit
+    # (sacct TIMEOUT) and after scancel (sacct CANCELLED); here accounting is silent, as with slurmdbd down.
+    path = _answers(tmp_path, "squeue", f"COMPLETING          0                   {reason:<20}\n")
+    _answers(tmp_path, "sacct", "")
+    monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
+    assert cancelled("9", wait=0.5, poll=0.05) is expected

@@ -6,9 +6,8 @@ resumed) reads the saved config, the run's state and its newest complete checkpo
 
 A start: read the config; stop at once if the run is complete or crash-looping; find the newest complete
 checkpoint (logging the incomplete ones skipped); install the stop-signal handlers; learn the job's end time;
-run the task. Then, by how the task ended: completed (done marker), stopped by a signal or the deadline after a
-save (requeue itself on Slurm, print the resume command locally), or failed (a Python error is not requeued; a
-transient one is, within the budgets).
+run the task. Then, by how the task ended: completed (done marker), or stopped by a signal or the deadline after a
+save, or failed (:mod:`hpcrun.job.ending`: requeue, cancel, or fail).
 """
 
 from __future__ import annotations
@@ -18,16 +17,16 @@ import dataclasses
 import importlib
 import logging
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from hpcrun.errors import DiskFullError, JobError
+from hpcrun.errors import JobError
 from hpcrun.job import faults
 from hpcrun.job.context import JobContext, Stopped
-from hpcrun.job.ranks import barrier, close_process_group
+from hpcrun.job.ending import failed, stopped
+from hpcrun.job.ranks import close_process_group
 from hpcrun.rundir import RunDir
 from hpcrun.rundir.state import RunState, mean_time_between_failures
 
@@ -117,22 +116,6 @@ def _tee_stdout(path: Path) -> None:
         previous.file.close()
         previous = previous.stream
     sys.stdout = _Tee(previous, path)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors a restart may cure (a flaky GPU, network or filesystem); any other Python error would repeat."""
-    import errno
-
-    text = str(exc)
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE, errno.ETIMEDOUT):
-        return True
-    markers = ("NCCL", "CUDA error", "ECC error", "unspecified launch failure", "DistNetworkError",
-               "DistBackendError")
-    return type(exc).__name__ in ("DistNetworkError", "DistBackendError") or (
-        isinstance(exc, RuntimeError) and any(m in text for m in markers)
-    )
 
 
 def wait_for_start(run_dir: Path, job_id: Optional[str], restart: int, timeout: float = 600) -> dict:
@@ -309,11 +292,11 @@ class JobEntry:
             release()
             with contextlib.suppress(Exception):  # a periodic save still being written: let it complete (a while)
                 take_background(triggers, ledger, checkpoints=checkpoints, timeout=FAILING_SAVE_WAIT)
-            return self._failed(cfg, ctx, state, exc)
+            return failed(self, cfg, ctx, state, exc)
         release()
         try:
             if isinstance(result, Stopped):
-                return self._stopped(cfg, ctx, state, result)
+                return stopped(self, cfg, ctx, state, result)
             step = ledger.last_step
             state.end("completed", f"trained to step {step}" if step is not None else "done", step)
             RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)  # (a cancel that came as it finished)
@@ -384,82 +367,3 @@ class JobEntry:
             state.end("failed", reason, latest.step if latest else 0)
             log.error(reason)
         return latest, start
-
-    def _stopped(self, cfg: Any, ctx: JobContext, state: RunState, stop: Stopped) -> str:
-        """After the save on a signal or the deadline: requeue on Slurm, or tell the user how to resume."""
-        barrier()
-        if not ctx.on_slurm:
-            from hpcrun.rundir.cancel import cancel_request
-
-            command = shlex.join(["hpcrun", *sys.argv[1:]])
-            # (whatever stopped it first: a cancel that came while it saved for Ctrl-C is a cancel all the same)
-            cancel = cancel_request(ctx.run_dir)
-            if cancel is not None:
-                saved = f"saved step {stop.step}" if stop.saved and stop.step else stop.reason
-                reason = f"cancelled with hpcrun cancel ({cancel}); {saved}"
-                state.end("stopped", reason, stop.step, cancelled=True)
-                RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)
-                log.info("%s; hpcrun resume %s continues it", reason, ctx.run_dir)
-                return f"cancelled at step {stop.step}"
-            state.end("stopped", stop.reason, stop.step)
-            log.info("stopped after step %d (%s); resume with: %s", stop.step, stop.reason, command)
-            return f"stopped at step {stop.step}"
-        if not ctx.is_main:
-            return f"stopped at step {stop.step}"
-        # scancel sends SIGTERM too, and a cancelled job must stay cancelled (its checkpoint stays, to resume
-        # later). A preempted job reads RUNNING here, one at its time limit TIMEOUT: those requeue.
-        from hpcrun.job.requeue import requeue_job
-        from hpcrun.slurm.client import client_here
-        from hpcrun.slurm.jobs import cancelled
-
-        # (Without a Slurm client here, the batch script checks for a cancel on the host before it requeues.)
-        if stop.signal == "SIGTERM" and client_here() and cancelled(ctx.job_id or "", ctx.restart):
-            state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step, cancelled=True)
-            log.info("job cancelled: saved step %d, not requeueing", stop.step)
-            return f"cancelled at step {stop.step}"
-        if state.data["requeues"] >= cfg.run.max_requeues:
-            reason = f"run.max_requeues={cfg.run.max_requeues} reached; saved step {stop.step}, not requeueing"
-            state.end("failed", reason, stop.step)
-            log.error(reason)
-            raise JobError(reason)
-        continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg, self)
-        if continued:
-            reason = stop.reason
-            if continued != ctx.job_id:  # a follow-up job: status, logs and cancel follow it
-                state.data["job_id"] = continued
-                reason = f"{reason}; continued by job {continued} (`scontrol requeue` refused)"
-            state.end("requeued", reason, stop.step, clean_stop=True)
-            log.info("saved step %d and requeued job %s (%s)", stop.step, ctx.job_id, stop.reason)
-            return f"requeued at step {stop.step}"
-        reason = f"saved step {stop.step} but `scontrol requeue {ctx.job_id}` failed; resubmit to resume"
-        state.end("failed", reason, stop.step)
-        raise JobError(reason)
-
-    def _failed(self, cfg: Any, ctx: JobContext, state: RunState, exc: Exception) -> str:
-        """A Python error repeats on restart: fail. A transient one may not: requeue, within the budgets."""
-        step = ctx.resume_from.step if ctx.resume_from else 0
-        if isinstance(exc, DiskFullError):  # not a bug, and a restart would fill the disk again: stop, resumable
-            latest, _ = ctx.checkpoints.latest() if ctx.checkpoints else (None, [])
-            where = f"resumes from {latest.path.name}" if latest else "starts over (no complete checkpoint yet)"
-            reason = f"{exc}. Free space (or raise the quota), then the same hpcrun command {where}"
-            state.end("stopped", reason, latest.step if latest else 0)
-            log.error("%s", reason)
-            raise JobError(reason) from None
-        if ctx.on_slurm and is_transient(exc) and state.data["requeues"] < cfg.run.max_requeues:
-            log.exception("transient error; requeueing (the crash-loop breaker stops repeated restarts "
-                          "without progress)")
-            from hpcrun.job.requeue import requeue_job
-
-            continued = requeue_job(ctx.run_dir, ctx.job_id or "", cfg, self) if ctx.is_main else None
-            if continued:
-                state.data["job_id"] = continued
-                state.end("requeued", f"transient error: {type(exc).__name__}: {exc}", step)
-                return "requeued after a transient error"
-        if isinstance(exc, JobError):  # e.g. a command of the user's own exited non-zero: its own words
-            state.end("failed", f"{exc} (not requeued: it would repeat)", None)
-            log.error("run failed: %s", exc)
-            raise exc
-        reason = f"{type(exc).__name__}: {exc}"
-        state.end("failed", f"{reason} (a Python error is not requeued: it would repeat)", None)
-        log.error("run failed: %s", reason)
-        raise exc

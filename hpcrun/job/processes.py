@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("hpcrun")
 KILL_BEFORE_END = 5.0  # seconds before the job's end a command still running after a stop signal is killed
@@ -151,7 +151,8 @@ class Child:
             self.signal_tree(name)
 
     def wait(self, signals: Sequence[str], end_time: Optional[float],
-             local_signal: Optional[Tuple[str, float]] = None, earlier: Any = None) -> int:
+             local_signal: Optional[Tuple[str, float]] = None, earlier: Any = None,
+             stopped: Optional[Tuple[Callable[[], bool], float]] = None) -> int:
         """Waits for the command to end; returns its exit status (negative: killed by that signal).
 
         Args:
@@ -162,6 +163,9 @@ class Child:
                 (locally).
             earlier: the job's :class:`~hpcrun.job.signals.StopFlags`: a stop signal that came before this wait
                 took the signals over (while the job started, say) never reached the command: it is passed on now.
+            stopped: (whether the command has saved and asked to stop, seconds it then has to exit): a command
+                still running that long after is killed (a torch.distributed process can hang at exit, gloo's
+                destructor waiting for a thread that waits for the interpreter's lock).
         """
         previous = [(s, signal.signal(signal.Signals[s], self._handle)) for s in signals]
         came = earlier.pending() if earlier is not None else None
@@ -169,6 +173,7 @@ class Child:
             self.first_signal = came[0]
             log.info("%s came before the command started: passed on to it", came[0])
             self.signal_tree(came[0])
+        asked_at: Optional[float] = None  # when the command was first seen to have asked to stop
         try:
             while True:
                 try:
@@ -177,6 +182,14 @@ class Child:
                 except subprocess.TimeoutExpired:
                     pass
                 now = time.time()
+                if stopped is not None and not self.killed:
+                    if asked_at is None and stopped[0]():
+                        asked_at = now
+                    if asked_at is not None and now - asked_at >= stopped[1]:
+                        log.warning("the command saved and asked to stop %.0f s ago but has not exited (a hang at "
+                                    "exit): killing it; the save is complete", now - asked_at)
+                        self.killed = True
+                        self.signal_tree("SIGKILL")
                 if end_time is None:
                     continue
                 if local_signal and self.first_signal is None and now >= end_time - local_signal[1]:

@@ -6,9 +6,11 @@ No torch at import time: torch.distributed is used only when a process group is 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+GIL_HANDOVER = 0.05  # seconds close_process_group leaves the interpreter's lock to gloo's threads
 PORTS = (20000, 60000)  # submitit's range, where the node's ephemeral ports cannot be kept out
 
 
@@ -64,10 +66,16 @@ def share_max(flags: List[int]) -> List[int]:
 
 def close_process_group() -> None:
     """Ends torch.distributed before the process exits: a process leaving with gloo's threads still running can
-    abort at exit ("terminate called without an active exception"), and Slurm then marks a finished job FAILED."""
+    abort at exit ("terminate called without an active exception"), and Slurm then marks a finished job FAILED.
+
+    First it lets go of the interpreter's lock for a moment: gloo's worker threads drop a finished collective's
+    tensors under that lock, and one still waiting for it when the group's destructor joins it (under the lock,
+    when the process exits with a DistributedDataParallel model that still holds the group) hangs the process."""
     try:
         import torch.distributed as dist
     except ImportError:
         return
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            time.sleep(GIL_HANDOVER)
         dist.destroy_process_group()

@@ -52,8 +52,14 @@ class StopFlags:
             signal.signal(signum, after_hangup(signum, previous))
         self._installed.clear()
 
-    def pending(self) -> Optional[Tuple[str, float]]:
+    def pending(self) -> Optional[Tuple[str, Optional[float]]]:
         return (self.signal, self.received_at) if self.signal else None
+
+    def learned(self, name: str) -> None:
+        """A stop signal another rank received (shared at a step's end): this rank stops for it too, and names
+        it (when it came here is unknown)."""
+        if self.signal is None:
+            self.signal = name
 
 
 def job_signals(timeout_signal: str, local: bool) -> list:

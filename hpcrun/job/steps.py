@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -56,14 +57,16 @@ def decide(triggers: Any, stop_flags: Any, is_main: bool, ledger: Any = None, st
     signalled = stop_flags.pending() if stop_flags else None
     save, log_, evaluate, deadline, sig = share_max([
         int(is_main and d.save), int(is_main and d.log), int(is_main and d.evaluate), int(is_main and d.stop),
-        int(signalled is not None),
+        int(signal.Signals[signalled[0]]) if signalled else 0,  # the signal itself: every rank names it
     ])
     decision = Decision(save=bool(save), log=bool(log_), evaluate=bool(evaluate), stop=bool(deadline),
                         reason=d.reason if is_main else "")
     if sig:
-        name = signalled[0] if signalled else "a stop signal (on another rank)"
+        name = signal.Signals(sig).name
+        if signalled is None and stop_flags is not None:
+            stop_flags.learned(name)  # from another rank: this rank's stop is recorded as that signal's
         decision.save = decision.stop = True
-        decision.reason = signal_reason(name) if signalled else name
+        decision.reason = signal_reason(name)
         decision.why = "signal"
     elif deadline:
         decision.save = True
@@ -79,7 +82,8 @@ def decide(triggers: Any, stop_flags: Any, is_main: bool, ledger: Any = None, st
             ledger.event("deadline", step=step, reason=decision.reason)
     triggers.save_why = decision.why
     if decision.stop:
-        log.info("stopping after step %s: %s; saving now", step, decision.reason)
+        log.info("stopping after step %s: %s%s; saving now", step, decision.reason,
+                 "" if not sig or signalled else " (received by another rank)")
     elif decision.save and is_main:
         log.info("step %s: %s", step, decision.reason)
     return decision

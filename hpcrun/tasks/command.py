@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from hpcrun.config.checks import duration
 from hpcrun.config.command import starts_workers
 from hpcrun.errors import ConfigError
 
@@ -41,13 +42,20 @@ class CommandSection:
     # Whether the command starts its own worker processes (torchrun, accelerate launch): it then runs once per node;
     # otherwise once per process under srun (one per GPU). Empty: detected from the command.
     starts_workers: Optional[bool] = None
+    # Once the command has saved and asked to stop (an adopted Trainer, hpcrun.script), how long it may take to exit
+    # before it is killed: a process of torch.distributed can hang at exit (docs/own-script.md).
+    exit_grace: str = "60s"
 
     def launcher(self) -> bool:
         return starts_workers(self.argv) if self.starts_workers is None else bool(self.starts_workers)
 
+    def exit_grace_seconds(self) -> int:
+        return duration("command.exit_grace", self.exit_grace)
+
     def check(self) -> None:
         if not self.argv or not str(self.argv[0]).strip():
             raise ConfigError("command.argv", self.argv, "a command: hpcrun run [KEY=VALUE ...] -- COMMAND [ARGS ...]")
+        self.exit_grace_seconds()
 
 
 @dataclass
@@ -108,7 +116,13 @@ def run(cfg: Any, ctx: Any) -> Any:
     child = Child(argv, env, log_path=rd.start_log(start, ctx.rank), ignore=signals if launcher else (),
                   forward=not ctx.on_slurm)
     local_signal = None if ctx.on_slurm else (f"SIG{cfg.cluster.signal}", cfg.cluster.signal_delay_seconds())
-    rc = child.wait(signals, ctx.end_time, local_signal, earlier=ctx.stop_flags)
+
+    def request() -> Optional[dict]:  # the command saved and asked to stop (rank 0 wrote it, in the shared run dir)
+        found = read_json(rd.stop_request, {}) if rd.stop_request.exists() else {}
+        return found if isinstance(found, dict) and found.get("start") == start else None
+
+    rc = child.wait(signals, ctx.end_time, local_signal, earlier=ctx.stop_flags,
+                    stopped=(lambda: request() is not None, cfg.command.exit_grace_seconds()))
 
     def last_step() -> Optional[int]:
         step, _ = progress([e for e in read_ledger(ctx.run_dir) if e.get("start") == start])
@@ -116,10 +130,10 @@ def run(cfg: Any, ctx: Any) -> Any:
 
     if ctx.ledger is not None:  # the steps the command's Trainer (or hpcrun.script) recorded, for the run's end
         ctx.ledger.last_step = last_step()
-    request = read_json(rd.stop_request, {}) if ctx.is_main else {}
-    if isinstance(request, dict) and request.get("start") == start:
-        return Stopped(step=int(request.get("step") or 0), reason=str(request.get("reason") or "stopped"),
-                       signal=request.get("signal") or child.first_signal)
+    asked = request()  # on every rank: its exit status, killed after a hang at exit or not, is moot
+    if asked is not None:
+        return Stopped(step=int(asked.get("step") or 0), reason=str(asked.get("reason") or "stopped"),
+                       signal=asked.get("signal") or child.first_signal)
     if child.first_signal is not None:
         how = "was killed: it outlived the job's time" if child.killed else f"exited with status {rc}"
         return Stopped(step=last_step() or 0, signal=child.first_signal, saved=False,

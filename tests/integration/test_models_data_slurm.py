@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests import step_gate
 from tests.builtin_data import make_builtin_work
 from tests.slurm import job_id_from, sacct_runs, timeout_signal_at_step, wait_for_end
 from tests.training import assert_same_weights, logged_steps, state
@@ -19,8 +19,6 @@ from tests.wandb_files import wandb_history
 
 pytestmark = pytest.mark.training
 OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-# These runs train 20 to 50 steps a second: the interrupted one waits at its step for the signal (tests/step_gate.py)
-GATE = ["task._target_=step_gate.train", "task.settings=hpcrun.tasks.settings.CausalLMSettings"]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +67,9 @@ def _straight(hpcrun, args, env=None):
 
 def _interrupted(hpcrun, tmp_path, args, step, env=None):
     """The run on Slurm, signalled once it logged ``step``; its first start waits at the next step for the signal."""
-    shutil.copy(Path(__file__).parent.parent / "step_gate.py", tmp_path)
+    gate = step_gate.install(tmp_path)  # these runs train 20 to 50 steps a second: it waits at its step
     env = {**(env or {}), "HPCRUN_TEST_HOLD_AT_STEP": str(step)}
-    out = hpcrun(*args, *GATE, "cluster=slurm", "run.dir=run", env=env)
+    out = hpcrun(*args, *gate, "cluster=slurm", "run.dir=run", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     job = job_id_from(out.stdout)
     timeout_signal_at_step(job, tmp_path / "run", step)

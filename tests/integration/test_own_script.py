@@ -171,9 +171,50 @@ def test_a_script_of_its_own_gets_where_it_is_from_its_environment(hpcrun, tmp_p
     assert json.dumps(env) in (run_dir / "logs" / "start-1.log").read_text()  # the command's output, in its log
 
 
+_HANGS_AT_EXIT = """
+import atexit, os, signal, time
+from hpcrun import script
+
+start = 0 if script.latest_checkpoint() is None else 3
+for step in range(start + 1, 7):
+    if step == 3 and start == 0:
+        os.kill(os.getpid(), signal.SIGUSR2)  # as Slurm's timeout signal would come
+    decision = script.step_ended(step)
+    if decision.save:
+        with script.saving(step) as folder:
+            (folder / "step.txt").write_text(str(step))
+    if decision.stop:
+        atexit.register(time.sleep, 3600)  # a process that hangs at exit, as torch.distributed's can (gloo)
+        script.stop_and_requeue(step)
+"""
+
+
+def test_a_command_that_saved_and_asked_to_stop_but_hangs_at_exit_is_killed_after_the_grace_and_resumes(
+        hpcrun, tmp_path):
+    # A torch.distributed worker can hang at exit after the stop save: gloo's destructor joins a thread that waits
+    # for the interpreter's lock, which the exiting main thread holds. Before, hpcrun waited for it forever.
+    script = tmp_path / "hangs.py"
+    script.write_text(_HANGS_AT_EXIT)
+    args = ["run", "cluster=local", "command.exit_grace=2s", "--", sys.executable, str(script)]
+    began = time.monotonic()
+    out = hpcrun(*args, timeout=60)
+    assert out.returncode == 75, out.stdout[-3000:] + out.stderr[-3000:]  # stopped, resumable
+    assert time.monotonic() - began < 40
+    run_dir = _run_dir(tmp_path, "hangs")
+    st = state(run_dir)
+    assert st["status"] == "stopped" and "SIGUSR2" in st["reason"] and st["starts"][0]["step"] == 3, st
+    assert "has not exited (a hang at exit): killing it" in (run_dir / "logs" / "start-1.log").read_text()
+    assert (run_dir / "checkpoints" / "step-3" / "step.txt").read_text() == "3"
+
+    again = hpcrun(*args, timeout=60)  # the second start runs on from the save, to its end
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert state(run_dir)["status"] == "completed"
+
+
 @pytest.mark.parametrize("args, expected", [
     (["run", "cluster=local"], "hpcrun run needs a command after --"),
     (["run", "cluster=local", "--"], "hpcrun run needs a command after --"),
+    (["run", "cluster=local", "command.exit_grace=soon", "--", sys.executable, "-V"], "command.exit_grace='soon'"),
     (["run", "cluster=local", "--", "no-such-program-here", "x"], "command='no-such-program-here'"),
     (["run", "cluster=local", "--", sys.executable, "missing_script.py"], "command='missing_script.py'"),
     (["run", "cluster=local", "--", sys.executable, str(SCRIPTS / "echo_arg.py"), "--lr", "${nope}"], "command='${nope}'"),

@@ -72,6 +72,16 @@ def _wait_for_start(run_dir: Path, proc, n: int) -> bool:
     return True
 
 
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything; a folder that is not there holds nothing. (Read in one call: a save removes
+    the empty staging folder after its rename, so a folder found by is_dir() may be gone when iterdir() reads it, as
+    it was once in CI.)"""
+    try:
+        return any(folder.iterdir())
+    except FileNotFoundError:
+        return False
+
+
 def _wait_for_save(run_dir: Path, proc, count: int) -> bool:
     """Waits (polling every 2 ms) until this start began its count-th save; False if the process ended first.
 
@@ -81,7 +91,7 @@ def _wait_for_save(run_dir: Path, proc, count: int) -> bool:
     staging = run_dir / "checkpoints" / ".staging"
     seen, was_saving = 0, False
     while proc.poll() is None:
-        saving = staging.is_dir() and any(staging.iterdir())
+        saving = _holds_files(staging)
         if saving and not was_saving:
             seen += 1
             if seen == count:
@@ -97,26 +107,32 @@ def test_22_kill_9_at_random_instants_resume_from_complete_checkpoints_and_end_b
     # Saves every 2 s of wall clock; the kills are no crash loop, so the restart budget is not what is tested here.
     args = [*RUN, "run.dir=run", "checkpoint.save_every=2s", "run.max_restarts_without_progress=100"]
     kills = []  # (kind, complete checkpoints at the kill, logged step at the kill)
-    for i in range(KILLS):
-        kind = "save" if i % 2 else "training"
-        before = len(logged_steps(run_dir))
-        proc = subprocess.Popen([sys.executable, "-m", "hpcrun", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=(tmp_path / f"start-{i}.err").open("w"),
-                                env={**os.environ, "HPCRUN_FAULTS": f"save_pause={SAVE_PAUSE}"})
-        if not _wait_for_start(run_dir, proc, i + 1):
-            break  # it finished on its own
-        if kind == "save":
-            if not _wait_for_save(run_dir, proc, rng.choice((1, 2))):
-                break
-            time.sleep(rng.uniform(0, 0.04))
-        else:
-            wait_until(lambda: len(logged_steps(run_dir)) > before or proc.poll() is not None, 120, "a step")
-            time.sleep(rng.uniform(0, 2.5))
-        if proc.poll() is not None:
-            break  # it finished on its own
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills.append((kind, _complete_steps(run_dir), max(logged_steps(run_dir), default=0)))
+    proc = None
+    try:
+        for i in range(KILLS):
+            kind = "save" if i % 2 else "training"
+            before = len(logged_steps(run_dir))
+            proc = subprocess.Popen([sys.executable, "-m", "hpcrun", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                    stderr=(tmp_path / f"start-{i}.err").open("w"),
+                                    env={**os.environ, "HPCRUN_FAULTS": f"save_pause={SAVE_PAUSE}"})
+            if not _wait_for_start(run_dir, proc, i + 1):
+                break  # it finished on its own
+            if kind == "save":
+                if not _wait_for_save(run_dir, proc, rng.choice((1, 2))):
+                    break
+                time.sleep(rng.uniform(0, 0.04))
+            else:
+                wait_until(lambda: len(logged_steps(run_dir)) > before or proc.poll() is not None, 120, "a step")
+                time.sleep(rng.uniform(0, 2.5))
+            if proc.poll() is not None:
+                break  # it finished on its own
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills.append((kind, _complete_steps(run_dir), max(logged_steps(run_dir), default=0)))
+    finally:  # a failure above must not leave its start training beside the tests that follow
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert len(kills) == KILLS, f"the run finished after only {len(kills)} kills (seed {SEED})"
 
     out = run_hpcrun(*args, cwd=tmp_path, timeout=300)

@@ -140,3 +140,38 @@ def test_after_a_cancel_the_second_ctrl_c_still_stops_at_once_and_the_command_ge
         if child.proc.poll() is None:
             child.proc.kill()
             child.proc.wait()
+
+
+_RANK = """
+import json, os, signal, sys
+import torch.distributed as dist
+from hpcrun.job.signals import StopFlags
+from hpcrun.job.steps import decide
+from hpcrun.job.triggers import TimeTriggers
+
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
+flags = StopFlags().install(["SIGINT", "SIGTERM"])
+if rank == 1:
+    os.kill(os.getpid(), signal.SIGINT)  # rank 0 gets nothing: it must learn the signal from rank 1
+d = decide(TimeTriggers(), flags, rank == 0, step=7)
+print(json.dumps({"stop": d.stop, "save": d.save, "reason": d.reason, "flag": flags.signal}))
+dist.destroy_process_group()
+"""
+
+
+def test_a_signal_that_reached_one_rank_is_named_on_every_rank_so_a_ctrl_c_stays_a_ctrl_c(tmp_path):
+    # Locally hpcrun passes a Ctrl-C to each worker in turn; at a step's end rank 0 may not have it yet. Before,
+    # rank 0's reason was "a stop signal (on another rank)", and the run exited 75 (resumable) instead of 130.
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK)
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    out = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in out]
+    zero, one = (json.loads(o[0].strip().splitlines()[-1]) for o in out)
+    assert zero == one == {"stop": True, "save": True, "reason": "signal SIGINT", "flag": "SIGINT"}

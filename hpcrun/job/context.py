@@ -38,6 +38,24 @@ def slurm_job_id(env: Mapping[str, str]) -> Optional[str]:
     return env.get("SLURM_JOB_ID")
 
 
+def machine(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The host, its CPU model and the CPUs this process may run on, for a start's log: a bit-for-bit continuation
+    holds on the same kind of machine and thread count, and a requeue may land on another kind."""
+    import socket
+
+    model = "unknown CPU"
+    try:
+        with open(cpuinfo, errors="replace") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "cpu model")) and ":" in line:
+                    model = line.split(":", 1)[1].strip() or model
+                    break
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{socket.gethostname()}: {model}, {cpus} CPUs"
+
+
 @dataclass(frozen=True)
 class JobContext:
     """Handed to every task next to the config.

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from hpcrun.errors import JobError
 from hpcrun.job import faults
-from hpcrun.job.context import JobContext, Stopped
+from hpcrun.job.context import JobContext, Stopped, machine
 from hpcrun.job.ending import failed, stopped
 from hpcrun.job.ranks import close_process_group
 from hpcrun.rundir import RunDir
@@ -159,6 +159,11 @@ class JobEntry:
         from hpcrun.config.compose import load_saved
 
         started = time.time()
+        # MKL's dynamic threading (on by default) may run a matrix multiply on fewer threads than asked, decided
+        # at run time; where the CPU's kernels split the sum by thread, that changes the float result, and a step
+        # is no longer computed the same way twice (Intel's reproducibility conditions; docs/reliability.md). Off
+        # before torch is imported, unless the user set it; the command's processes inherit it.
+        os.environ.setdefault("MKL_DYNAMIC", "FALSE")
         # The directory the job starts in (where hpcrun was run; sbatch's default) is importable, as with
         # `python -m`: task._target_=my_module.train finds my_module.py there.
         if os.getcwd() not in sys.path:
@@ -351,6 +356,7 @@ class JobEntry:
             where = f"this machine (local, inside Slurm job {ctx.allocation})"
         log.info("===== start %d of run %s in %s, on %s, %d process(es) =====",
                  start["n"], cfg.run.name, ctx.run_dir, where, ctx.world_size)
+        log.info("machine: %s", machine())
         for ckpt, why in skipped:
             log.warning("skipping %s: %s", ckpt.path.name, why)
         if prev is not None and "ended_at" not in prev:

@@ -1,6 +1,7 @@
 """A real training run in the foreground, as `hpcrun +experiment=tiny_llama` runs on a laptop."""
 
 import json
+import sys
 
 import pytest
 
@@ -12,6 +13,7 @@ def test_tiny_llama_trains_locally_and_leaves_final_weights_and_its_config(hpcru
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny_llama" / "train.log_every=4,train.max_steps=12"
     assert f"done: final weights in {run_dir / 'final'}" in out.stderr
+    assert "INFO hpcrun: machine: " in (run_dir / "logs" / "start-1.log").read_text()  # host, CPU, CPUs
 
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -38,3 +40,34 @@ def test_the_run_directory_is_private_to_the_user(hpcrun, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs" / "tiny_llama").iterdir()
     assert run_dir.stat().st_mode & 0o077 == 0
+
+
+MATMUL = "import torch; a = torch.ones(300, 300); print(float((a @ a)[0, 0]))"
+
+
+def _dynamic_flags(text: str) -> set:
+    """The ``Dyn:`` field of every MKL_VERBOSE line (MKL's dynamic threading: 1 on, 0 off)."""
+    return {part for line in text.splitlines() if line.startswith("MKL_VERBOSE") and "GEMM" in line
+            for part in line.split() if part.startswith("Dyn:")}
+
+
+@pytest.mark.skipif(not __import__("torch").backends.mkl.is_available(), reason="this torch has no MKL")
+def test_a_job_turns_off_mkls_dynamic_threading_so_a_step_runs_on_the_threads_asked_unless_the_user_set_it(
+        hpcrun, tmp_path):
+    """MKL_DYNAMIC on (MKL's default) lets a matrix multiply take fewer threads than asked, decided at run time,
+    which changes its result where the thread count matters (docs/reliability.md). MKL_VERBOSE=1 makes MKL print
+    each call with its Dyn: setting."""
+    verbose = {"MKL_VERBOSE": "1"}
+    out = hpcrun("+experiment=tiny_llama", "cluster=local", "train.max_steps=1", "data.vocab_size=300",
+                 "run.dir=builtin", env=verbose)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _dynamic_flags(out.stdout) == {"Dyn:0"}  # the built-in task, in the job's own process
+
+    out = hpcrun("run", "cluster=local", "run.dir=own", "--", sys.executable, "-c", MATMUL, env=verbose)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _dynamic_flags((tmp_path / "own" / "logs" / "start-1.log").read_text()) == {"Dyn:0"}  # a command's
+
+    out = hpcrun("run", "cluster=local", "run.dir=theirs", "--", sys.executable, "-c", MATMUL,
+                 env={**verbose, "MKL_DYNAMIC": "TRUE"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _dynamic_flags((tmp_path / "theirs" / "logs" / "start-1.log").read_text()) == {"Dyn:1"}

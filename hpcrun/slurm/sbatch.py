@@ -49,18 +49,27 @@ _JOB_ID = 'hpcrun_job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_
 
 def setup_lines() -> List[str]:
     """Batch-script lines before srun, on the host: the job's start and end times, for a job whose python cannot
-    ask squeue itself (a container without a Slurm client; hpcrun.job.deadline reads HPCRUN_JOB_TIMES)."""
+    ask squeue itself (a container without a Slurm client; hpcrun.job.deadline reads HPCRUN_JOB_TIMES); and a
+    SIGTERM handler, so that the shell outlives the hard time limit and a cancel. Slurm sends their SIGTERM to the
+    batch shell as well as to the job's steps; bash without a trap died of it at once, before srun returned, and the
+    teardown (:func:`teardown_lines`) never ran (checked on the dev cluster). With a handler bash waits for srun (the
+    steps save and exit within KillWait) and then runs it. A handler, not ``trap '' TERM``: an ignored signal would
+    stay ignored in srun and the processes it starts."""
     return ["# hpcrun: the job's times, asked here where the Slurm client is (a container may have none)",
             'HPCRUN_JOB_TIMES="$(squeue -h -j "$SLURM_JOB_ID" -o "%S %e" 2>/dev/null || true)"',
-            "export HPCRUN_JOB_TIMES"]
+            "export HPCRUN_JOB_TIMES",
+            "# hpcrun: the time limit's SIGTERM (and a cancel's) reaches this shell too: it waits for srun, then runs",
+            "# the lines after it (a requeue the job asked for), instead of dying at once",
+            "trap : TERM"]
 
 
 def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr: str = "") -> List[str]:
     """Batch-script lines after srun, on the host: the requeue the job asked for and could not do itself (no Slurm
-    client in its container; hpcrun.job.requeue), while the controller says RUNNING: a cancelled job reads
-    COMPLETING at once (never CANCELLED while it ends; checked on the dev cluster), and ``scontrol requeue`` would
-    bring it back; a preempted one stays RUNNING through its grace time. A controller that answers nothing is asked
-    twice more, 2 s apart; still silent, no requeue on a guess. The run directory is
+    client in its container; hpcrun.job.requeue), while the controller says RUNNING, or COMPLETING with the reason
+    TimeLimit (the hard time limit, during KillWait). A cancelled job reads COMPLETING at once with the reason None
+    (never CANCELLED while it ends; checked on the dev cluster), and ``scontrol requeue`` would bring it back; a
+    preempted one stays RUNNING through its grace time. A controller that answers nothing is asked twice more, 2 s
+    apart; still silent, no requeue on a guess. The run directory is
     ``run_dir``, or by task id one of an array's ``run_dirs``, or the shell's ``run_dir_expr`` (``"$RUN_DIR"``)."""
     if run_dir_expr:
         where = [f'hpcrun_request={run_dir_expr}/requeue-request']
@@ -74,10 +83,12 @@ def teardown_lines(run_dir: str = "", run_dirs: Sequence[str] = (), run_dir_expr
             "hpcrun_status=$?", _JOB_ID, *where,
             'if [ "$(cat "$hpcrun_request" 2>/dev/null)" = "$hpcrun_job" ]; then',
             "  for hpcrun_try in 1 2 3; do  # a busy controller answers nothing at times: asked again, 2 s apart",
-            '    hpcrun_state="$(squeue -h -j "$hpcrun_job" -o %T 2>/dev/null || true)"',
+            '    hpcrun_state="$(squeue -h -j "$hpcrun_job" -o "%T %r" 2>/dev/null || true)"',
             '    [ -n "$hpcrun_state" ] || [ "$hpcrun_try" = 3 ] && break; sleep 2',
             "  done",
-            '  [ "$hpcrun_state" = RUNNING ] && scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"',
+            '  case "$hpcrun_state" in  # a cancel reads "COMPLETING None": it stays cancelled',
+            '    RUNNING*|"COMPLETING TimeLimit") scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request" ;;',
+            "  esac",
             "fi",
             'exit "$hpcrun_status"']
 

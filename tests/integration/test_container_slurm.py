@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+from tests import step_gate
 from tests.slurm import (job_id_from, node_cpus, preempt_at_step, release_when_requeued, sacct_runs, squeue_state,
                          stand_in_runtime, timeout_signal_at_step, wait_for_end)
 from tests.training import TINY, assert_same_weights, logged_steps, state, wait_for_step, wait_until
@@ -100,6 +101,37 @@ def test_without_a_slurm_client_the_deadline_save_requeues_from_the_host_and_the
     assert st["status"] == "completed" and st["requeues"] == 1 and st["starts"][1]["resumed_from"] == step
     assert_same_weights(run_dir / "final", reference_run / "final")
     assert logged_steps(run_dir) == list(range(1, 31))
+
+
+def test_without_a_slurm_client_the_hard_time_limit_requeues_from_the_host_and_the_run_completes(
+        hpcrun, tmp_path, slurm_cluster, reference_run):
+    # The job's end moved to now: Slurm's time limit sends SIGTERM (with the warning signal) to the job's steps and
+    # to the batch shell. The run saves and asks for its requeue; bash, without a trap, died of that SIGTERM before
+    # srun returned, so the lines that requeue from the host never ran and the job ended TIMEOUT with the run
+    # waiting for a requeue that never came. During KillWait the controller says COMPLETING, Reason TimeLimit.
+    gate = step_gate.install(tmp_path)  # the first start waits at step 3 until its signal
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "HPCRUN_TEST_HOLD_AT_STEP": "3"}
+    out = hpcrun(*TINY, *gate, "cluster=slurm", "run.dir=run", *_container(tmp_path), env=env)
+    assert out.returncode == 0, out.stderr
+    job = job_id_from(out.stdout)
+    run_dir = tmp_path / "run"
+    try:
+        wait_for_step(run_dir, 3)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "EndTime=now"], check=True)
+        wait_until(lambda: squeue_state(job) == "PENDING", timeout=120, what="the job requeued by its batch script")
+        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True)  # its 10 minutes back
+        release_when_requeued(job)
+        assert wait_for_end(job) == "COMPLETED"
+    finally:
+        subprocess.run(["scancel", job])
+
+    st = state(run_dir)
+    assert st["status"] == "completed" and st["requeues"] == 1 and not st.get("cancelled")
+    assert st["starts"][0]["end"].startswith("requeued: signal") and st["starts"][0]["step"] == 4
+    assert "no Slurm client in this process" in (run_dir / "logs" / "start-1.log").read_text()
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == 2  # both starts ran inside the "container"
+    assert not (run_dir / "requeue-request").exists()
+    assert_same_weights(run_dir / "final", reference_run / "final")
 
 
 def test_where_scontrol_requeue_is_refused_a_follow_up_job_continues_the_run(hpcrun, tmp_path, slurm_cluster,

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from hpcrun.slurm.sbatch import teardown_lines
+from hpcrun.slurm.sbatch import setup_lines, teardown_lines
 
 
 def _run(tmp_path, lines, env, squeue_says="RUNNING"):
@@ -42,7 +42,7 @@ def test_an_array_task_requeues_its_own_run_when_it_asked(tmp_path):
 @pytest.mark.parametrize("request_text, squeue_says", [
     (None, "RUNNING"),  # the job did not ask (it finished, or requeued itself)
     ("7", "RUNNING"),  # an earlier job's request
-    ("9", "COMPLETING"),  # scancel: the controller says COMPLETING at once (never CANCELLED while it ends)
+    ("9", "COMPLETING None"),  # scancel: the controller says COMPLETING at once (never CANCELLED while it ends)
     ("9", ""),  # the controller does not answer (asked three times): no requeue on a guess
 ])
 def test_no_requeue_unless_this_job_asked_and_was_not_cancelled(tmp_path, request_text, squeue_says):
@@ -76,3 +76,32 @@ def test_a_single_job_requeues_from_the_host(tmp_path):
     run.mkdir()
     (run / "requeue-request").write_text("9")
     assert _run(tmp_path, teardown_lines(str(run)), {"SLURM_JOB_ID": "9"}) == ["requeue 9"]
+
+
+def test_the_hard_time_limit_requeues_from_the_host(tmp_path):
+    # During KillWait the controller says COMPLETING with the reason TimeLimit (a cancel's reason is None).
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "requeue-request").write_text("9")
+    assert _run(tmp_path, teardown_lines(str(run)), {"SLURM_JOB_ID": "9"}, "COMPLETING TimeLimit") == ["requeue 9"]
+    assert not (run / "requeue-request").exists()
+
+
+def test_the_shell_outlives_a_sigterm_while_srun_runs_and_then_requeues_with_sruns_status(tmp_path):
+    # Slurm's time limit sends SIGTERM to the batch shell too; without the setup's trap bash died there and the
+    # requeue never ran. The stand-in for srun signals its shell, then exits 3 (as a step killed would, later).
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "requeue-request").write_text("9")
+    srun = "bash -c 'kill -TERM $PPID; sleep 0.2; exit 3'"
+    lines = [*setup_lines(), srun, *teardown_lines(str(run))]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text('#!/bin/sh\necho "COMPLETING TimeLimit"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/scontrol.calls\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    out = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, timeout=30,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "9"})
+    assert out.returncode == 3, out.stderr  # srun's status stays the job's
+    assert (tmp_path / "scontrol.calls").read_text().splitlines() == ["requeue 9"]

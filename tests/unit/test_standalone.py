@@ -63,7 +63,9 @@ def test_the_template_follows_the_layout_and_keeps_signal_and_requeue(tmp_path):
         (srun,) = [i for i, ln in enumerate(lines) if ln.startswith("srun --unbuffered ")]
         assert lines[srun].endswith('-u -m hpcrun.job run "$RUN_DIR"')
         after = lines[srun + 1:]  # on the host, after srun: only the requeue a job without a Slurm client asks for
-        assert '  [ "$hpcrun_state" = RUNNING ] && scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request"' in after
+        assert '    RUNNING*|"COMPLETING TimeLimit") scontrol requeue "$hpcrun_job" && rm -f "$hpcrun_request" ;;' \
+            in after
+        assert "trap : TERM" in lines[:srun]  # the shell outlives the time limit's SIGTERM to run those lines
         assert after[-1] == 'exit "$hpcrun_status"' and "hpcrun_status=$?" in after  # srun's status stays the job's
     array = render(tmp_path, *CASES["array"], *STABLE).stdout
     assert "#SBATCH --array=0-3%2" in array.splitlines()

@@ -73,16 +73,36 @@ def inspect_run_dir(cfg: Any) -> Prepared:
     refuse_another_run(cfg, run_dir)
     state = read_state(run_dir)
     if state.get("status") == "completed":
-        return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: final "
-                        f"weights in {RunDir(run_dir).final}. Nothing to do: the same experiment and overrides are the "
-                        "same run wherever it runs (cluster.* is not part of it); run.name=NEW makes another run "
-                        "beside it, run.fresh=true trains this one again from scratch")
+        same = "command" if _is_command(cfg) else "experiment"
+        return Prepared(run_dir, "complete", f"run {cfg.run.name} in {run_dir} is already complete: "
+                        f"{_results(run_dir)}. Nothing to do: the same {same} and overrides are the same run "
+                        "wherever it runs (cluster.* is not part of it); run.name=NEW makes another run beside it, "
+                        "run.fresh=true trains this one again from scratch")
     job = _queued_job(state)
     if job:
         return Prepared(run_dir, "active", f"run {cfg.run.name} is already queued or running as Slurm job "
                         f"{job}: nothing submitted")
     return Prepared(run_dir, "resume", f"resuming run {cfg.run.name} {_newest_checkpoint(run_dir)}"
                     f"{_new_shape(cfg, run_dir)}")
+
+
+def _is_command(cfg: Any) -> bool:
+    """Whether the run is a command of the user's own (``hpcrun run -- COMMAND``)."""
+    return bool(getattr(getattr(cfg, "command", None), "argv", None))
+
+
+def _results(run_dir: Path) -> str:
+    """Where a completed run's results are: the built-in task's final weights, or a command's Trainer output
+    folders (``outputs.json``), or the command's own places."""
+    from hpcrun.rundir.checkpoints import recorded_outputs
+
+    final = RunDir(run_dir).final
+    if final.is_dir():
+        return f"final weights in {final}"
+    outputs = recorded_outputs(run_dir)
+    if outputs:
+        return f"its Trainer's output in {', '.join(str(p) for p in outputs)}"
+    return f"its results are where the command wrote them (its output: hpcrun logs {run_dir})"
 
 
 def _new_shape(cfg: Any, run_dir: Path) -> str:

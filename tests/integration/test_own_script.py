@@ -66,6 +66,9 @@ def test_a_trainer_script_stopped_by_ctrl_c_resumes_on_the_same_command_to_the_s
     assert_same_weights(out, straight)
     (row,) = json.loads(hpcrun("status", str(run_dir), "--json").stdout)
     assert row["recorded"] == "completed" and row["step"] == STEPS and row["max_steps"] == STEPS
+    done = hpcrun(*args)  # the same command once more: nothing runs, and it says where the results are
+    assert done.returncode == 0 and f"is already complete: its Trainer's output in {out}." in done.stderr, done.stderr
+    assert "the same command and overrides are the same run" in done.stderr
 
 
 def test_a_trainer_script_whose_terminal_closes_saves_and_stops(tmp_path, own_work):

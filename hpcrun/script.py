@@ -78,12 +78,23 @@ class Session:
         self.flags = StopFlags().install(signals)
         self._triggers: Dict[Path, Any] = {}
         self.last_step: Optional[int] = None
+        self.stop_requested = False
         atexit.register(self._exit)
 
     def _exit(self) -> None:
-        """Where the command got to, for ``hpcrun status`` (progress is otherwise recorded once a minute)."""
+        """Where the command got to, for ``hpcrun status`` (progress is otherwise recorded once a minute); and a
+        stop signal that came after the training (the process exits without having saved for it or asked for a
+        requeue: its training had ended, and what came after ran to its end), for the job's entry."""
         if self.last_step is not None:
             self.ledger.step(self.last_step, force=True)
+        if self.flags.signal and not self.stop_requested and rank() == 0:
+            import time
+
+            from hpcrun.rundir import RunDir
+            from hpcrun.rundir.atomic import atomic_write_json
+
+            atomic_write_json(RunDir(self.run_dir).signal_after_training, {
+                "start": self.start, "signal": self.flags.signal, "t": time.time()})
 
     @property
     def restarted(self) -> bool:
@@ -118,6 +129,7 @@ class Session:
         from hpcrun.rundir import RunDir
         from hpcrun.rundir.atomic import atomic_write_json
 
+        self.stop_requested = True
         if rank() == 0:
             atomic_write_json(RunDir(self.run_dir).stop_request, {
                 "start": self.start, "step": int(step), "reason": reason, "signal": self.flags.signal,

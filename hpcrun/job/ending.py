@@ -85,7 +85,8 @@ def stopped(entry: Any, cfg: Any, ctx: JobContext, state: RunState, stop: Stoppe
             state.data["job_id"] = continued
             reason = f"{reason}; continued by job {continued} (`scontrol requeue` refused)"
         state.end("requeued", reason, stop.step, clean_stop=True)
-        log.info("saved step %d and requeued job %s (%s)", stop.step, ctx.job_id, stop.reason)
+        saved = f"saved step {stop.step}" if stop.saved else "nothing saved by hpcrun (the command's own saves stand)"
+        log.info("%s and requeued job %s (%s)", saved, ctx.job_id, stop.reason)
         return f"requeued at step {stop.step}"
     reason = f"saved step {stop.step} but `scontrol requeue {ctx.job_id}` failed; resubmit to resume"
     state.end("failed", reason, stop.step)

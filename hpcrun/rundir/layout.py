@@ -41,6 +41,7 @@ class RunDir:
     FINAL = "final"
     LATEST_LOG = "latest.log"
     STOP_REQUEST = "stop-request.json"
+    SIGNAL_AFTER_TRAINING = "signal-after-training.json"
     CANCEL_REQUEST = "cancel-request.json"
     REQUEUE_REQUEST = "requeue-request"
     OUTPUTS = "outputs.json"
@@ -102,6 +103,12 @@ class RunDir:
     def stop_request(self) -> Path:
         """Written by a command's process (``hpcrun.script``) that saved and stopped to be requeued."""
         return self.path / self.STOP_REQUEST
+
+    @property
+    def signal_after_training(self) -> Path:
+        """Written by a command's process (``hpcrun.script``) that got a stop signal when it had no training left to
+        stop (its Trainer's train() or its loop had ended), and so saved nothing and asked for no requeue."""
+        return self.path / self.SIGNAL_AFTER_TRAINING
 
     @property
     def cancel_request(self) -> Path:

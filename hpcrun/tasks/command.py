@@ -7,7 +7,9 @@ torch and nothing heavy) and :func:`run`, the job side, which starts the command
 turns how the command ended into the run's end:
 
 - the command asked to be requeued (``hpcrun.script``, or a Trainer hpcrun adopted, saved and stopped): stopped;
-- it exited after a stop signal (time limit, preemption, Ctrl-C), whatever its exit status: stopped;
+- it exited after a stop signal (time limit, preemption, Ctrl-C), whatever its exit status: stopped; unless the
+  signal came after its training had ended (an adopted Trainer's train() had returned, an ``hpcrun.script`` loop
+  was done) and it then exited with status 0: completed;
 - exit status 0 otherwise: completed; any other: failed, not requeued (a script error would repeat).
 
 A stopped run requeues itself on Slurm (``run.max_requeues`` and the crash-loop breaker still apply) and prints
@@ -108,6 +110,7 @@ def run(cfg: Any, ctx: Any) -> Any:
     start = ctx.ledger.start if ctx.ledger is not None else 1
     if ctx.is_main:
         rd.stop_request.unlink(missing_ok=True)
+        rd.signal_after_training.unlink(missing_ok=True)
     argv = [str(a) for a in cfg.command.argv]
     launcher = cfg.command.launcher()
     signals = job_signals(cfg.cluster.signal, local=not ctx.on_slurm)
@@ -134,8 +137,17 @@ def run(cfg: Any, ctx: Any) -> Any:
     if asked is not None:
         return Stopped(step=int(asked.get("step") or 0), reason=str(asked.get("reason") or "stopped"),
                        signal=asked.get("signal") or child.first_signal)
+    late = read_json(rd.signal_after_training, {}) if rd.signal_after_training.exists() else {}
+    if rc == 0 and isinstance(late, dict) and late.get("start") == start:
+        # Its training had ended (a Trainer's train() had returned, an hpcrun.script loop was done), so nothing was
+        # saved for the signal; what came after (the final save_model, an evaluation) ran to its end: the run is
+        # complete, and requeueing it would train again from its last checkpoint.
+        log.info("the stop signal (%s) came after the command's training had ended; it finished with status 0",
+                 late.get("signal"))
+        return "the command exited with status 0 (a stop signal came after its training had ended)"
     if child.first_signal is not None:
-        how = "was killed: it outlived the job's time" if child.killed else f"exited with status {rc}"
+        how = ("was killed: it outlived the job's time" if child.killed
+               else f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}")
         return Stopped(step=last_step() or 0, signal=child.first_signal, saved=False,
                        reason=f"{signal_reason(child.first_signal)}; the command {how}")
     if rc == 0:

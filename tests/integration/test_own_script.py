@@ -71,6 +71,26 @@ def test_a_trainer_script_stopped_by_ctrl_c_resumes_on_the_same_command_to_the_s
     assert "the same command and overrides are the same run" in done.stderr
 
 
+def test_a_ctrl_c_after_the_training_ended_lets_the_script_finish_and_the_run_is_complete(tmp_path, own_work):
+    # The signal comes while the script's post-training code runs (between train() and save_model here). Before,
+    # the run was "stopped" although the script finished (exit 0): the same command then trained again from its
+    # last checkpoint, and resumed from one at max_steps, transformers trains one step more (other weights).
+    trained = tmp_path / "trained"
+    args = ["run", "cluster=local", "--",
+            *clm_args(own_work, "${run.dir}/out", 40, ["--wait_for_sigint_after_training", str(trained)])]
+    proc = _start(tmp_path, args)
+    run_dir = _run_dir(tmp_path)
+    wait_until(trained.exists, 180, "the end of the script's training")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert "came after the command's training had ended" in output
+    st = state(run_dir)
+    assert st["status"] == "completed" and len(st["starts"]) == 1, st
+    assert (run_dir / "out" / "model.safetensors").is_file()  # the script's own save_model, after the signal
+    assert not list((run_dir / "out").glob("checkpoint-*"))  # (save_strategy no:) nothing saved for the signal
+
+
 def test_a_trainer_script_whose_terminal_closes_saves_and_stops(tmp_path, own_work):
     args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *clm_args(own_work, "${run.dir}/out", STEPS)]
     terminal = Terminal(args, tmp_path)
@@ -98,7 +118,7 @@ def test_a_ctrl_c_while_the_job_starts_reaches_the_command_once_it_runs(tmp_path
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, output[-3000:]
     assert "SIGINT came before the command started: passed on to it" in output
-    assert state(run_dir)["reason"].startswith("signal SIGINT; the command exited with status")  # (-2: its SIGINT)
+    assert state(run_dir)["reason"].startswith("signal SIGINT; the command was killed by signal 2")
 
 
 def _stop_with_ctrl_c_and_run_again(hpcrun, tmp_path: Path, args: list, name: str) -> Path:

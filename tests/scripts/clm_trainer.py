@@ -37,6 +37,9 @@ class DataTrainingArguments:
     validation_file: Optional[str] = field(default=None, metadata={"help": "a .txt validation file"})
     block_size: Optional[int] = field(default=None, metadata={"help": "tokens per training block"})
     trainer_class: str = field(default="Trainer", metadata={"help": "Trainer or Seq2SeqTrainer"})
+    wait_for_sigint_after_training: Optional[str] = field(default=None, metadata={
+        "help": "a test's window: once train() returned, touch this file and wait (2 min at most) until a SIGINT "
+                "came, passed on to the handler installed before (the script's post-training code then runs)"})
 
 
 def main():
@@ -99,6 +102,8 @@ def main():
         if training_args.resume_from_checkpoint is not None:
             checkpoint = training_args.resume_from_checkpoint
         result = trainer.train(resume_from_checkpoint=checkpoint)
+        if data_args.wait_for_sigint_after_training:
+            _wait_for_sigint(data_args.wait_for_sigint_after_training)
         trainer.save_model()
         metrics = result.metrics
         metrics["train_samples"] = len(lm["train"])
@@ -113,6 +118,24 @@ def main():
             metrics["perplexity"] = float("inf")
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+
+
+def _wait_for_sigint(marker: str) -> None:
+    import pathlib
+    import signal
+    import threading
+
+    came = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+
+    def chained(signum, frame):
+        came.set()
+        if callable(before):
+            before(signum, frame)
+
+    signal.signal(signal.SIGINT, chained)
+    pathlib.Path(marker).touch()
+    came.wait(120)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class SlurmLauncher:
 
         executor = make_executor(cfg)  # a refused one: claimed() removes what the launch created
         job = submit_with_retries(lambda: executor.submit(JobEntry(cfg.run.dir)))
+        prepared.submitted = True
         job_id = str(job.job_id)
         record_submission(prepared.run_dir, job_id, cfg, take_lock=False)  # claimed() holds it
         return job_id

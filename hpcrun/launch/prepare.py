@@ -26,6 +26,7 @@ class Prepared:
     kind: str  # "new", "resume", "complete", "active"
     message: str
     created: Optional[Path] = None  # the highest folder launching creates (removed again if sbatch refuses)
+    submitted: bool = False  # sbatch took it: from then on nothing is removed (the job needs the run directory)
 
     @property
     def launchable(self) -> bool:
@@ -216,7 +217,10 @@ def claimed(cfg: Any) -> Iterator[Prepared]:
     except BaseException as exc:
         from hpcrun.errors import SubmissionUncertain
 
-        if not isinstance(exc, SubmissionUncertain) and (prepared is None or prepared.kind == "new"):
+        # (a job sbatch took keeps its run: an error after it, e.g. a closed pipe when its line is printed, is
+        # the terminal's, not the launch's)
+        if not isinstance(exc, SubmissionUncertain) and (prepared is None or (prepared.kind == "new"
+                                                                                and not prepared.submitted)):
             # the job may exist only when sbatch's answer was lost
             if prepared is not None and prepared.run_dir != run_dir:
                 remove_new(prepared.run_dir, prepared.created)

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from tests.slurm import job_id_from, wait_for_end
+from tests.training import state
 
 pytestmark = pytest.mark.training
 
@@ -56,3 +57,21 @@ def test_sbatch_refusing_a_job_is_one_clear_line_and_leaves_no_run_directory(hpc
         "configuration is not available"], out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "runs" / "tiny_llama").exists()
+
+
+def test_a_submission_whose_output_pipe_is_closed_keeps_the_run_its_job_needs(tmp_path, slurm_cluster):
+    # `hpcrun run ... 2>&1 | head -1`: the reader is gone before hpcrun has said what it submitted. The job was
+    # queued, but the closed pipe's error undid the new run's directory, and the job then failed without it.
+    import os
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "hpcrun", "run", "run.name=piped", "--", sys.executable, "-c",
+                             "print('done')"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ})
+    assert proc.stdout.readline().startswith(b"hpcrun: cluster=slurm")  # what `head -1` lets through
+    proc.stdout.close()  # the reader has gone: the next line hpcrun writes meets a closed pipe
+    assert proc.wait(timeout=120) == 141
+    (run_dir,) = list((tmp_path / "runs" / "piped").iterdir())
+    job_id = state(run_dir)["job_id"]
+    assert wait_for_end(job_id) == "COMPLETED"
+    assert state(run_dir)["status"] == "completed"

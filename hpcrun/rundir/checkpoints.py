@@ -198,6 +198,39 @@ def record_output(run_dir: Path, output_dir: Path) -> None:
         atomic_write_json(RunDir(run_dir).outputs, [str(p) for p in [*known, Path(output_dir)]])
 
 
+OUTPUT_OWNER = ".hpcrun-run"  # in a Trainer's output_dir: the run whose checkpoints it holds
+
+
+def claim_output(run_dir: Path, output_dir: Path) -> None:
+    """Marks ``output_dir`` as ``run_dir``'s (rank 0 of the command, when a Trainer is made). Two runs with one
+    output folder (a relative ``--output_dir out`` typed for both) would rotate each other's checkpoints away and
+    resume from each other's: refused, with one line, while the other run still exists.
+
+    Raises:
+        SharedOutputError: another existing run's Trainer saves into ``output_dir``.
+    """
+    from hpcrun.rundir.atomic import atomic_write
+    from hpcrun.rundir.layout import RunDir
+
+    marker = Path(output_dir) / OUTPUT_OWNER
+    try:
+        owner = Path(marker.read_text().strip())
+    except (OSError, ValueError):
+        owner = None
+    if owner is not None and owner != Path(run_dir) and RunDir(owner).is_run():
+        raise SharedOutputError(
+            f"output_dir {output_dir} holds the checkpoints of another run, {owner}: this run would resume from "
+            "that run's checkpoints and rotate them away; give each run its own output folder (--output_dir "
+            "'${run.dir}/out'), or move that run aside")
+    if owner != Path(run_dir):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(marker, f"{run_dir}\n")
+
+
+class SharedOutputError(RuntimeError):
+    """A Trainer's output_dir belongs to another run."""
+
+
 def run_checkpoint_dirs(run_dir: Path, keep_last: Optional[int] = 2) -> List[CheckpointDir]:
     """Every place the run keeps checkpoints: ``<run.dir>/checkpoints``, then its Trainers' output folders."""
     from hpcrun.rundir.layout import RunDir

@@ -282,3 +282,22 @@ def test_an_edited_config_file_of_the_command_makes_another_run_beside_the_first
     assert "command.files" in edited.stderr and "its config files changed" in edited.stderr
     assert "lr 0.2" in (Path(f"{run_dir}.v2") / "logs" / "start-1.log").read_text()
     assert state(run_dir)["status"] == "completed" and len(state(run_dir)["starts"]) == 1  # the first, untouched
+
+
+def test_two_runs_with_one_output_dir_are_refused_before_one_takes_the_others_checkpoints(hpcrun, tmp_path,
+                                                                                           own_work):
+    # `--output_dir out` typed for two runs (relative: the same folder). Before, the second rotated the first's
+    # checkpoints away and, on its restart, resumed from the first's final checkpoint: silently the first's weights.
+    common = ["cluster=local", "--", *clm_args(own_work, "out", 10,
+                                                       ["--save_strategy", "steps", "--save_steps", "5"])]
+    first = hpcrun("run", "run.name=first", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "checkpoint-10" in before
+    second = hpcrun("run", "run.name=second", *common)
+    assert second.returncode == 1
+    (run_dir,) = list((tmp_path / "runs" / "second").iterdir())
+    log = (run_dir / "logs" / "start-1.log").read_text()
+    assert f"hpcrun: error: output_dir {tmp_path / 'out'} holds the checkpoints of another run, " in log, log[-3000:]
+    assert "Traceback" not in log
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before  # the first run's folder untouched

@@ -301,3 +301,19 @@ def test_two_runs_with_one_output_dir_are_refused_before_one_takes_the_others_ch
     assert f"hpcrun: error: output_dir {tmp_path / 'out'} holds the checkpoints of another run, " in log, log[-3000:]
     assert "Traceback" not in log
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before  # the first run's folder untouched
+
+
+def test_the_best_checkpoint_is_named_where_it_is_once_committed_so_a_restart_finds_it(hpcrun, tmp_path, own_work):
+    # load_best_model_at_end: the Trainer names the best checkpoint by where it wrote it. Before, the
+    # trainer_state.json of each checkpoint named hpcrun's staging folder, gone after the commit: a restart loaded
+    # that name, found no best model at the end and kept the last one.
+    args = ["run", "cluster=local", "--", *clm_args(own_work, "${run.dir}/out", 10, [
+        "--save_strategy", "steps", "--save_steps", "5", "--eval_strategy", "steps", "--eval_steps", "5",
+        "--do_eval", "--load_best_model_at_end", "--metric_for_best_model", "loss"])]
+    out = hpcrun(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "runs" / "clm_trainer").iterdir())
+    named = [json.loads((c / "trainer_state.json").read_text())["best_model_checkpoint"]
+             for c in sorted((run_dir / "out").glob("checkpoint-*"))]
+    assert len(named) == 2 and all(named), named
+    assert all(Path(n).parent == run_dir / "out" and Path(n).is_dir() for n in named), named

@@ -64,6 +64,24 @@ def adopt(trainer: Any) -> None:
              "atomically into %s", session.cfg.checkpoint.save_every, out)
 
 
+def _unstage_best(trainer: Any, checkpoints: Any, folder: Path) -> None:
+    """The best checkpoint as it is named once committed, in the Trainer's state and in the trainer_state.json
+    being committed: the Trainer named the one it just saved by where it wrote it, the staging folder, which is
+    gone after the commit. (A restart loads that file: with the staging name, ``load_best_model_at_end`` finds no
+    best model and keeps the last one, and rotation no longer spares the best.)"""
+    import json
+
+    best = trainer.state.best_model_checkpoint
+    if not best or Path(best).parent != checkpoints.staging_root:
+        return
+    trainer.state.best_model_checkpoint = str(checkpoints.root / Path(best).name)
+    state_file = Path(folder) / "trainer_state.json"
+    if trainer.args.should_save and state_file.is_file():
+        data = json.loads(state_file.read_text())
+        data["best_model_checkpoint"] = trainer.state.best_model_checkpoint
+        state_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _rotate(trainer: Any, output_dir: Path) -> None:
     """The Trainer's own save_total_limit, applied to the real output_dir once the save is in place."""
     import transformers.trainer as tmod
@@ -109,12 +127,13 @@ def install(trainer_cls: Any) -> None:
         cb = adopted.callback
         step = self.state.global_step
         with checkpoint_save(adopted.checkpoints, step, is_main=self.is_world_process_zero(), triggers=cb.triggers,
-                             ledger=cb.ledger, why=cb.take_save()):
+                             ledger=cb.ledger, why=cb.take_save()) as folder:
             adopted.staging = True
             try:
                 save(self, model, trial)
             finally:
                 adopted.staging = False
+            _unstage_best(self, adopted.checkpoints, folder)
         root = adopted.checkpoints.root
         best = self.state.best_global_step if hasattr(self.state, "best_global_step") else None
         if best and (root / f"checkpoint-{best}").is_dir():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Sequence
 
 from hpcrun.errors import ConfigError
 
@@ -32,34 +32,6 @@ def starts_workers(argv: Sequence[str]) -> bool:
         i = list(argv).index("-m")
         return i + 1 < len(argv) and argv[i + 1] in _LAUNCHER_MODULES
     return False
-
-
-# Arguments that name files of these kinds are the command's config (HfArgumentParser's args.json, TRL's --config,
-# accelerate's --config_file, a DeepSpeed config): their contents are part of what the run trains.
-CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
-CONFIG_MAX_BYTES = 1 << 20  # larger files are data, not a config
-
-
-def argument_files(argv: Sequence[str], cwd: Path) -> Dict[str, str]:
-    """The config files the command's arguments name (``path`` or ``--flag=path``; relative to ``cwd``), each with
-    a digest of its contents: editing one makes another run, as editing an experiment's files does
-    (docs/own-script.md). Arguments still holding ``${...}`` and files over 1 MiB are left out."""
-    import hashlib
-
-    found: Dict[str, str] = {}
-    for arg in argv[1:]:
-        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
-        if "${" in value or not value.lower().endswith(CONFIG_SUFFIXES):
-            continue
-        path = Path(os.path.expanduser(value))
-        path = path if path.is_absolute() else cwd / path
-        try:
-            if not path.is_file() or path.stat().st_size > CONFIG_MAX_BYTES:
-                continue
-            found[str(path)] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        except OSError:
-            continue
-    return found
 
 
 def command_name(argv: Sequence[str]) -> str:

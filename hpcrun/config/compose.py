@@ -322,7 +322,7 @@ def _set_command(cfg: Any, command: Sequence[str], overrides: Sequence[str], cwd
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from hpcrun.config.command import argument_files, command_name
+    from hpcrun.config.command import command_name
 
     if "command" not in section_types(settings):
         raise ConfigError("task._target_", OmegaConf.select(cfg, "task._target_"),
@@ -336,7 +336,6 @@ def _set_command(cfg: Any, command: Sequence[str], overrides: Sequence[str], cwd
         run_dir = Path(os.path.expanduser(str(cfg.run.dir)))
         cfg.run.dir = str(run_dir if run_dir.is_absolute() else (cwd / run_dir).resolve())
         cfg.command.argv = list(command)
-        cfg.command.files = argument_files(command, cwd)
     for i, arg in enumerate(command):
         if "${" not in arg:
             continue

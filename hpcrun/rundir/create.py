@@ -108,11 +108,7 @@ def training_diffs(cfg: Any, run_dir: Path) -> List[str]:
             raise ValueError("not a mapping")
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise UserError(f"{saved_path} is unreadable ({type(exc).__name__}); run.fresh=true starts over") from None
-    new = to_container(cfg)
-    if isinstance(saved.get("command"), dict) and "files" not in saved["command"] and \
-            isinstance(new.get("command"), dict):
-        new["command"].pop("files", None)  # a run made before hpcrun recorded its command's config files
-    return training_differences(saved, new)
+    return training_differences(saved, to_container(cfg))
 
 
 def describe_diffs(diffs: List[str]) -> str:

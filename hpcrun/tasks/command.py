@@ -47,9 +47,6 @@ class CommandSection:
     # Once the command has saved and asked to stop (an adopted Trainer, hpcrun.script), how long it may take to exit
     # before it is killed: a process of torch.distributed can hang at exit (docs/own-script.md).
     exit_grace: str = "60s"
-    # Set by hpcrun: the config files the arguments name (args.json, --config sft.yaml), each with a digest of its
-    # contents, so that an edited one makes another run (<run.id>.v2), as an edited experiment does.
-    files: Dict[str, str] = field(default_factory=dict)
 
     def launcher(self) -> bool:
         return starts_workers(self.argv) if self.starts_workers is None else bool(self.starts_workers)

@@ -264,26 +264,6 @@ def test_a_trainer_script_under_torchrun_with_two_processes_resumes_to_the_strai
     assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "clm_trainer"), tmp_path / "straight")
 
 
-def test_an_edited_config_file_of_the_command_makes_another_run_beside_the_first(hpcrun, tmp_path):
-    # `python run_clm.py args.json`, `--config sft.yaml`: the file's contents are part of what the run trains.
-    # Before, the edited file continued the first run (or, once it was complete, "already complete": nothing ran).
-    args_file = tmp_path / "args.json"
-    args_file.write_text('{"learning_rate": 0.1}')
-    command = ["run", "cluster=local", "--", sys.executable, "-c",
-               "import json, sys; print('lr', json.load(open(sys.argv[1]))['learning_rate'])", "args.json"]
-    first = hpcrun(*command)
-    assert first.returncode == 0, first.stderr
-    (run_dir,) = list((tmp_path / "runs" / "python").iterdir())
-    assert "already complete" in hpcrun(*command).stderr
-    args_file.write_text('{"learning_rate": 0.2}')
-    edited = hpcrun(*command)
-    assert edited.returncode == 0, edited.stderr
-    assert f"new run python in {run_dir}.v2: the training config differs" in edited.stderr
-    assert "command.files" in edited.stderr and "its config files changed" in edited.stderr
-    assert "lr 0.2" in (Path(f"{run_dir}.v2") / "logs" / "start-1.log").read_text()
-    assert state(run_dir)["status"] == "completed" and len(state(run_dir)["starts"]) == 1  # the first, untouched
-
-
 def test_two_runs_with_one_output_dir_are_refused_before_one_takes_the_others_checkpoints(hpcrun, tmp_path,
                                                                                            own_work):
     # `--output_dir out` typed for two runs (relative: the same folder). Before, the second rotated the first's

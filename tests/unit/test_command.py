@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpcrun.cli import _split
-from hpcrun.config.command import argument_files, command_name, starts_workers
+from hpcrun.config.command import command_name, starts_workers
 from hpcrun.config.compose import compose
 from hpcrun.config.identity import run_id
 from hpcrun.errors import ConfigError
@@ -66,44 +66,6 @@ def test_compose_puts_the_resolved_command_in_the_config(tmp_path):
     assert cfg.command.argv[2:] == ["--lr=0.0003", "--out", f"{cfg.run.dir}/out", "$HOME"]
     assert Path(cfg.run.dir).is_absolute() and cfg.run.dir.startswith(str(tmp_path / "runs" / "t"))
     assert cfg.cluster.tasks_per_node == 1
-
-
-def test_the_config_files_a_command_names_are_recorded_with_their_contents(tmp_path):
-    (tmp_path / "args.json").write_text('{"learning_rate": 0.1}')
-    (tmp_path / "sft.yaml").write_text("lr: 0.1\n")
-    (tmp_path / "ds.json").write_text("{}")
-    (tmp_path / "big.json").write_bytes(b" " * ((1 << 20) + 1))  # a dataset, not a config
-    (tmp_path / "t.py").write_text("")
-    argv = [sys.executable, "t.py", "args.json", "--config", "sft.yaml", f"--deepspeed={tmp_path / 'ds.json'}",
-            "--train_file", "big.json", "--missing", "gone.yaml", "--out", "${run.dir}/x.json"]
-    files = argument_files(argv, tmp_path)
-    assert sorted(files) == sorted(str(tmp_path / n) for n in ("args.json", "sft.yaml", "ds.json"))
-    assert all(v.startswith("sha256:") for v in files.values())
-    cfg = compose(["cluster=local"], cwd=tmp_path, command=argv)
-    assert dict(cfg.command.files) == files
-    (tmp_path / "sft.yaml").write_text("lr: 0.2\n")  # edited: another digest, hence another run (<run.id>.v2)
-    assert argument_files(argv, tmp_path)[str(tmp_path / "sft.yaml")] != files[str(tmp_path / "sft.yaml")]
-
-
-def test_a_run_made_before_config_files_were_recorded_is_still_the_same_run(tmp_path):
-    import yaml
-
-    from hpcrun.config.compose import to_container
-    from hpcrun.rundir.create import training_diffs
-
-    (tmp_path / "args.json").write_text("{}")
-    cfg = compose(["cluster=local"], cwd=tmp_path, command=["true", "args.json"])
-    run = tmp_path / "run"
-    run.mkdir()
-    saved = to_container(cfg)
-    (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert training_diffs(cfg, run) == []
-    del saved["command"]["files"]  # what an earlier hpcrun wrote
-    (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert training_diffs(cfg, run) == []
-    saved["command"]["files"] = {str(tmp_path / "args.json"): "sha256:0"}
-    (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert training_diffs(cfg, run) and "command.files" in training_diffs(cfg, run)[0]
 
 
 def test_a_launcher_runs_once_per_node_whatever_the_gpus(tmp_path):

@@ -79,15 +79,18 @@ class Session:
         self._triggers: Dict[Path, Any] = {}
         self.last_step: Optional[int] = None
         self.stop_requested = False
+        self.stop_decided = False  # a step_ended() told the loop to stop (the signal came during its training)
         atexit.register(self._exit)
 
     def _exit(self) -> None:
         """Where the command got to, for ``hpcrun status`` (progress is otherwise recorded once a minute); and a
         stop signal that came after the training (the process exits without having saved for it or asked for a
-        requeue: its training had ended, and what came after ran to its end), for the job's entry."""
+        requeue, and no step_ended() told a loop to stop for it: its training had ended, and what came after ran
+        to its end), for the job's entry. A loop that was told to stop and left without stop_and_requeue() stays
+        a stopped run, as before."""
         if self.last_step is not None:
             self.ledger.step(self.last_step, force=True)
-        if self.flags.signal and not self.stop_requested and rank() == 0:
+        if self.flags.signal and not (self.stop_requested or self.stop_decided) and rank() == 0:
             import time
 
             from hpcrun.rundir import RunDir
@@ -185,6 +188,7 @@ def step_ended(step: int) -> Any:
     triggers = s.triggers(s.checkpoints())
     decision = decide(triggers, s.flags, rank() == 0, s.ledger, step)
     s.last_step = step
+    s.stop_decided = s.stop_decided or bool(decision.stop)
     triggers.step_started()  # the next step is timed from here
     return decision
 

@@ -201,29 +201,46 @@ def record_output(run_dir: Path, output_dir: Path) -> None:
 OUTPUT_OWNER = ".hpcrun-run"  # in a Trainer's output_dir: the run whose checkpoints it holds
 
 
-def claim_output(run_dir: Path, output_dir: Path) -> None:
-    """Marks ``output_dir`` as ``run_dir``'s (rank 0 of the command, when a Trainer is made). Two runs with one
-    output folder (a relative ``--output_dir out`` typed for both) would rotate each other's checkpoints away and
-    resume from each other's: refused, with one line, while the other run still exists.
+def claim_output(run_dir: Path, output_dir: Path, write: bool) -> None:
+    """Marks ``output_dir`` as ``run_dir``'s when a Trainer of the run's command starts training in it (``write``: on
+    its rank 0; every rank checks). Two runs training into one output folder (a relative ``--output_dir out`` typed
+    for both, or a sweep's points) would rotate each other's checkpoints away and resume from each other's: the
+    second is refused while the first still exists. The mark is made with O_EXCL, so of two runs that start
+    together only one makes it; one left by a run that is gone is taken over.
 
     Raises:
-        SharedOutputError: another existing run's Trainer saves into ``output_dir``.
+        SharedOutputError: another existing run trains into ``output_dir``.
     """
+    import os
+
     from hpcrun.rundir.atomic import atomic_write
     from hpcrun.rundir.layout import RunDir
 
     marker = Path(output_dir) / OUTPUT_OWNER
+    if write:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{run_dir}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            return
     try:
-        owner = Path(marker.read_text().strip())
+        owner: Optional[Path] = Path(marker.read_text().strip())
     except (OSError, ValueError):
         owner = None
-    if owner is not None and owner != Path(run_dir) and RunDir(owner).is_run():
+    if owner is None or owner == Path(run_dir):
+        return
+    if RunDir(owner).is_run():
         raise SharedOutputError(
             f"output_dir {output_dir} holds the checkpoints of another run, {owner}: this run would resume from "
             "that run's checkpoints and rotate them away; give each run its own output folder (--output_dir "
             "'${run.dir}/out'), or move that run aside")
-    if owner != Path(run_dir):
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if write:  # its run is gone: this one takes the folder over
         atomic_write(marker, f"{run_dir}\n")
 
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hpcrun.rundir.checkpoints import MARKER, CheckpointDir
 
 
@@ -67,3 +69,24 @@ def test_saving_the_same_step_again_replaces_it(tmp_path):
     _save(ckpts, 10, b"newer")
     latest, _ = ckpts.latest()
     assert (latest.path / "model.safetensors").read_bytes() == b"newer"
+
+
+def test_an_output_dir_is_one_runs_and_another_existing_run_training_there_is_refused(tmp_path):
+    from hpcrun.rundir.checkpoints import OUTPUT_OWNER, SharedOutputError, claim_output
+
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    for run in (first, second):
+        run.mkdir()
+        (run / "config.yaml").write_text("{}\n")  # (what makes a folder a run)
+    claim_output(second, out, write=False)  # a rank that only checks claims nothing
+    assert not (out / OUTPUT_OWNER).exists()
+    claim_output(first, out, write=True)
+    claim_output(first, out, write=True)  # its own restart
+    claim_output(first, out, write=False)  # its other ranks
+    for write in (True, False):  # every rank of the second run is refused
+        with pytest.raises(SharedOutputError, match=f"holds the checkpoints of another run, {first}"):
+            claim_output(second, out, write=write)
+    assert (out / OUTPUT_OWNER).read_text() == f"{first}\n"
+    (first / "config.yaml").unlink()  # the first run is gone: its folder is taken over
+    claim_output(second, out, write=True)
+    assert (out / OUTPUT_OWNER).read_text() == f"{second}\n"

@@ -43,16 +43,12 @@ def adopt(trainer: Any) -> None:
     """Gives one Trainer hpcrun's triggers and atomic checkpoints in its own output_dir."""
     from hpcrun import script
     from hpcrun.frameworks.transformers.callback import TimeTriggerCallback
-    from hpcrun.rundir.checkpoints import CheckpointDir, SharedOutputError, claim_output, record_output
+    from hpcrun.rundir.checkpoints import CheckpointDir, record_output
 
     session = script.session()
     out = Path(trainer.args.output_dir).expanduser().resolve()
     checkpoints = CheckpointDir.in_output_dir(out)
     if trainer.is_world_process_zero():
-        try:
-            claim_output(session.run_dir, out)
-        except SharedOutputError as exc:
-            raise SystemExit(f"hpcrun: error: {exc}") from None  # one line, the command's exit status 1
         record_output(session.run_dir, out)
         for name in checkpoints.clear_staging():
             log.warning("removed %s: a save that was interrupted before it completed (in %s)", name, out)
@@ -145,6 +141,13 @@ def install(trainer_cls: Any) -> None:
         from hpcrun import script
 
         adopted = getattr(self, "_hpcrun", None)
+        if adopted is not None:  # (when training starts: a Trainer that only evaluates may share its folder)
+            from hpcrun.rundir.checkpoints import SharedOutputError, claim_output
+
+            try:
+                claim_output(script.session().run_dir, adopted.checkpoints.root, write=self.is_world_process_zero())
+            except SharedOutputError as exc:
+                raise SystemExit(f"hpcrun: error: {exc}") from None  # one line, on every rank; exit status 1
         if adopted is not None and script.session().restarted:
             latest, skipped = adopted.checkpoints.latest()
             for ckpt, why in skipped:

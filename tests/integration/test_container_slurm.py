@@ -158,3 +158,32 @@ def test_where_scontrol_requeue_is_refused_a_follow_up_job_continues_the_run(hpc
     assert [s["job_id"] for s in st["starts"]] == [job, follow]
     assert f"continued by job {follow}" in st["starts"][0]["end"]
     assert_same_weights(run_dir / "final", reference_run / "final")
+
+
+def test_a_standalone_script_without_a_slurm_client_requeues_from_the_host_at_the_hard_time_limit(
+        hpcrun, tmp_path, slurm_cluster, reference_run):
+    # The standalone script runs under `set -euo pipefail`. At the hard time limit Slurm kills the step and srun
+    # exits non-zero: the script must still reach its last lines, which requeue the job from the host.
+    gate = step_gate.install(tmp_path)
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "HPCRUN_TEST_HOLD_AT_STEP": "3"}
+    out = hpcrun("render", "--standalone", *TINY, *gate, "cluster=slurm", "run.dir=run", *_container(tmp_path),
+                 "-o", "job.sbatch")
+    assert out.returncode == 0, out.stderr
+    job = subprocess.run(["sbatch", "--parsable", "job.sbatch"], cwd=tmp_path, env={**os.environ, **env},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    run_dir = tmp_path / "run"
+    try:
+        wait_for_step(run_dir, 3)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "EndTime=now"], check=True)
+        wait_until(lambda: squeue_state(job) == "PENDING", timeout=120, what="the job requeued by its batch script")
+        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True)
+        release_when_requeued(job)
+        assert wait_for_end(job) == "COMPLETED"
+    finally:
+        subprocess.run(["scancel", job])
+
+    st = state(run_dir)
+    assert st["status"] == "completed" and st["requeues"] == 1
+    assert st["starts"][0]["end"].startswith("requeued: signal") and st["starts"][0]["step"] == 4
+    assert not (run_dir / "requeue-request").exists()
+    assert_same_weights(run_dir / "final", reference_run / "final")

@@ -86,3 +86,31 @@ def test_a_value_sbatch_would_misread_is_refused_by_key(tmp_path):
     out = render(tmp_path, "+experiment=tiny_llama", "cluster=slurm", "cluster.partition='gpu #evil'")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("hpcrun: error: cluster.partition='gpu #evil' is invalid")
+
+
+def test_a_failed_srun_still_reaches_the_host_requeue_and_its_status_stays_the_jobs(tmp_path):
+    # The script runs under `set -euo pipefail`; a step that asked for its requeue can still end non-zero (a rank
+    # killed after the save, a GPU library failing at exit). The lines after srun must run: the requeue, then srun's
+    # status as the job's. Stand-ins: the job's python (prepare prints the run directory), srun (writes the request
+    # as the job would, exits 3), squeue and scontrol.
+    run = tmp_path / "run"
+    run.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_ins = {
+        "python": f'#!/bin/bash\ncat > /dev/null; echo {run}\n',
+        "srun": f'#!/bin/bash\necho 9 > {run}/requeue-request; exit 3\n',
+        "squeue": '#!/bin/bash\necho "RUNNING None"\n',
+        "scontrol": f'#!/bin/bash\necho "$*" >> {tmp_path}/scontrol.calls\n',
+    }
+    for name, text in stand_ins.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    out = render(tmp_path, "+experiment=tiny_llama", "cluster=slurm", f"cluster.python={bin_dir / 'python'}",
+                 "-o", "job.sbatch")
+    assert out.returncode == 0, out.stderr
+    job = subprocess.run(["bash", "job.sbatch"], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "9"})
+    assert job.returncode == 3, job.stderr
+    assert (tmp_path / "scontrol.calls").read_text().splitlines() == ["requeue 9"]
+    assert not (run / "requeue-request").exists()

@@ -198,6 +198,40 @@ def record_output(run_dir: Path, output_dir: Path) -> None:
         atomic_write_json(RunDir(run_dir).outputs, [str(p) for p in [*known, Path(output_dir)]])
 
 
+def record_training(run_dir: Path, start: int, ordinal: int, output_dir: Path) -> None:
+    """Records that the ``ordinal``-th Trainer (1-based, in the order they start training in the command's process)
+    of start ``start`` trains into ``output_dir`` (``trainings.json``; rank 0 of the command)."""
+    from hpcrun.rundir.atomic import atomic_write_json, read_json
+    from hpcrun.rundir.layout import RunDir
+
+    data = read_json(RunDir(run_dir).trainings, {})
+    data = data if isinstance(data, dict) else {}
+    folders = [str(p) for p in data.get(str(start), []) if isinstance(p, str)]
+    folders += [""] * (ordinal - len(folders))
+    folders[ordinal - 1] = str(output_dir)
+    atomic_write_json(RunDir(run_dir).trainings, {**data, str(start): folders})
+
+
+def earlier_training(run_dir: Path, start: int, ordinal: int) -> Optional[Tuple[int, Checkpoint]]:
+    """The newest complete checkpoint that the ``ordinal``-th Trainer of an earlier start saved, looked for from the
+    start before ``start`` back (its output folder may hold nothing yet), as (that start, the checkpoint); None when
+    no earlier start's Trainer of that place saved one. For a command that names a new output folder on every
+    start (a timestamp, Hydra's run directory)."""
+    from hpcrun.rundir.atomic import read_json
+    from hpcrun.rundir.layout import RunDir
+
+    data = read_json(RunDir(run_dir).trainings, {})
+    if not isinstance(data, dict):
+        return None
+    for earlier in range(start - 1, 0, -1):
+        folders = data.get(str(earlier), [])
+        if isinstance(folders, list) and len(folders) >= ordinal and folders[ordinal - 1]:
+            latest, _ = CheckpointDir.in_output_dir(Path(folders[ordinal - 1])).latest()
+            if latest is not None:
+                return earlier, latest
+    return None
+
+
 OUTPUT_OWNER = ".hpcrun-run"  # in a Trainer's output_dir: the run whose checkpoints it holds
 
 

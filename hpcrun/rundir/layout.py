@@ -45,6 +45,7 @@ class RunDir:
     CANCEL_REQUEST = "cancel-request.json"
     REQUEUE_REQUEST = "requeue-request"
     OUTPUTS = "outputs.json"
+    TRAININGS = "trainings.json"
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
@@ -125,6 +126,11 @@ class RunDir:
     def outputs(self) -> Path:
         """The output folders a command's Trainers save their atomic ``checkpoint-N`` folders into."""
         return self.path / self.OUTPUTS
+
+    @property
+    def trainings(self) -> Path:
+        """Per start, the output folder of each Trainer that started training, in the order they started."""
+        return self.path / self.TRAININGS
 
     def start_log(self, start: int, rank: int = 0) -> Path:
         """The log of start ``start`` (1-based) of rank ``rank``."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.own_scripts import SCRIPTS, clm_args, sft_args, straight_run
+from tests.own_scripts import SCRIPTS, clm_args, sft_args, straight_run, trainer_steps
 from tests.training import Terminal, assert_same_weights, state, wait_until
 
 # About 145 steps a second here: 1500 steps leave some 9 s after the first periodic save (1 s in) for the Ctrl-C
@@ -262,6 +262,39 @@ def test_a_trainer_script_under_torchrun_with_two_processes_resumes_to_the_strai
     args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", *torchrun,
             *clm_args(own_work, "${run.dir}/out", steps)[1:]]
     assert_same_weights(_stop_with_ctrl_c_and_run_again(hpcrun, tmp_path, args, "clm_trainer"), tmp_path / "straight")
+
+
+def test_a_hydra_app_that_writes_into_a_new_folder_on_every_start_resumes_from_the_folder_it_saved_in(
+        hpcrun, tmp_path, own_work, straight):
+    # The Trainer's output_dir is Hydra's run directory, outputs/DATE/TIME: a new, empty folder on every start of the
+    # same command. Before, the restart found no checkpoint there and trained again from step 1 (silently: the same
+    # weights in the end, the whole first start's steps lost).
+    args = ["run", "cluster=local", "checkpoint.save_every=1s", "--", sys.executable,
+            str(SCRIPTS / "hydra_trainer.py"), f"config={own_work / 'model' / 'config'}",
+            f"tokenizer={own_work / 'model' / 'tokenizer'}", f"train_file={own_work / 'data' / 'train.txt'}",
+            f"max_steps={STEPS}"]
+    proc = _start(tmp_path, args)
+    run_dir = _run_dir(tmp_path, "hydra_trainer")
+    folders = lambda: sorted(tmp_path.glob("outputs/*/*"))  # noqa: E731
+    wait_until(lambda: any(_checkpoints(f) for f in folders()), 120, "a periodic checkpoint-N in Hydra's run dir")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    (first,) = folders()
+    stopped_at = state(run_dir)["starts"][0]["step"]
+    assert first / f"checkpoint-{stopped_at}" in _checkpoints(first)
+
+    again = hpcrun(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    (second,) = [f for f in folders() if f != first]
+    log = (run_dir / "logs" / "start-2.log").read_text()
+    assert f"this Trainer's output_dir {second} is new on this start and holds no checkpoint" in log, log[-3000:]
+    assert f"resuming from {first / f'checkpoint-{stopped_at}'}" in log
+    ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    (first_step,) = [e["step"] for e in ledger if e["event"] == "first_step" and e["start"] == 2]
+    assert first_step == stopped_at + 1  # the old code: 1
+    assert_same_weights(second, straight)
+    assert trainer_steps(second) == list(range(1, STEPS + 1))  # every step logged once
 
 
 def test_two_runs_with_one_output_dir_are_refused_before_one_takes_the_others_checkpoints(hpcrun, tmp_path,

@@ -11,7 +11,8 @@ covered wherever they call up to them:
   so neither hpcrun nor transformers' ``get_last_checkpoint`` ever sees a half-written one; then the Trainer's
   own ``save_total_limit`` rotation;
 - ``train``: on a restart of the run, resumes from the newest complete ``checkpoint-N`` in ``output_dir`` whatever
-  the script passes; after a save that a stop signal or the deadline asked for, tells the job to requeue and exits
+  the script passes (where the script names a new output_dir on every start, from the one the same Trainer saved in
+  an earlier start's); after a save that a stop signal or the deadline asked for, tells the job to requeue and exits
   the process (status 0), before the script's post-training code (final save, evaluation) runs on a half-trained
   model.
 
@@ -93,6 +94,36 @@ def _rotate(trainer: Any, output_dir: Path) -> None:
         trainer._rotate_checkpoints(use_mtime=False, output_dir=str(output_dir))
 
 
+# How many Trainers of this process have started training: the n-th one of a restart resumes from where the n-th one
+# of the start before saved, when its own output_dir holds nothing (see _resume_point).
+_trainings = 0
+
+
+def _resume_point(adopted: Adopted, session: Any, ordinal: int, asked: Any) -> Any:
+    """Where the ``ordinal``-th Trainer of a restart resumes from, whatever the script passes (``asked``): the newest
+    complete ``checkpoint-N`` in its output_dir; else, when the script names a new output folder on every start (a
+    timestamp, Hydra's run directory), the newest one the same Trainer saved in an earlier start's folder (it goes
+    on saving into its new one); else ``asked`` (nothing saved yet: the script decides, as on the first start)."""
+    from hpcrun.rundir.checkpoints import earlier_training
+
+    latest, skipped = adopted.checkpoints.latest()
+    for ckpt, why in skipped:
+        log.warning("skipping %s: %s", ckpt.path, why)
+    if latest is None:
+        found = earlier_training(session.run_dir, session.start, ordinal)
+        if found is None:
+            return asked
+        earlier, latest = found
+        log.warning("this Trainer's output_dir %s is new on this start and holds no checkpoint: the script names "
+                    "another folder each time it starts (a timestamp? Hydra's run directory?). Resuming from %s, "
+                    "where it saved on start %s; it saves into %s from now on, and the folders of earlier starts "
+                    "are left as they are", adopted.checkpoints.root, latest.path, earlier, adopted.checkpoints.root)
+    elif asked not in (None, False, True, str(latest.path)):
+        log.info("resuming from %s (the newest complete checkpoint), not %s", latest.path, asked)
+    log.info("resuming from %s", latest.path)
+    return str(latest.path)
+
+
 def install(trainer_cls: Any) -> None:
     """Wraps the base Trainer's methods (once)."""
     if getattr(trainer_cls, "_hpcrun_installed", False):
@@ -140,24 +171,21 @@ def install(trainer_cls: Any) -> None:
     def _train(self: Any, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:
         from hpcrun import script
 
+        global _trainings
         adopted = getattr(self, "_hpcrun", None)
         if adopted is not None:  # (when training starts: a Trainer that only evaluates may share its folder)
-            from hpcrun.rundir.checkpoints import SharedOutputError, claim_output
+            from hpcrun.rundir.checkpoints import SharedOutputError, claim_output, record_training
 
+            session = script.session()
+            _trainings += 1
             try:
-                claim_output(script.session().run_dir, adopted.checkpoints.root, write=self.is_world_process_zero())
+                claim_output(session.run_dir, adopted.checkpoints.root, write=self.is_world_process_zero())
             except SharedOutputError as exc:
                 raise SystemExit(f"hpcrun: error: {exc}") from None  # one line, on every rank; exit status 1
-        if adopted is not None and script.session().restarted:
-            latest, skipped = adopted.checkpoints.latest()
-            for ckpt, why in skipped:
-                log.warning("skipping %s: %s", ckpt.path, why)
-            if latest is not None:
-                if resume_from_checkpoint not in (None, False, True, str(latest.path)):
-                    log.info("resuming from %s (the newest complete checkpoint), not %s",
-                             latest.path, resume_from_checkpoint)
-                resume_from_checkpoint = str(latest.path)
-                log.info("resuming from %s", latest.path)
+            if session.restarted:
+                resume_from_checkpoint = _resume_point(adopted, session, _trainings, resume_from_checkpoint)
+            if self.is_world_process_zero():
+                record_training(session.run_dir, session.start, _trainings, adopted.checkpoints.root)
         result = train(self, resume_from_checkpoint, *args, **kwargs)
         if adopted is not None and adopted.callback.stop_reason:
             step = adopted.callback.stop_step or self.state.global_step

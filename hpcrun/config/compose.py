@@ -343,7 +343,8 @@ def _set_command(cfg: Any, command: Sequence[str], overrides: Sequence[str], cwd
             cfg.command.argv[i]  # resolves it
         except OmegaConfBaseException as exc:
             raise ConfigError("command", arg, problem=f"takes a value the config does not have ({one_line(exc)})",
-                              hint="add a key of your own with +KEY=VALUE; a shell variable is $NAME, without braces"
+                              hint="add a key of your own with +KEY=VALUE; a shell variable is $NAME, without "
+                                   "braces; one the command reads itself (a Hydra app's): \\${...}"
                               ) from None
 
 

@@ -17,6 +17,7 @@ import copy
 import difflib
 import functools
 import importlib
+import re
 import sys
 import types
 import typing
@@ -316,6 +317,7 @@ def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None,
         if interpolations is not None:
             interpolations.update(find_interpolations(tree))
         OmegaConf.resolve(tree)
+        _escape_resolved(tree)
         typed = {name: OmegaConf.to_object(tree[name]) for name in typed_sections}
     except ValidationError as exc:
         key = str(exc.full_key)
@@ -338,7 +340,7 @@ def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None,
             continue
         node = tree[name]
         if isinstance(node, (DictConfig, ListConfig)):  # detached from the tree: no struct flag, no parent
-            node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+            node = OmegaConf.create(OmegaConf.to_container(node, resolve=False))  # (resolved, literals escaped)
         extra[str(name)] = node
     return Config(
         run=typed["run"], cluster=typed["cluster"], checkpoint=typed["checkpoint"], task=typed["task"],
@@ -386,4 +388,37 @@ def to_container(cfg: Config) -> Dict[str, Any]:
             out[name] = OmegaConf.to_container(section, resolve=True)
         else:
             out[name] = section
-    return out
+    return _literal(out)
+
+
+def _escape_resolved(tree: Any) -> None:
+    """Escapes again, in a tree just resolved in place, the strings that hold a literal ``${`` (written ``\\${``):
+    OmegaConf.resolve stores the resolved string as the node's value, which OmegaConf then reads as an interpolation
+    (omegaconf 2.3). Every ``${`` left after resolving is a literal one."""
+    from omegaconf import DictConfig, ListConfig
+
+    for key in (tree.keys() if isinstance(tree, DictConfig) else range(len(tree))):
+        child = tree._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            if not child._is_none() and not child._is_missing():
+                _escape_resolved(child)
+        elif child is not None and isinstance(child._value(), str) and "${" in child._value():
+            tree[key] = _literal(child._value())
+
+
+def _literal(value: Any) -> Any:
+    """``value`` with every ``${`` in its strings escaped (``\\${``), so that OmegaConf reading it back (config.yaml,
+    a resume's merge) gets the same strings: a resolved value can hold a literal ``${`` (a command's argument
+    written ``\\${...}``, for a Hydra app's own interpolation), which OmegaConf would otherwise read as an
+    interpolation of hpcrun's config. Backslashes right before it are doubled, as OmegaConf's grammar wants."""
+    kind = type(value)
+    if kind is str:
+        return _LITERAL.sub(lambda m: m.group(1) * 2 + "\\${", value) if "${" in value else value
+    if kind is dict:
+        return {k: _literal(v) for k, v in value.items()}
+    if kind is list:
+        return [_literal(v) for v in value]
+    return value
+
+
+_LITERAL = re.compile(r"(\\*)\$\{")

@@ -68,6 +68,23 @@ def test_compose_puts_the_resolved_command_in_the_config(tmp_path):
     assert cfg.cluster.tasks_per_node == 1
 
 
+def test_an_escaped_interpolation_reaches_the_command_as_written_and_survives_the_saved_config(tmp_path):
+    # A Hydra app's own interpolation, passed through: '\${...}' on hpcrun's command line. Before, OmegaConf read the
+    # resolved '${...}' again as an interpolation of hpcrun's config and the command was refused.
+    from hpcrun.config.compose import load_saved
+    from hpcrun.rundir.create import config_yaml
+
+    literal = ["lr=${optimizer.lr}", "a\\${b}", "${now:%H-%M}/${run.dir}"]
+    escaped = ["lr=\\${optimizer.lr}", "a\\\\\\${b}", "\\${now:%H-%M}/\\${run.dir}"]
+    cfg = compose(["cluster=local", "+x=1"], cwd=tmp_path, command=["echo", *escaped, "${x}"])
+    assert cfg.command.argv[1:] == [*literal, "1"]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_yaml(cfg))
+    assert load_saved(saved).command.argv[1:] == [*literal, "1"]
+    with pytest.raises(ConfigError, match=r"a Hydra app's\): \\\$\{\.\.\.\}"):
+        compose(["cluster=local"], cwd=tmp_path, command=["echo", "lr=${optimizer.lr}"])
+
+
 def test_a_launcher_runs_once_per_node_whatever_the_gpus(tmp_path):
     cfg = compose(["cluster=slurm", "cluster.gpus_per_node=4"], cwd=tmp_path, command=[str(Path(sys.executable).parent / "torchrun"), "x.py"])
     assert cfg.cluster.tasks_per_node == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,37 @@ def test_a_ctrl_c_after_the_training_ended_lets_the_script_finish_and_the_run_is
     assert st["status"] == "completed" and len(st["starts"]) == 1, st
     assert (run_dir / "out" / "model.safetensors").is_file()  # the script's own save_model, after the signal
     assert not list((run_dir / "out").glob("checkpoint-*"))  # (save_strategy no:) nothing saved for the signal
+
+
+def test_a_kill_after_the_final_checkpoint_resumes_to_no_step_past_max_steps(tmp_path, own_work):
+    # The script's Trainer saved at max_steps, then the command was killed in its post-training code (a node
+    # failure, a preemption's SIGKILL). Resumed from that checkpoint, transformers trained one step past max_steps
+    # (checkpoint-21 of a 20-step run, other weights than an uninterrupted run's).
+    trained = tmp_path / "trained"
+    args = ["run", "cluster=local", "--", *clm_args(own_work, "${run.dir}/out", 20, [
+        "--save_strategy", "steps", "--save_steps", "20", "--wait_for_sigint_after_training", str(trained)])]
+    proc = _start(tmp_path, args)
+    run_dir = _run_dir(tmp_path)
+    wait_until(trained.exists, 180, "the end of the script's training")
+    script = f"^{re.escape(sys.executable)} {re.escape(str(SCRIPTS / 'clm_trainer.py'))} "
+    subprocess.run(["pkill", "-KILL", "-f", script], check=True)  # the command only, not hpcrun
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "killed by signal 9" in output, output[-3000:]
+    out = run_dir / "out"
+    assert _checkpoints(out) == [out / "checkpoint-20"]
+
+    trained.unlink()
+    proc = _start(tmp_path, args)
+    wait_until(trained.exists, 180, "the end of the second start's training")
+    proc.send_signal(signal.SIGINT)  # lets the script's post-training code run (above)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    log = (run_dir / "logs" / "start-2.log").read_text()
+    assert f"resuming from {out / 'checkpoint-20'}" in log
+    assert "the checkpoint is at max_steps (20): nothing left to train" in log
+    assert _checkpoints(out) == [out / "checkpoint-20"]  # the old code: checkpoint-21 as well
+    assert trainer_steps(out) == list(range(1, 21))
+    assert_same_weights(out, straight_run(own_work, 20))
 
 
 def test_a_trainer_script_whose_terminal_closes_saves_and_stops(tmp_path, own_work):

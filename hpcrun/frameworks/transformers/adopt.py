@@ -1,7 +1,7 @@
 """Every transformers Trainer a command under ``hpcrun run`` creates gets hpcrun's behaviour, unmodified scripts too.
 
 hpcrun's sitecustomize (hpcrun/frameworks/inject/) calls :func:`install` when ``transformers.trainer`` is imported. It wraps
-four methods of the base ``Trainer`` class, so subclasses (TRL's SFTTrainer, Seq2SeqTrainer, a user's own) are
+the methods of the base ``Trainer`` class below, so subclasses (TRL's SFTTrainer, Seq2SeqTrainer, a user's own) are
 covered wherever they call up to them:
 
 - ``__init__``: adds :class:`TimeTriggerCallback` with the run's triggers (``checkpoint.save_every``, the deadline
@@ -14,7 +14,9 @@ covered wherever they call up to them:
   the script passes (where the script names a new output_dir on every start, from the one the same Trainer saved in
   an earlier start's); after a save that a stop signal or the deadline asked for, tells the job to requeue and exits
   the process (status 0), before the script's post-training code (final save, evaluation) runs on a half-trained
-  model.
+  model;
+- ``_run_epoch`` (transformers 5): ends the loop at once when the step count is already at max_steps (a resume
+  from the final checkpoint), where transformers would train one step more.
 
 Off: ``command.patch_trainer=false``, or ``HPCRUN_PATCH_TRAINER=0`` in the job's environment.
 """
@@ -131,6 +133,7 @@ def install(trainer_cls: Any) -> None:
     trainer_cls._hpcrun_installed = True
     init, train, save, output_dir = (trainer_cls.__init__, trainer_cls.train, trainer_cls._save_checkpoint,
                                      trainer_cls._get_output_dir)
+    run_epoch = getattr(trainer_cls, "_run_epoch", None)  # transformers 5
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -194,6 +197,16 @@ def install(trainer_cls: Any) -> None:
             script.stop_and_requeue(step, adopted.callback.stop_reason)
         return result
 
+    if run_epoch is not None:
+        @functools.wraps(run_epoch)
+        def _run_epoch(self: Any, *args: Any, **kwargs: Any) -> Any:
+            from hpcrun.frameworks.transformers.callback import nothing_left_to_train
+
+            if getattr(self, "_hpcrun", None) is not None and nothing_left_to_train(self):
+                return None
+            return run_epoch(self, *args, **kwargs)
+
+        trainer_cls._run_epoch = _run_epoch
     trainer_cls.__init__ = __init__
     trainer_cls._get_output_dir = _get_output_dir
     trainer_cls._save_checkpoint = _save_checkpoint

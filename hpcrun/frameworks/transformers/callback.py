@@ -31,6 +31,20 @@ log = logging.getLogger("hpcrun")
 Seconds = Union[None, int, float, str]
 
 
+def nothing_left_to_train(trainer: Any) -> bool:
+    """Called as an epoch starts (transformers 5's ``Trainer._run_epoch``): whether the step count is already at
+    max_steps, as after a resume from a checkpoint saved at the last step (a stop signal during it, a kill during
+    what comes after training). transformers starts the epoch anyway and trains one step past max_steps before it
+    checks: other weights than an uninterrupted run's. Then the loop is ended here instead, and ``train()`` returns
+    with the checkpoint's weights loaded."""
+    state = trainer.state
+    if 0 < state.max_steps <= state.global_step:
+        log.info("the checkpoint is at max_steps (%s): nothing left to train", state.max_steps)
+        trainer.control.should_training_stop = True
+        return True
+    return False
+
+
 class TimeTriggerCallback(TrainerCallback):
     """Sets the Trainer's save/log/evaluate/stop controls from the wall clock and from stop signals.
 

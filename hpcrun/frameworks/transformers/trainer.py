@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from transformers import Trainer
 
-from hpcrun.frameworks.transformers.callback import TimeTriggerCallback
+from hpcrun.frameworks.transformers.callback import TimeTriggerCallback, nothing_left_to_train
 from hpcrun.job.steps import checkpoint_save
 from hpcrun.job.triggers import TimeTriggers
 from hpcrun.rundir.checkpoints import CheckpointDir
@@ -41,6 +41,12 @@ class HpcrunTrainerMixin:
         if self._staging:
             return str(self.checkpoints.staging_root)
         return super()._get_output_dir(trial)  # type: ignore[misc]
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """(transformers 5) No step past max_steps on a resume from the last step's checkpoint."""
+        if nothing_left_to_train(self):
+            return None
+        return super()._run_epoch(*args, **kwargs)  # type: ignore[misc]
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """The Trainer's own save, written into the staging folder of hpcrun's save sequence and committed there

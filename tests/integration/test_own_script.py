@@ -329,6 +329,24 @@ def test_a_hydra_app_that_writes_into_a_new_folder_on_every_start_resumes_from_t
     assert trainer_steps(second) == list(range(1, STEPS + 1))  # every step logged once
 
 
+def test_a_trainer_alone_in_each_of_torchruns_processes_is_refused_in_one_line(hpcrun, tmp_path, own_work):
+    # torchrun without GPUs and without --use_cpu: each process gets a Trainer of world size 1, which trains the
+    # whole model by itself. Before, both took the save for theirs and one failed in the other's staging folder
+    # (FileExistsError, after 50 steps of duplicated training).
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("with GPUs torchrun's processes train as one")
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2"]
+    script = [a for a in clm_args(own_work, "${run.dir}/out", 10)[1:] if a != "--use_cpu"]
+    out = hpcrun("run", "cluster=local", "--", *torchrun, *script)
+    assert out.returncode == 1
+    (run_dir,) = list((tmp_path / "runs" / "clm_trainer").iterdir())
+    log = (run_dir / "logs" / "start-1.log").read_text()
+    assert log.count("hpcrun: error: the command started 2 processes (WORLD_SIZE=2) but this Trainer trains alone "
+                     "in each (its world size is 1)") == 2, log[-3000:]
+    assert not _checkpoints(run_dir / "out") and not (run_dir / "out" / ".hpcrun-staging").exists()
+
+
 def test_two_runs_with_one_output_dir_are_refused_before_one_takes_the_others_checkpoints(hpcrun, tmp_path,
                                                                                            own_work):
     # `--output_dir out` typed for two runs (relative: the same folder). Before, the second rotated the first's

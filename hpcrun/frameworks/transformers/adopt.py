@@ -96,6 +96,20 @@ def _rotate(trainer: Any, output_dir: Path) -> None:
         trainer._rotate_checkpoints(use_mtime=False, output_dir=str(output_dir))
 
 
+def _refuse_lone_trainers(trainer: Any) -> None:
+    """One line on every rank (exit status 1) when the command started several processes (torchrun, srun) but the
+    Trainer trains alone in each: torchrun on a machine without GPUs, without ``--use_cpu``, gives each process a
+    Trainer of world size 1. Each would train the whole model on all the data and write the same checkpoints into
+    the same folder; under hpcrun both took the save for theirs and one failed in the other's staging folder."""
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if processes > 1 and int(trainer.args.world_size) == 1:
+        raise SystemExit(
+            f"hpcrun: error: the command started {processes} processes (WORLD_SIZE={processes}) but this Trainer "
+            "trains alone in each (its world size is 1): each would train the whole model and write the same "
+            "checkpoints. Without GPUs, pass --use_cpu (the processes then train as one, over gloo); or start one "
+            "process")
+
+
 # How many Trainers of this process have started training: the n-th one of a restart resumes from where the n-th one
 # of the start before saved, when its own output_dir holds nothing (see _resume_point).
 _trainings = 0
@@ -181,6 +195,7 @@ def install(trainer_cls: Any) -> None:
 
             session = script.session()
             _trainings += 1
+            _refuse_lone_trainers(self)
             try:
                 claim_output(session.run_dir, adopted.checkpoints.root, write=self.is_world_process_zero())
             except SharedOutputError as exc:

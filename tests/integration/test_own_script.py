@@ -366,6 +366,20 @@ def test_two_runs_with_one_output_dir_are_refused_before_one_takes_the_others_ch
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before  # the first run's folder untouched
 
 
+def test_an_evaluation_in_another_runs_output_dir_leaves_its_save_in_progress_alone(hpcrun, tmp_path, own_work):
+    # A Trainer that only evaluates, pointed at the folder a training run saves into (to look at its checkpoints
+    # while it trains). Before, its __init__ removed the folder's staging: the other run's save in progress.
+    first = hpcrun("run", "run.name=train", "cluster=local", "--", *clm_args(own_work, "out", 5))
+    assert first.returncode == 0, first.stderr[-3000:]
+    in_progress = tmp_path / "out" / ".hpcrun-staging" / "checkpoint-7"  # as the training run's next save would be
+    in_progress.mkdir(parents=True)
+    (in_progress / "model.safetensors").write_bytes(b"half written")
+    evaluate = [a for a in clm_args(own_work, "out", 5) if a != "--do_train"] + ["--do_eval"]
+    out = hpcrun("run", "run.name=eval", "cluster=local", "--", *evaluate)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (in_progress / "model.safetensors").read_bytes() == b"half written"
+
+
 def test_the_best_checkpoint_is_named_where_it_is_once_committed_so_a_restart_finds_it(hpcrun, tmp_path, own_work):
     # load_best_model_at_end: the Trainer names the best checkpoint by where it wrote it. Before, the
     # trainer_state.json of each checkpoint named hpcrun's staging folder, gone after the commit: a restart loaded

@@ -53,8 +53,6 @@ def adopt(trainer: Any) -> None:
     checkpoints = CheckpointDir.in_output_dir(out)
     if trainer.is_world_process_zero():
         record_output(session.run_dir, out)
-        for name in checkpoints.clear_staging():
-            log.warning("removed %s: a save that was interrupted before it completed (in %s)", name, out)
     callback = TimeTriggerCallback(stop_flags=session.flags, triggers=session.triggers(checkpoints),
                                    ledger=session.ledger)
     trainer.add_callback(callback)
@@ -200,6 +198,10 @@ def install(trainer_cls: Any) -> None:
                 claim_output(session.run_dir, adopted.checkpoints.root, write=self.is_world_process_zero())
             except SharedOutputError as exc:
                 raise SystemExit(f"hpcrun: error: {exc}") from None  # one line, on every rank; exit status 1
+            if self.is_world_process_zero():  # (the folder is this run's: not another's save in progress)
+                for name in adopted.checkpoints.clear_staging():
+                    log.warning("removed %s: a save that was interrupted before it completed (in %s)", name,
+                                adopted.checkpoints.root)
             if session.restarted:
                 resume_from_checkpoint = _resume_point(adopted, session, _trainings, resume_from_checkpoint)
             if self.is_world_process_zero():

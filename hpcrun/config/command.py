@@ -19,6 +19,22 @@ _LAUNCHER_PROGRAMS = {"torchrun", "deepspeed"}
 _LAUNCHER_MODULES = {"torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch"}
 
 
+def _script_index(args: Sequence[str]) -> int:
+    """Where the command's script is (its first ``.py``/``.sh`` argument), or len(args)."""
+    return next((i for i, a in enumerate(args) if i > 0 and a.endswith((".py", ".sh")) and not a.startswith("-")),
+                len(args))
+
+
+def _module(args: Sequence[str]) -> str:
+    """The module of ``python -m MODULE`` (or a launcher's ``-m MODULE``), or "". A ``-m`` after the script is
+    the script's own argument (a Hydra app's ``-m`` for multirun)."""
+    script = _script_index(args)
+    for i, a in enumerate(args[:script]):
+        if i > 0 and a == "-m" and i + 1 < len(args):
+            return args[i + 1]
+    return ""
+
+
 def starts_workers(argv: Sequence[str]) -> bool:
     """Whether ``argv`` is a launcher that starts its own worker processes (torchrun, accelerate launch, ...)."""
     if not argv:
@@ -28,22 +44,19 @@ def starts_workers(argv: Sequence[str]) -> bool:
         return True
     if name == "accelerate":
         return len(argv) > 1 and argv[1] == "launch"
-    if name.startswith("python") and "-m" in argv[1:]:
-        i = list(argv).index("-m")
-        return i + 1 < len(argv) and argv[i + 1] in _LAUNCHER_MODULES
-    return False
+    return name.startswith("python") and _module(argv) in _LAUNCHER_MODULES
 
 
 def command_name(argv: Sequence[str]) -> str:
-    """A run name for a command: its script's name (``run_clm`` for ``python run_clm.py``, ``train`` for
-    ``torchrun --nproc_per_node=2 train.py``), its module's (``-m pkg.train``), or the program's."""
+    """A run name for a command: its module's (``-m pkg.train``, before any script), its script's (``run_clm`` for
+    ``python run_clm.py``, ``train`` for ``torchrun --nproc_per_node=2 train.py`` or ``python train.py -m
+    lr=1,2``), or the program's."""
     args = list(argv)
-    for i, a in enumerate(args):
-        if a == "-m" and i + 1 < len(args):
-            return args[i + 1].rpartition(".")[2] or "command"
-    for a in args[1:]:
-        if a.endswith((".py", ".sh")) and not a.startswith("-"):
-            return Path(a).stem or "command"
+    module = _module(args)
+    if module:
+        return module.rpartition(".")[2] or "command"
+    if _script_index(args) < len(args):
+        return Path(args[_script_index(args)]).stem or "command"
     return Path(args[0]).name if args else "command"
 
 

@@ -198,38 +198,47 @@ def record_output(run_dir: Path, output_dir: Path) -> None:
         atomic_write_json(RunDir(run_dir).outputs, [str(p) for p in [*known, Path(output_dir)]])
 
 
-def record_training(run_dir: Path, start: int, ordinal: int, output_dir: Path) -> None:
-    """Records that the ``ordinal``-th Trainer (1-based, in the order they start training in the command's process)
-    of start ``start`` trains into ``output_dir`` (``trainings.json``; rank 0 of the command)."""
-    from hpcrun.rundir.atomic import atomic_write_json, read_json
-    from hpcrun.rundir.layout import RunDir
+def record_training(run_dir: Path, start: int, key: str, output_dir: Path) -> None:
+    """Records that a Trainer of start ``start`` starts training into ``output_dir`` (``trainings.json``, per start
+    the Trainers in the order they started, each ``{"key", "dir"}``; rank 0 of the command). ``key`` tells one
+    Trainer of the command from another across starts: the same on every start for the same training (not its
+    folder), another for another stage or sweep job."""
+    from hpcrun.rundir.atomic import atomic_write_json
 
-    data = read_json(RunDir(run_dir).trainings, {})
-    data = data if isinstance(data, dict) else {}
-    folders = [str(p) for p in data.get(str(start), []) if isinstance(p, str)]
-    folders += [""] * (ordinal - len(folders))
-    folders[ordinal - 1] = str(output_dir)
-    atomic_write_json(RunDir(run_dir).trainings, {**data, str(start): folders})
+    data = _trainings(run_dir)
+    data[str(start)] = [*data.get(str(start), []), {"key": key, "dir": str(output_dir)}]
+    atomic_write_json(_trainings_file(run_dir), data)
 
 
-def earlier_training(run_dir: Path, start: int, ordinal: int) -> Optional[Tuple[int, Checkpoint]]:
-    """The newest complete checkpoint that the ``ordinal``-th Trainer of an earlier start saved, looked for from the
-    start before ``start`` back (its output folder may hold nothing yet), as (that start, the checkpoint); None when
-    no earlier start's Trainer of that place saved one. For a command that names a new output folder on every
-    start (a timestamp, Hydra's run directory)."""
-    from hpcrun.rundir.atomic import read_json
-    from hpcrun.rundir.layout import RunDir
-
-    data = read_json(RunDir(run_dir).trainings, {})
-    if not isinstance(data, dict):
-        return None
+def earlier_training(run_dir: Path, start: int, key: str, nth: int) -> Optional[Tuple[int, Checkpoint]]:
+    """Where the ``nth`` Trainer with ``key`` of start ``start`` saved on an earlier start, for a command that names
+    a new output folder on every start (a timestamp, Hydra's run directory): the newest complete checkpoint in the
+    folder of the ``nth`` Trainer with that key of the latest earlier start that has one, as (that start, the
+    checkpoint); None when no earlier start's Trainer with that key saved one."""
+    data = _trainings(run_dir)
     for earlier in range(start - 1, 0, -1):
-        folders = data.get(str(earlier), [])
-        if isinstance(folders, list) and len(folders) >= ordinal and folders[ordinal - 1]:
-            latest, _ = CheckpointDir.in_output_dir(Path(folders[ordinal - 1])).latest()
+        same = [e["dir"] for e in data.get(str(earlier), []) if e.get("key") == key]
+        if len(same) >= nth:
+            latest, _ = CheckpointDir.in_output_dir(Path(same[nth - 1])).latest()
             if latest is not None:
                 return earlier, latest
     return None
+
+
+def _trainings_file(run_dir: Path) -> Path:
+    from hpcrun.rundir.layout import RunDir
+
+    return RunDir(run_dir).trainings
+
+
+def _trainings(run_dir: Path) -> Dict[str, List[Dict[str, str]]]:
+    from hpcrun.rundir.atomic import read_json
+
+    data = read_json(_trainings_file(run_dir), {})
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): [e for e in v if isinstance(e, dict) and isinstance(e.get("dir"), str)]
+            for k, v in data.items() if isinstance(v, list)}
 
 
 OUTPUT_OWNER = ".hpcrun-run"  # in a Trainer's output_dir: the run whose checkpoints it holds
@@ -271,9 +280,9 @@ def claim_output(run_dir: Path, output_dir: Path, write: bool) -> None:
         return
     if RunDir(owner).is_run():
         raise SharedOutputError(
-            f"output_dir {output_dir} holds the checkpoints of another run, {owner}: this run would resume from "
+            f"output_dir {output_dir} is the checkpoint folder of another run, {owner}: this run would resume from "
             "that run's checkpoints and rotate them away; give each run its own output folder (--output_dir "
-            "'${run.dir}/out'), or move that run aside")
+            "'${run.dir}/out'; a Hydra app's: hydra.run.dir='${run.dir}/hydra'), or move that run aside")
     if write:  # its run is gone: this one takes the folder over
         atomic_write(marker, f"{run_dir}\n")
 

@@ -361,7 +361,7 @@ def test_two_runs_with_one_output_dir_are_refused_before_one_takes_the_others_ch
     assert second.returncode == 1
     (run_dir,) = list((tmp_path / "runs" / "second").iterdir())
     log = (run_dir / "logs" / "start-1.log").read_text()
-    assert f"hpcrun: error: output_dir {tmp_path / 'out'} holds the checkpoints of another run, " in log, log[-3000:]
+    assert f"hpcrun: error: output_dir {tmp_path / 'out'} is the checkpoint folder of another run, " in log, log[-3000:]
     assert "Traceback" not in log
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before  # the first run's folder untouched
 

@@ -84,7 +84,7 @@ def test_an_output_dir_is_one_runs_and_another_existing_run_training_there_is_re
     claim_output(first, out, write=True)  # its own restart
     claim_output(first, out, write=False)  # its other ranks
     for write in (True, False):  # every rank of the second run is refused
-        with pytest.raises(SharedOutputError, match=f"holds the checkpoints of another run, {first}"):
+        with pytest.raises(SharedOutputError, match=f"is the checkpoint folder of another run, {first}"):
             claim_output(second, out, write=write)
     assert (out / OUTPUT_OWNER).read_text() == f"{first}\n"
     (first / "config.yaml").unlink()  # the first run is gone: its folder is taken over
@@ -92,22 +92,30 @@ def test_an_output_dir_is_one_runs_and_another_existing_run_training_there_is_re
     assert (out / OUTPUT_OWNER).read_text() == f"{second}\n"
 
 
-def test_a_restart_whose_trainer_has_a_new_output_folder_finds_where_the_same_trainer_saved_before(tmp_path):
-    # A command that names a new output_dir on every start (Hydra's outputs/DATE/TIME), with two Trainers in turn.
+def test_a_restart_whose_trainer_has_a_new_output_folder_finds_where_the_same_training_saved_before(tmp_path):
+    # A command that names a new output_dir on every start (Hydra's outputs/DATE/TIME), with two trainings in turn
+    # ("a", "b") and a sweep-like pair of trainings with the same key ("c" twice).
     from hpcrun.rundir.checkpoints import earlier_training, record_training
 
     run = tmp_path / "run"
     run.mkdir()
-    folders = {(start, n): tmp_path / f"start{start}-trainer{n}" for start in (1, 2) for n in (1, 2)}
-    for (start, n), folder in folders.items():
-        record_training(run, start, n, folder)
-    _save(CheckpointDir.in_output_dir(folders[1, 1]), 7)
-    _save(CheckpointDir.in_output_dir(folders[1, 2]), 3)
-    _save(CheckpointDir.in_output_dir(folders[2, 2]), 5)
-    # start 2's first Trainer saved nothing before it stopped: start 3's looks back to start 1's
-    start, ckpt = earlier_training(run, 3, 1)
-    assert start == 1 and ckpt.path == folders[1, 1] / "checkpoint-7"
-    start, ckpt = earlier_training(run, 3, 2)  # the second Trainer: its own folders, the newest start first
-    assert start == 2 and ckpt.path == folders[2, 2] / "checkpoint-5"
-    assert earlier_training(run, 3, 3) is None  # no such Trainer before
-    assert earlier_training(run, 1, 1) is None  # the first start has no earlier one
+    folders = {}
+    for start in (1, 2):
+        for n, key in enumerate(("a", "b", "c", "c")):
+            folders[start, n] = tmp_path / f"start{start}-{n}"
+            record_training(run, start, key, folders[start, n])
+    _save(CheckpointDir.in_output_dir(folders[1, 0]), 7)
+    _save(CheckpointDir.in_output_dir(folders[1, 1]), 3)
+    _save(CheckpointDir.in_output_dir(folders[2, 1]), 5)
+    _save(CheckpointDir.in_output_dir(folders[1, 3]), 9)
+    # start 2's "a" saved nothing before it stopped: start 3's looks back to start 1's
+    start, ckpt = earlier_training(run, 3, "a", 1)
+    assert start == 1 and ckpt.path == folders[1, 0] / "checkpoint-7"
+    start, ckpt = earlier_training(run, 3, "b", 1)  # its own folders, the newest start first
+    assert start == 2 and ckpt.path == folders[2, 1] / "checkpoint-5"
+    assert earlier_training(run, 3, "c", 1) is None  # the first "c" never saved
+    start, ckpt = earlier_training(run, 3, "c", 2)
+    assert start == 1 and ckpt.path == folders[1, 3] / "checkpoint-9"
+    # a restart that skips "a" (its model already made): "b" still finds its own, never "a"'s
+    assert earlier_training(run, 3, "d", 1) is None
+    assert earlier_training(run, 1, "a", 1) is None  # the first start has no earlier one

@@ -34,6 +34,7 @@ def test_the_command_after_double_dash_is_split_off_and_dash_m_run_is_run_dash_m
     (["python", "train.py"], False),
     (["deepspeed", "train.py"], True),
     (["bash", "run.sh"], False),
+    (["python", "train.py", "-m", "torch.distributed.run"], False),  # the script's own -m (a Hydra multirun)
 ])
 def test_launchers_are_recognised(argv, launcher):
     assert starts_workers(argv) is launcher
@@ -45,6 +46,9 @@ def test_launchers_are_recognised(argv, launcher):
     (["python", "-m", "pkg.sub.finetune"], "finetune"),
     (["bash", "go.sh"], "go"),
     (["./my_binary", "--flag"], "my_binary"),
+    (["python", "train.py", "-m", "lr=0.001,0.0003"], "train"),  # a Hydra app's multirun: the script's -m
+    (["python", "train.py", "-m", "hydra/launcher=joblib"], "train"),
+    (["python", "-u", "-m", "pkg.train", "-m", "x=1,2"], "train"),
 ])
 def test_a_run_is_named_after_its_script(argv, name):
     assert command_name(argv) == name

@@ -108,30 +108,53 @@ def _refuse_lone_trainers(trainer: Any) -> None:
             "process")
 
 
-# How many Trainers of this process have started training: the n-th one of a restart resumes from where the n-th one
-# of the start before saved, when its own output_dir holds nothing (see _resume_point).
-_trainings = 0
+# The key of each Trainer of this process that started training, in order: the n-th Trainer with a key on a restart
+# resumes from where the n-th one with that key saved on an earlier start, when its own output_dir holds nothing.
+_started: list = []
 
 
-def _resume_point(adopted: Adopted, session: Any, ordinal: int, asked: Any) -> Any:
-    """Where the ``ordinal``-th Trainer of a restart resumes from, whatever the script passes (``asked``): the newest
-    complete ``checkpoint-N`` in its output_dir; else, when the script names a new output folder on every start (a
-    timestamp, Hydra's run directory), the newest one the same Trainer saved in an earlier start's folder (it goes
-    on saving into its new one); else ``asked`` (nothing saved yet: the script decides, as on the first start)."""
+def trainer_key(trainer: Any) -> str:
+    """What tells one training of the command from another, the same on every start (not the output folder, which
+    may be named by the time: run_name, logging_dir follow it): the process's command line (a shell script that
+    runs two pythons), the model's class and size, and the training arguments a stage or a sweep job sets."""
+    import hashlib
+    import json
+    import sys
+
+    args = trainer.args
+    model = trainer.model
+    parts = {
+        "argv": [str(a) for a in sys.argv],
+        "model": type(model).__name__,
+        "parameters": sum(int(p.numel()) for p in model.parameters()) if hasattr(model, "parameters") else 0,
+        **{name: str(getattr(args, name, None)) for name in (
+            "max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "seed", "lr_scheduler_type", "weight_decay", "warmup_steps")},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _resume_point(adopted: Adopted, session: Any, key: str, asked: Any) -> Any:
+    """Where a Trainer of a restart resumes from, whatever the script passes (``asked``): the newest complete
+    ``checkpoint-N`` in its output_dir; else, when the script names a new output folder on every start (a
+    timestamp, Hydra's run directory), the newest one the same training (the n-th Trainer with its ``key``) saved in
+    an earlier start's folder (it goes on saving into its new one); else ``asked`` (nothing saved yet: the script
+    decides, as on the first start)."""
     from hpcrun.rundir.checkpoints import earlier_training
 
     latest, skipped = adopted.checkpoints.latest()
     for ckpt, why in skipped:
         log.warning("skipping %s: %s", ckpt.path, why)
     if latest is None:
-        found = earlier_training(session.run_dir, session.start, ordinal)
+        found = earlier_training(session.run_dir, session.start, key, _started.count(key))
         if found is None:
             return asked
         earlier, latest = found
         log.warning("this Trainer's output_dir %s is new on this start and holds no checkpoint: the script names "
                     "another folder each time it starts (a timestamp? Hydra's run directory?). Resuming from %s, "
-                    "where it saved on start %s; it saves into %s from now on, and the folders of earlier starts "
-                    "are left as they are", adopted.checkpoints.root, latest.path, earlier, adopted.checkpoints.root)
+                    "where the same training saved on start %s; it saves into %s from now on, and the folders of "
+                    "earlier starts are left as they are", adopted.checkpoints.root, latest.path, earlier,
+                    adopted.checkpoints.root)
     elif asked not in (None, False, True, str(latest.path)):
         log.info("resuming from %s (the newest complete checkpoint), not %s", latest.path, asked)
     log.info("resuming from %s", latest.path)
@@ -186,14 +209,14 @@ def install(trainer_cls: Any) -> None:
     def _train(self: Any, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:
         from hpcrun import script
 
-        global _trainings
         adopted = getattr(self, "_hpcrun", None)
         if adopted is not None:  # (when training starts: a Trainer that only evaluates may share its folder)
             from hpcrun.rundir.checkpoints import SharedOutputError, claim_output, record_training
 
             session = script.session()
-            _trainings += 1
             _refuse_lone_trainers(self)
+            key = trainer_key(self)
+            _started.append(key)
             try:
                 claim_output(session.run_dir, adopted.checkpoints.root, write=self.is_world_process_zero())
             except SharedOutputError as exc:
@@ -203,9 +226,9 @@ def install(trainer_cls: Any) -> None:
                     log.warning("removed %s: a save that was interrupted before it completed (in %s)", name,
                                 adopted.checkpoints.root)
             if session.restarted:
-                resume_from_checkpoint = _resume_point(adopted, session, _trainings, resume_from_checkpoint)
+                resume_from_checkpoint = _resume_point(adopted, session, key, resume_from_checkpoint)
             if self.is_world_process_zero():
-                record_training(session.run_dir, session.start, _trainings, adopted.checkpoints.root)
+                record_training(session.run_dir, session.start, key, adopted.checkpoints.root)
         result = train(self, resume_from_checkpoint, *args, **kwargs)
         if adopted is not None and adopted.callback.stop_reason:
             step = adopted.callback.stop_step or self.state.global_step

@@ -28,11 +28,8 @@ def _script_index(args: Sequence[str]) -> int:
 def _module(args: Sequence[str]) -> str:
     """The module of ``python -m MODULE`` (or a launcher's ``-m MODULE``), or "". A ``-m`` after the script is
     the script's own argument (a Hydra app's ``-m`` for multirun)."""
-    script = _script_index(args)
-    for i, a in enumerate(args[:script]):
-        if i > 0 and a == "-m" and i + 1 < len(args):
-            return args[i + 1]
-    return ""
+    before = args[1:_script_index(args)]
+    return next((before[i + 1] for i, a in enumerate(before[:-1]) if a == "-m"), "")
 
 
 def starts_workers(argv: Sequence[str]) -> bool:
@@ -55,8 +52,9 @@ def command_name(argv: Sequence[str]) -> str:
     module = _module(args)
     if module:
         return module.rpartition(".")[2] or "command"
-    if _script_index(args) < len(args):
-        return Path(args[_script_index(args)]).stem or "command"
+    script = _script_index(args)
+    if script < len(args):
+        return Path(args[script]).stem or "command"
     return Path(args[0]).name if args else "command"
 
 

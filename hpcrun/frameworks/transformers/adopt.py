@@ -225,10 +225,9 @@ def install(trainer_cls: Any) -> None:
                 for name in adopted.checkpoints.clear_staging():
                     log.warning("removed %s: a save that was interrupted before it completed (in %s)", name,
                                 adopted.checkpoints.root)
-            if session.restarted:
-                resume_from_checkpoint = _resume_point(adopted, session, key, resume_from_checkpoint)
-            if self.is_world_process_zero():
                 record_training(session.run_dir, session.start, key, adopted.checkpoints.root)
+            if session.restarted:  # (from earlier starts' records only: this one's is not read)
+                resume_from_checkpoint = _resume_point(adopted, session, key, resume_from_checkpoint)
         result = train(self, resume_from_checkpoint, *args, **kwargs)
         if adopted is not None and adopted.callback.stop_reason:
             step = adopted.callback.stop_step or self.state.global_step

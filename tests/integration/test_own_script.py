@@ -394,3 +394,20 @@ def test_the_best_checkpoint_is_named_where_it_is_once_committed_so_a_restart_fi
              for c in sorted((run_dir / "out").glob("checkpoint-*"))]
     assert len(named) == 2 and all(named), named
     assert all(Path(n).parent == run_dir / "out" and Path(n).is_dir() for n in named), named
+
+
+def test_an_arguments_file_naming_the_run_dir_literally_is_warned_of(hpcrun, tmp_path, own_work):
+    # `python run_clm.py args.json`: the file is the script's to read, so hpcrun's ${run.dir} in it stays literal
+    # and makes a folder named "${run.dir}" in the working directory, shared by every run given the file.
+    (tmp_path / "args.json").write_text(json.dumps({
+        "config_name": str(own_work / "model" / "config"), "tokenizer_name": str(own_work / "model" / "tokenizer"),
+        "train_file": str(own_work / "data" / "train.txt"), "block_size": 32, "do_train": True, "max_steps": 2,
+        "per_device_train_batch_size": 4, "save_strategy": "no", "report_to": "none", "use_cpu": True,
+        "output_dir": "${run.dir}/out"}))
+    out = hpcrun("run", "cluster=local", "--", sys.executable, str(SCRIPTS / "clm_trainer.py"), "args.json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "runs" / "clm_trainer").iterdir())
+    log = (run_dir / "logs" / "start-1.log").read_text()
+    assert ("output_dir ${run.dir}/out holds a literal '${': hpcrun fills ${...} in the command line only" in log
+            ), log[-3000:]
+    assert (tmp_path / "${run.dir}" / "out" / "model.safetensors").is_file()  # where the script was told, as written

@@ -44,7 +44,10 @@ class DataTrainingArguments:
 
 def main():
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):  # all arguments in one file, as run_clm.py takes them
+        model_args, data_args, training_args = parser.parse_json_file(json_file=sys.argv[1])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout)])
     log_level = training_args.get_process_log_level()

@@ -59,6 +59,12 @@ def adopt(trainer: Any) -> None:
     trainer._hpcrun = Adopted(checkpoints, callback)
     log.info("this Trainer saves every %s of wall clock, on a stop signal and before the job's end, "
              "atomically into %s", session.cfg.checkpoint.save_every, out)
+    if "${" in str(trainer.args.output_dir) and trainer.is_world_process_zero():
+        # An arguments file (run_clm.py args.json, a --config yaml) is the script's to read: hpcrun fills ${...}
+        # in the command line only, and every run given this file would share the folder (the second is refused).
+        log.warning("output_dir %s holds a literal '${': hpcrun fills ${...} in the command line only, not in a "
+                    "file the script reads; name the folder itself there, or pass it on the command line",
+                    trainer.args.output_dir)
 
 
 def _unstage_best(trainer: Any, checkpoints: Any, folder: Path) -> None:
@@ -231,8 +237,10 @@ def install(trainer_cls: Any) -> None:
         result = train(self, resume_from_checkpoint, *args, **kwargs)
         if adopted is not None and adopted.callback.stop_reason:
             step = adopted.callback.stop_step or self.state.global_step
+            # (On Slurm, scancel's SIGTERM reads as a preemption's here: hpcrun's job tells them apart after the exit.)
             log.info("saved step %s after %s; exiting %s", step, adopted.callback.stop_reason,
-                     "to be requeued" if os.environ.get("HPCRUN_JOB_ID") else "(the same hpcrun command resumes it)")
+                     "(hpcrun requeues the job, unless it was cancelled)" if os.environ.get("HPCRUN_JOB_ID")
+                     else "(the same hpcrun command resumes it)")
             script.stop_and_requeue(step, adopted.callback.stop_reason)
         return result
 

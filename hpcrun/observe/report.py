@@ -9,8 +9,11 @@ Each start of a run is cut into segments (docs/goodput.md):
     training  training steps whose work survived (evaluations during training included)
     saving    checkpoint saves, the time training was blocked on them
     lost      training after the point the next start resumed from: those steps were computed again
-    other     after the last step: the final weights, exit, requeue; and for a start killed without an event, nothing
-              (its time after the last recorded step counts as lost: it was training, and no checkpoint kept it)
+    other     after the last step: the final weights, exit, requeue; and for a start that ended without knowing its
+              step, nothing: killed without an event (to its allocation's end), or stopped or failed without a
+              recorded step (to its end event: a second Ctrl-C, a crash), its time after the last recorded step
+              counts as lost: it was training, and no checkpoint kept it. Its recomputed steps are then a lower
+              bound (the ledger records progress once a minute, not every step).
 
 goodput = training / allocated, where allocated = the sum of the starts' allocations.
 
@@ -61,6 +64,9 @@ class StartReport:
     # Where the start-up went (the ledger's phase events, then the first step itself): [(name, seconds)]
     phases: List[Tuple[str, float]] = field(default_factory=list)
     processes: int = 1  # the start's world size (a run may resume on another, docs/elastic.md)
+    # It ended without knowing its step (killed, or an end event without one): its last_step is the last one the
+    # ledger recorded, and it may have trained past it.
+    step_unknown: bool = False
 
     def total(self, kind: str) -> float:
         return sum(s.seconds for s in self.segments if s.kind == kind)
@@ -74,6 +80,11 @@ class RunReport:
     starts: List[StartReport]
     queue_waits: List[float]  # between consecutive starts (seconds), from sacct
     recomputed_steps: int
+
+    @property
+    def recomputed_at_least(self) -> bool:
+        """The recomputed steps are a lower bound: a start followed by another ended without knowing its step."""
+        return any(s.step_unknown for s in self.starts[:-1])
 
     @property
     def allocated(self) -> float:
@@ -96,6 +107,7 @@ class RunReport:
             "allocated_s": round(self.allocated, 2), "time_to_first_step_s": _round(self.time_to_first_step),
             **{f"{k}_s": round(self.total(k), 2) for k in KINDS},
             "queue_wait_s": round(sum(self.queue_waits), 2), "recomputed_steps": self.recomputed_steps,
+            "recomputed_steps_at_least": self.recomputed_at_least,
             "goodput": _round(self.goodput, 4),
         }
 
@@ -142,18 +154,29 @@ def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], nex
                     for e in events if e["event"] == "save"))
     first = next((e for e in events if e["event"] == "first_step"), None)
     resumed = int(head.get("resumed_from") or 0)
+    # Ended without knowing where it was: killed (no end event), or an end event without a step that is no
+    # completion (a second Ctrl-C, a crash): it trained until that end, past the last step the ledger saw.
+    # (A ledger from before end events carried a step: as before, the last step seen.)
+    step_unknown = end_event is None or ("step" in end_event and end_event["step"] is None
+                                         and end_event.get("status") != "completed")
     report = StartReport(n=int(head["start"]), job_id=head.get("job_id"), alloc_start=a, alloc_end=e_,
                          times_from=times_from, resumed_from=resumed, last_step=max([s for _, s in steps], default=resumed),
                          end=end_event["status"] if end_event else "killed", phases=_phases(events),
-                         processes=int(head.get("world_size") or 1))
+                         processes=int(head.get("world_size") or 1), step_unknown=step_unknown)
     if first is None:  # never trained: all start-up (or a failure before the first step)
         report.segments.append(Segment("startup", a, e_))
         return report
     f = min(max(float(first["t"]), a), e_)
     report.segments.append(Segment("startup", a, f))
-    # Training runs to the last step seen, or to the end of the allocation if the start was killed.
+    # Training runs to the last step seen; to the end of the allocation if the start was killed, to its end event
+    # if that knew no step.
     last_step_t = max([t for t, _ in steps] + [end for _, end, _ in saves], default=f)
-    train_end = e_ if end_event is None else min(max(last_step_t, f), e_)
+    if end_event is None:
+        train_end = e_
+    elif step_unknown:
+        train_end = min(max(float(end_event["t"]), last_step_t, f), e_)
+    else:
+        train_end = min(max(last_step_t, f), e_)
     # Where work stopped counting: the moment this start reached the step the next start resumed from.
     cut = train_end
     if next_resumed_from is not None:
@@ -288,6 +311,7 @@ def totals(reports: Sequence[RunReport]) -> Dict[str, Any]:
         **{f"{k}_s": round(sum(r.total(k) for r in reports), 2) for k in KINDS},
         "queue_wait_s": round(sum(sum(r.queue_waits) for r in reports), 2),
         "recomputed_steps": sum(r.recomputed_steps for r in reports),
+        "recomputed_steps_at_least": any(r.recomputed_at_least for r in reports),
         "goodput": round(training / allocated, 4) if allocated > 0 else None,
     }
 
@@ -319,7 +343,8 @@ def report_text(reports: Sequence[RunReport]) -> str:
         lines.append(f"  allocated        {format_human(alloc):>9}")
         lines.append(f"  to first step    {format_human(r.time_to_first_step or 0):>9}")
         for s in r.starts:
-            shape = f"{s.processes} process{'es' if s.processes > 1 else ''}, steps {s.resumed_from}-{s.last_step}"
+            shape = (f"{s.processes} process{'es' if s.processes > 1 else ''}, steps {s.resumed_from}-{s.last_step}"
+                     f"{'+' if s.step_unknown else ''}")
             parts = ": " + ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases) if s.phases else ""
             lines.append(f"    start {s.n} ({shape}): {format_human(s.total('startup'))} start-up{parts}")
         for k, label in (("startup", "start-up"), ("training", "training"), ("saving", "saving"),
@@ -328,7 +353,9 @@ def report_text(reports: Sequence[RunReport]) -> str:
         if r.queue_waits:
             lines.append(f"  queue waits      {format_human(sum(r.queue_waits)):>9}  (between restarts: "
                          f"{', '.join(format_human(w) for w in r.queue_waits)})")
-        lines.append(f"  recomputed steps {r.recomputed_steps:>9}")
+        unknown = [str(s.n) for s in r.starts[:-1] if s.step_unknown]
+        lines.append(f"  recomputed steps {r.recomputed_steps:>9}" + (
+            f"  (at least: start {', '.join(unknown)} ended without recording its last step)" if unknown else ""))
         lines.append(f"  goodput          {_pct(r.total('training'), alloc):>9}")
         sources = {s.times_from for s in r.starts}
         if "ledger" in sources:
@@ -337,7 +364,8 @@ def report_text(reports: Sequence[RunReport]) -> str:
         t = totals(reports)
         lines.append(f"sweep: {t['runs']} runs, {t['starts']} starts, allocated {format_human(t['allocated_s'])}, "
                      f"training {format_human(t['training_s'])}, saving {format_human(t['saving_s'])}, lost "
-                     f"{format_human(t['lost_s'])}, recomputed steps {t['recomputed_steps']}, goodput "
+                     f"{format_human(t['lost_s'])}, recomputed steps {'at least ' if t['recomputed_steps_at_least'] else ''}"
+                     f"{t['recomputed_steps']}, goodput "
                      f"{_pct(t['training_s'], t['allocated_s']).strip()}")
     return "\n".join(lines)
 

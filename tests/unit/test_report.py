@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hpcrun.observe.report import report_json, run_report, start_segments, totals
+from hpcrun.observe.report import report_json, report_text, run_report, start_segments, totals
 
 T0 = 1_000_000.0
 
@@ -45,6 +45,37 @@ def test_a_killed_start_loses_everything_after_the_checkpoint_the_next_start_res
     # killed at 100 (sacct's end): 10->50 kept, the save 50->51, 51->100 recomputed by the next start
     assert by_kind(r) == {"startup": 10, "training": 40, "saving": 1, "lost": 49, "other": 0}
     assert r.end == "killed"
+
+
+def test_a_start_stopped_without_a_save_or_a_step_loses_its_training_after_the_last_checkpoint(tmp_path):
+    # A second Ctrl-C (or the command's crash): the end event knows no step. The start trained from its save at
+    # step 20 (t=50) until that end (t=60): lost, as for a killed start, not "other"; and its recomputed steps (the
+    # ledger saw none past 20) are only a lower bound, which the report says.
+    run = tmp_path / "name" / "id"
+    run.mkdir(parents=True)
+    lines = [ev("start", 0, 1, resumed_from=0), ev("first_step", 10, 1, step=1),
+             ev("save", 50, 1, step=20, began=T0 + 49, seconds=1, why="trainer"),
+             ev("end", 60, 1, status="stopped", reason="interrupted by a second Ctrl-C, without a save", step=None),
+             ev("start", 70, 2, resumed_from=20), ev("first_step", 75, 2, step=21), ev("progress", 100, 2, step=60),
+             ev("end", 101, 2, status="completed", step=60)]
+    (run / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    r = run_report(run, None)
+    first, second = r.starts
+    assert by_kind(first) == {"startup": 10, "training": 39, "saving": 1, "lost": 10, "other": 0}
+    assert first.step_unknown and not second.step_unknown
+    assert r.recomputed_steps == 0 and r.recomputed_at_least
+    assert "(at least: start 1 ended without recording its last step)" in report_text([r])
+    assert "steps 0-20+" in report_text([r])
+    assert json.loads(report_json([r]))["total"]["recomputed_steps_at_least"] is True
+
+
+def test_a_start_stopped_after_its_stop_save_knows_its_step():
+    events = [ev("start", 0, resumed_from=0), ev("first_step", 10, step=1),
+              ev("save", 50, step=40, began=T0 + 49, seconds=1, why="signal"),
+              ev("end", 55, status="stopped", reason="signal SIGINT", step=40)]
+    r = start_segments(events, (T0, T0 + 56), next_resumed_from=40, times_from="ledger")
+    assert by_kind(r) == {"startup": 10, "training": 39, "saving": 1, "lost": 0, "other": 6}
+    assert not r.step_unknown
 
 
 def test_a_start_that_saved_nothing_the_next_one_used_lost_all_its_training():

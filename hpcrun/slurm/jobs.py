@@ -69,16 +69,22 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, str]:
         return {}
     states: Dict[str, str] = {}
     # An array's tasks that never started exist in accounting only as one collapsed row of the array
-    # (55_[0-3]): ask for the array ids as well, still in the one call.
+    # (55_[0-3]): ask for the array ids as well, still in the one call. That row stays PENDING while any task
+    # waits, and its range still covers tasks that started since (36_[0-2%3] beside 36_0 RUNNING; seen on the dev
+    # cluster): a task's own rows win over it, whichever sacct prints last.
     query = sorted(set(ids) | {j.split("_")[0] for j in ids if "_" in j})
     try:
         out = run_slurm(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(query)], attempts=2,
                         first_delay=1.0)
+        collapsed: Dict[str, str] = {}
         for line in out.splitlines():
             if "|" in line:
                 jid, state = line.split("|", 1)
+                state = state.split()[0].rstrip("+") if state.strip() else ""
                 for one in expand_job_ids(jid):
-                    states[one] = state.split()[0].rstrip("+") if state.strip() else ""
+                    (collapsed if "[" in jid else states)[one] = state
+        for one, state in collapsed.items():
+            states.setdefault(one, state)
     except SubmissionError as exc:
         say(f"accounting did not answer ({exc}); states from squeue and the runs' own files")
     for j in ids:  # an array cancelled before any task started has one row under the bare array id

@@ -1,7 +1,10 @@
 """``hpcrun report RUN_OR_SWEEP``: where the allocated wall clock went, per start, per run, summed over a sweep.
 
 From each run's ledger (``ledger.jsonl``, hpcrun.rundir.ledger) and ONE ``sacct`` call for all the runs' jobs (the
-allocation's real start and end, and the queue waits between restarts; without sacct, the ledger's own times).
+allocation's real start and end, and the queue waits between restarts; without sacct, the ledger's own times). Each
+run is labelled with its STATE as ``hpcrun status`` shows it (hpcrun.observe.status.shown_state, on status's own
+sacct call): ``CANCELLED`` for a run cancelled in the queue or while it ran, not state.json's ``submitted`` or
+``stopped``.
 Each start of a run is cut into segments (docs/goodput.md):
 
     startup   allocation start -> the end of the first training step (Slurm's launch, imports, data, model,
@@ -67,6 +70,7 @@ class StartReport:
     # It ended without knowing its step (killed, or an end event without one): its last_step is the last one the
     # ledger recorded, and it may have trained past it.
     step_unknown: bool = False
+    reached_step: bool = True  # it finished a first training step (else all of it is start-up: a crash, a cancel)
 
     def total(self, kind: str) -> float:
         return sum(s.seconds for s in self.segments if s.kind == kind)
@@ -80,6 +84,7 @@ class RunReport:
     starts: List[StartReport]
     queue_waits: List[float]  # between consecutive starts (seconds), from sacct
     recomputed_steps: int
+    state: Optional[str] = None  # what hpcrun status shows for it (CANCELLED, ...); None where not asked for
 
     @property
     def recomputed_at_least(self) -> bool:
@@ -94,8 +99,16 @@ class RunReport:
         return sum(s.total(kind) for s in self.starts)
 
     @property
+    def first_step_start(self) -> Optional[StartReport]:
+        """The first start that reached a training step; None when none did."""
+        return next((s for s in self.starts if s.reached_step), None)
+
+    @property
     def time_to_first_step(self) -> Optional[float]:
-        return self.starts[0].total("startup") if self.starts else None
+        """The start-up of the first start that reached a step: a start that never did (a crash, a cancel before
+        it) has no time to its first step, however long it ran."""
+        first = self.first_step_start
+        return first.total("startup") if first else None
 
     @property
     def goodput(self) -> Optional[float]:
@@ -103,7 +116,8 @@ class RunReport:
 
     def summary(self) -> Dict[str, Any]:
         return {
-            "run_dir": self.run_dir, "name": self.name, "status": self.status, "starts": len(self.starts),
+            "run_dir": self.run_dir, "name": self.name, "status": self.status, "state": self.state,
+            "starts": len(self.starts),
             "allocated_s": round(self.allocated, 2), "time_to_first_step_s": _round(self.time_to_first_step),
             **{f"{k}_s": round(self.total(k), 2) for k in KINDS},
             "queue_wait_s": round(sum(self.queue_waits), 2), "recomputed_steps": self.recomputed_steps,
@@ -156,13 +170,15 @@ def start_segments(events: List[Dict[str, Any]], alloc: Tuple[float, float], nex
     resumed = int(head.get("resumed_from") or 0)
     # Ended without knowing where it was: killed (no end event), or an end event without a step that is no
     # completion (a second Ctrl-C, a crash): it trained until that end, past the last step the ledger saw.
-    # (A ledger from before end events carried a step: as before, the last step seen.)
-    step_unknown = end_event is None or ("step" in end_event and end_event["step"] is None
-                                         and end_event.get("status") != "completed")
+    # (A ledger from before end events carried a step: as before, the last step seen.) A start that never finished
+    # a first step trained nothing: it is where it resumed from.
+    step_unknown = first is not None and (end_event is None or ("step" in end_event and end_event["step"] is None
+                                                                and end_event.get("status") != "completed"))
     report = StartReport(n=int(head["start"]), job_id=head.get("job_id"), alloc_start=a, alloc_end=e_,
                          times_from=times_from, resumed_from=resumed, last_step=max([s for _, s in steps], default=resumed),
                          end=end_event["status"] if end_event else "killed", phases=_phases(events),
-                         processes=int(head.get("world_size") or 1), step_unknown=step_unknown)
+                         processes=int(head.get("world_size") or 1), step_unknown=step_unknown,
+                         reached_step=first is not None)
     if first is None:  # never trained: all start-up (or a failure before the first step)
         report.segments.append(Segment("startup", a, e_))
         return report
@@ -251,9 +267,11 @@ def sacct_runs(job_ids: Sequence[str]) -> Optional[Dict[str, List[Tuple[float, f
 
 
 def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float, Optional[float]]]]],
-               events: Optional[List[Dict[str, Any]]] = None) -> RunReport:
+               events: Optional[List[Dict[str, Any]]] = None,
+               slurm_states: Optional[Dict[str, str]] = None) -> RunReport:
     """One run's report from its ledger (``events``: already read) and the sacct rows of its jobs (None: the
-    ledger's own times)."""
+    ledger's own times). ``slurm_states`` (hpcrun.observe.status.slurm_states_of) labels it as ``hpcrun status``
+    shows it; None leaves its ``state`` None (hpcrun status itself, which knows it)."""
     from hpcrun.rundir.ledger import read_ledger
     from hpcrun.rundir.metrics import logged_steps
     from hpcrun.rundir.state import read_state
@@ -274,7 +292,12 @@ def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float,
             waits.append(max(0.0, starts[i].alloc_start - starts[i - 1].alloc_end))
     recomputed = sum(max(0, s.last_step - nxt.resumed_from) for s, nxt in zip(starts, starts[1:]))
     name = Path(run_dir).parent.name
-    return RunReport(str(run_dir), name, state.get("status"), starts, waits, recomputed)
+    label = None
+    if slurm_states is not None:
+        from hpcrun.observe.status import shown_state
+
+        label = shown_state(Path(run_dir), state, slurm_states)[0]
+    return RunReport(str(run_dir), name, state.get("status"), starts, waits, recomputed, label)
 
 
 def _allocation(events: List[Dict[str, Any]], head: Dict[str, Any],
@@ -292,13 +315,16 @@ def _allocation(events: List[Dict[str, Any]], head: Dict[str, Any],
 
 
 def reports(run_dirs: Sequence[Path], use_sacct: bool = True) -> List[RunReport]:
+    """The runs' reports, each labelled as ``hpcrun status`` shows it (its STATE, from status's own sacct call)."""
+    from hpcrun.observe.status import slurm_states_of
     from hpcrun.rundir.ledger import read_ledger
 
     jobs = set()
     for d in run_dirs:
         jobs |= {str(e.get("job_id")) for e in read_ledger(d) if e["event"] == "start" and e.get("job_id")}
     sacct = sacct_runs(sorted(jobs)) if use_sacct and jobs else None
-    return [run_report(d, sacct) for d in run_dirs]
+    states = slurm_states_of(run_dirs) if use_sacct else {}
+    return [run_report(d, sacct, slurm_states=states) for d in run_dirs]
 
 
 # -- output -------------------------------------------------------------------------------------------------------
@@ -336,17 +362,21 @@ def report_text(reports: Sequence[RunReport]) -> str:
     lines = []
     for r in reports:
         alloc = r.allocated
-        lines.append(f"{r.run_dir}  ({r.status or 'unknown'}, {len(r.starts)} start(s))")
+        lines.append(f"{r.run_dir}  ({r.state or r.status or 'unknown'}, {len(r.starts)} start(s))")
         if not r.starts:
-            lines.append("  no ledger yet (the job has not started)")
+            lines.append("  no ledger (no start of it has run)")
             continue
         lines.append(f"  allocated        {format_human(alloc):>9}")
-        lines.append(f"  to first step    {format_human(r.time_to_first_step or 0):>9}")
+        first = r.first_step_start
+        never = [str(s.n) for s in r.starts if first is None or s.n < first.n]  # before any step: no first step
+        lines.append(f"  to first step    {format_human(r.time_to_first_step) if first else '-':>9}" + (
+            f"  (start {first.n}: start {', '.join(never)} never reached a step)" if first and never else ""))
         for s in r.starts:
             shape = (f"{s.processes} process{'es' if s.processes > 1 else ''}, steps {s.resumed_from}-{s.last_step}"
                      f"{'+' if s.step_unknown else ''}")
             parts = ": " + ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases) if s.phases else ""
-            lines.append(f"    start {s.n} ({shape}): {format_human(s.total('startup'))} start-up{parts}")
+            never_step = "" if s.reached_step else ", never reached a step"
+            lines.append(f"    start {s.n} ({shape}): {format_human(s.total('startup'))} start-up{never_step}{parts}")
         for k, label in (("startup", "start-up"), ("training", "training"), ("saving", "saving"),
                          ("lost", "lost (recomputed)"), ("other", "other")):
             lines.append(f"  {label:<17}{format_human(r.total(k)):>8} {_pct(r.total(k), alloc)}")

@@ -3,10 +3,13 @@
 One row per point: the values the sweep varied (the keys whose values differ between its points, as the sweep
 record lists each point's overrides), the run's state and step (``hpcrun status``'s, with its one sacct call), and
 the last value of every number the task logged in ``metrics.jsonl`` (the built-in task: ``loss``, ``eval_loss``,
-``learning_rate``, ``grad_norm``, ...; any task that writes the file, its own). Sorted by one metric (default
-``eval_loss`` where any point has it, else ``loss``), smallest first (``--desc`` for an accuracy); points without
-it last. As a table, ``--json`` (every metric) or ``--csv``; ``--plot FILE.png`` draws the metric against a swept
-value (``--x KEY``; default the first swept key whose values are numbers), one line per value of a second swept key.
+``learning_rate``, ``grad_norm``, ...; any task that writes the file, its own), NaN and infinity included: a point
+that diverged shows ``nan``. Sorted by one metric (default ``eval_loss`` where any point has it, else ``loss``),
+smallest first (``--desc`` for an accuracy); a diverged point (any last value not finite) after the others, whatever
+the direction: its finite numbers mislead (the Trainer logs ``loss`` 0.0 once every step's loss was NaN); points
+without the metric last. As a table, ``--json`` (every metric; NaN as ``"nan"``: strict JSON) or ``--csv``;
+``--plot FILE.png`` draws the metric against a swept value (``--x KEY``; default the first swept key whose values
+are numbers), one line per value of a second swept key.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class PointResult:
     state: str
     step: int
     max_steps: int
-    metrics: Dict[str, float] = field(default_factory=dict)  # the last logged value of each
+    metrics: Dict[str, float] = field(default_factory=dict)  # the last logged value of each (NaN, inf kept)
 
 
 def final_metrics(run_dir: Path) -> Dict[str, float]:
@@ -58,9 +61,13 @@ def final_metrics(run_dir: Path) -> Dict[str, float]:
                 number = float(value)
             except (TypeError, ValueError):
                 continue
-            if math.isfinite(number):
-                last[key] = number
+            last[key] = number  # NaN and inf too: the last value is the last one, a diverged run's included
     return last
+
+
+def diverged(row: PointResult) -> bool:
+    """Whether any last value of the point is NaN or infinite (its loss may still read 0.0: see ranked)."""
+    return not all(math.isfinite(v) for v in row.metrics.values())
 
 
 def swept_values(points: Sequence[Sequence[str]]) -> Tuple[List[str], List[Dict[str, str]]]:
@@ -104,10 +111,13 @@ def sort_metric(rows: Sequence[PointResult], metric: Optional[str]) -> str:
 
 
 def ranked(rows: Sequence[PointResult], metric: str, descending: bool = False) -> List[PointResult]:
-    """``rows`` by ``metric``, best first; points without it last, in point order."""
-    have = [r for r in rows if metric in r.metrics]
+    """``rows`` by ``metric``, best first; then the diverged points (a value not finite: never best, whatever the
+    direction; the Trainer's NaN filter logs ``loss`` 0.0 for one whose every step was NaN), in point order; then the
+    points without ``metric``, in point order."""
+    have = [r for r in rows if metric in r.metrics and not diverged(r)]
     have.sort(key=lambda r: r.metrics[metric], reverse=descending)
-    return have + [r for r in rows if metric not in r.metrics]
+    return (have + [r for r in rows if metric in r.metrics and diverged(r)]
+            + [r for r in rows if metric not in r.metrics])
 
 
 def _number(x: Optional[float]) -> str:
@@ -125,7 +135,11 @@ def table(keys: Sequence[str], rows: Sequence[PointResult], metric: str) -> str:
 
 
 def as_json(keys: Sequence[str], rows: Sequence[PointResult], metric: str) -> str:
-    return json.dumps({"swept": list(keys), "sorted_by": metric, "points": [asdict(r) for r in rows]}, indent=1)
+    """Strict JSON: a value that is not finite is the string ``"nan"``, ``"inf"`` or ``"-inf"`` (bare NaN is no
+    JSON: jq and most parsers refuse it)."""
+    points = [{**asdict(r), "metrics": {k: v if math.isfinite(v) else str(v) for k, v in r.metrics.items()}}
+              for r in rows]
+    return json.dumps({"swept": list(keys), "sorted_by": metric, "points": points}, indent=1, allow_nan=False)
 
 
 def as_csv(keys: Sequence[str], rows: Sequence[PointResult]) -> str:
@@ -166,11 +180,11 @@ def plot(keys: Sequence[str], rows: Sequence[PointResult], metric: str, path: Pa
 
     series: Dict[str, List[Tuple[float, float]]] = {}
     for r in rows:
-        if metric in r.metrics:
+        if math.isfinite(r.metrics.get(metric, math.nan)):  # a diverged point has no place on the axis
             label = f"{group}={r.values.get(group, '')}" if group else metric
             series.setdefault(label, []).append((float(r.values[x]), r.metrics[metric]))
     if not series:
-        raise UserError(f"nothing to plot: no point logged {metric} yet")
+        raise UserError(f"nothing to plot: no point logged a finite {metric} yet")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, pts in sorted(series.items()):
         pts.sort()

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpcrun.durations import format_human
 from hpcrun.rundir.checkpoints import MARKER, newest_complete
@@ -78,22 +78,45 @@ def _start_end(run_dir: Path, start: Dict[str, Any], live: bool, now: float, new
     return min(last, now)
 
 
-def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float] = None) -> RunStatus:
-    now = time.time() if now is None else now
-    state = read_state(run_dir)
-    starts = state.get("starts", [])
+# Why a job may have ended as sacct says, when its run recorded no end of its own (a guess: the run cannot tell).
+SLURM_ENDS = {
+    "CANCELLED": "killed before it could save (scancel --signal=KILL, or its save outlasted KillWait)?",
+    "FAILED": "killed (kill -9, the out-of-memory killer)?",
+    "OUT_OF_MEMORY": "out of memory",
+    "TIMEOUT": "its time limit came before it could save",
+    "NODE_FAIL": "its node failed",
+    "BOOT_FAIL": "its node did not boot",
+    "PREEMPTED": "preempted, and not requeued",
+    "DEADLINE": "its --deadline passed",
+}
+
+
+def _unrecorded_end(status: Optional[str], slurm: str) -> str:
+    """The why of a run whose job ended (``slurm``: sacct's state) while the run recorded ``status``, which does
+    not explain it; what Slurm says, never the run's reason from an earlier start."""
+    if status in (None, "submitted"):  # no start of it ran hpcrun
+        if slurm == "CANCELLED":
+            return "cancelled in the queue before it started (CANCELLED in sacct)"
+        return f"the job ended {slurm} (sacct) before hpcrun started in it: its Slurm log says why"
+    if status == "requeued":  # its start saved and asked for a requeue; the new start never came
+        if slurm == "CANCELLED":
+            return ("cancelled in the queue while it waited to restart (CANCELLED in sacct); `hpcrun resume RUN` "
+                    "continues it from its newest checkpoint")
+        return (f"the job ended {slurm} (sacct) while it waited to restart; `hpcrun resume RUN` continues it from "
+                "its newest checkpoint")
+    hint = SLURM_ENDS.get(slurm, "its Slurm log may say")
+    return (f"the job ended {slurm} (sacct) without hpcrun recording why: {hint}; `hpcrun resume RUN` continues it "
+            "from its newest checkpoint")
+
+
+def shown_state(run_dir: Path, state: Dict[str, Any], slurm_states: Dict[str, str]) -> Tuple[str, str, bool]:
+    """What status shows for a run (``state``: its state.json) given Slurm's states of its jobs: (STATE, why,
+    ended). ``hpcrun report`` labels its runs with it too."""
     job = state.get("job_id")
     slurm = slurm_states.get(str(job)) if job else None
     status = state.get("status")
     allocation = _allocation(state)
     allocation_state = slurm_states.get(allocation) if allocation else None
-    latest, _ = newest_complete(run_dir)
-    ckpt_age = None
-    if latest is not None:
-        try:
-            ckpt_age = now - (latest.path / MARKER).stat().st_mtime
-        except OSError:
-            pass
     reason = state.get("reason", "")
     ended = status in FINISHED or bool(slurm and slurm not in SLURM_ACTIVE)
     if status in FINISHED:
@@ -106,7 +129,10 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         reason = (f"{state.get('reason', '')}; but job {job} ended {slurm} without being requeued: the same "
                   "hpcrun command (or hpcrun resume) continues it")
     elif slurm and slurm not in SLURM_ACTIVE:
-        shown = slurm  # the job ended without telling its run (killed, node failure, cancelled while pending)
+        # the job ended without telling its run (killed, node failure, cancelled while pending): Slurm's word, not
+        # the reason the run kept from an earlier start (a preemption's "signal SIGTERM")
+        shown = slurm
+        reason = _unrecorded_end(status, slurm)
     elif allocation_state and allocation_state not in SLURM_ACTIVE:
         ended = True  # a local run inside an allocation that ended without the run recording why
         shown = "FAILED"
@@ -125,6 +151,24 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
         shown = "REQUEUED"
     else:
         shown = slurm or (status or "NEW").upper()
+    return shown, reason, ended
+
+
+def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float] = None) -> RunStatus:
+    now = time.time() if now is None else now
+    state = read_state(run_dir)
+    starts = state.get("starts", [])
+    job = state.get("job_id")
+    slurm = slurm_states.get(str(job)) if job else None
+    status = state.get("status")
+    latest, _ = newest_complete(run_dir)
+    ckpt_age = None
+    if latest is not None:
+        try:
+            ckpt_age = now - (latest.path / MARKER).stat().st_mtime
+        except OSError:
+            pass
+    shown, reason, ended = shown_state(run_dir, state, slurm_states)
     elapsed = sum(_start_end(run_dir, s, live=not ended and i == len(starts) - 1, now=now,
                              newest=i == len(starts) - 1) - s["started_at"]
                   for i, s in enumerate(starts) if "started_at" in s)
@@ -150,13 +194,17 @@ def run_status(run_dir: Path, slurm_states: Dict[str, str], now: Optional[float]
     )
 
 
-def statuses(run_dirs: List[Path]) -> List[RunStatus]:
-    """Status of many runs with one sacct call for all their jobs."""
+def slurm_states_of(run_dirs: Sequence[Path]) -> Dict[str, str]:
+    """Slurm's state of the runs' jobs (and of the allocations local runs run in), from one sacct call."""
     from hpcrun.slurm.jobs import job_states
 
-    recorded = [read_state(d) for d in run_dirs]
-    jobs = [s.get("job_id") or _allocation(s) for s in recorded]
-    states = job_states([j for j in jobs if j]) if any(jobs) else {}
+    jobs = [s.get("job_id") or _allocation(s) for s in (read_state(d) for d in run_dirs)]
+    return job_states([j for j in jobs if j]) if any(jobs) else {}
+
+
+def statuses(run_dirs: List[Path]) -> List[RunStatus]:
+    """Status of many runs with one sacct call for all their jobs."""
+    states = slurm_states_of(run_dirs)
     return [run_status(d, states) for d in run_dirs]
 
 

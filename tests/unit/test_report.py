@@ -131,3 +131,63 @@ def test_a_save_written_in_the_background_counts_as_saving_only_while_it_blocked
               ev("progress", 100, step=90), ev("end", 101, status="completed")]
     r = start_segments(events, (T0, T0 + 101), None, "ledger")
     assert by_kind(r)["saving"] == 0.5 and by_kind(r)["training"] == pytest.approx(89.5)
+
+
+def _run_dir(tmp_path, state, events=()):
+    run = tmp_path / "name" / "id"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("run:\n  name: name\n")
+    (run / "state.json").write_text(json.dumps(state))
+    if events:
+        (run / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run
+
+
+def test_a_run_whose_start_never_reached_a_step_has_no_time_to_first_step(tmp_path):
+    run = _run_dir(tmp_path, {"status": "failed", "reason": "ConfigError: ...", "job_id": None},
+                   [ev("start", 0, resumed_from=0), ev("phase", 12, name="imports", seconds=11),
+                    ev("end", 14, status="failed", reason="ConfigError: ...", step=None)])
+    r = run_report(run, None)
+    assert r.time_to_first_step is None and not r.starts[0].reached_step
+    text = report_text([r])
+    assert text.splitlines()[2].split() == ["to", "first", "step", "-"], text
+    assert "start 1 (1 process, steps 0-0): 14s start-up, never reached a step: imports 11.0s" in text
+    assert not r.starts[0].step_unknown  # it trained nothing: its step is the one it resumed from
+    assert json.loads(report_json([r]))["runs"][0]["time_to_first_step_s"] is None
+
+
+def test_the_time_to_first_step_is_the_first_start_that_reached_one(tmp_path):
+    run = _run_dir(tmp_path, {"status": "completed", "reason": "trained to step 10", "job_id": None},
+                   [ev("start", 0, 1, resumed_from=0), ev("end", 14, 1, status="failed", reason="OOM", step=None),
+                    ev("start", 20, 2, resumed_from=0), ev("first_step", 25, 2, step=1),
+                    ev("end", 30, 2, status="completed", step=10)])
+    r = run_report(run, None)
+    assert r.time_to_first_step == pytest.approx(5)
+    assert "to first step           5s  (start 2: start 1 never reached a step)" in report_text([r])
+
+
+@pytest.mark.parametrize("state, slurm, label", [
+    # cancelled with hpcrun cancel while it ran: it saved and recorded stopped, cancelled
+    ({"status": "stopped", "reason": "cancelled (SIGTERM); saved step 8", "cancelled": True, "job_id": "12_1"}, {},
+     "CANCELLED"),
+    # cancelled while pending: the submission's state only, and Slurm's word
+    ({"status": "submitted", "reason": "", "job_id": "29_0"}, {"29_0": "CANCELLED"}, "CANCELLED"),
+    ({"status": "completed", "reason": "trained to step 10", "job_id": "7"}, {"7": "COMPLETED"}, "COMPLETED"),
+])
+def test_the_report_labels_a_run_as_hpcrun_status_shows_it(tmp_path, monkeypatch, capsys, state, slurm, label):
+    import hpcrun.observe.report
+    import hpcrun.slurm.jobs
+    from hpcrun.cli import main
+    from hpcrun.observe.status import run_status
+
+    events = [] if state["status"] == "submitted" else [ev("start", 0, resumed_from=0, job_id=state["job_id"]),
+                                                         ev("first_step", 5, step=1), ev("end", 9, status="stopped")]
+    run = _run_dir(tmp_path, state, events)
+    monkeypatch.setattr(hpcrun.slurm.jobs, "job_states", lambda jobs: {j: slurm[j] for j in jobs if j in slurm})
+    monkeypatch.setattr(hpcrun.observe.report, "sacct_runs", lambda jobs: None)
+    assert run_status(run, slurm).state == label
+    assert main(["report", str(run)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"{run}  ({label}, {len({e['start'] for e in events})} start(s))"
+    assert main(["report", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["state"] == label

@@ -83,5 +83,42 @@ def test_a_run_directory_is_not_a_sweep_and_metrics_skip_what_is_not_a_number(tm
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": "nan", "note": "x", "ok": true, "acc": 0.5}\n')
-    assert final_metrics(run) == {"acc": 0.5}
+    metrics = final_metrics(run)
+    assert sorted(metrics) == ["acc", "loss"] and metrics["acc"] == 0.5 and metrics["loss"] != metrics["loss"]  # NaN
     assert swept_values([["a=1", "b=2"], ["a=1", "b=3"]]) == (["b"], [{"b": "2"}, {"b": "3"}])
+
+
+def _diverged(tmp_path):
+    """LOSSES plus a point whose lr made it diverge: HF logged loss 0.0 (its NaN filter), grad_norm and eval_loss
+    NaN, as on the dev cluster with train.lr=1e10."""
+    sweep = _sweep(tmp_path, {**LOSSES, (1e10, 0): (0.0, None)})
+    run = tmp_path / "runs" / "lr10000000000.0-s0"
+    (run / "metrics.jsonl").write_text(
+        '{"step": 1, "time": 1.0, "loss": 5.7, "grad_norm": 3.419}\n'
+        '{"step": 10, "time": 2.0, "loss": 0.0, "grad_norm": NaN, "fp_overflow": Infinity}\n'
+        '{"step": 10, "time": 3.0, "eval_loss": NaN}\n')
+    return sweep
+
+
+def test_a_diverged_point_shows_its_last_values_nan_and_inf_and_never_ranks_best(tmp_path, capsys):
+    import math
+
+    keys, rows = results(_diverged(tmp_path))
+    bad = rows[-1]
+    assert math.isnan(bad.metrics["grad_norm"]) and math.isnan(bad.metrics["eval_loss"])  # the last, not step 1's
+    assert bad.metrics["fp_overflow"] == float("inf") and bad.metrics["loss"] == 0.0
+    for metric in ("loss", "eval_loss", "grad_norm"):
+        for descending in (False, True):
+            order = ranked(rows, metric, descending)
+            assert order[-1] is bad or (order[-2] is bad and metric not in order[-1].metrics), (metric, descending)
+
+    assert main(["results", str(tmp_path / "sweeps" / "s"), "--sort", "loss"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].split() == ["5", "10000000000.0", "0", "COMPLETED", "10/10", "0", "nan"]  # LOSS, then EVAL_LOSS
+    assert main(["results", str(tmp_path / "sweeps" / "s"), "--json"]) == 0
+    points = json.loads(capsys.readouterr().out)["points"]  # strict JSON: no bare NaN
+    point = next(p for p in points if p["run_dir"].endswith("lr10000000000.0-s0"))
+    assert point["metrics"]["eval_loss"] == "nan" and point["metrics"]["fp_overflow"] == "inf"
+    assert main(["results", str(tmp_path / "sweeps" / "s"), "--csv"]) == 0
+    row = next(r for r in csv.DictReader(io.StringIO(capsys.readouterr().out)) if r["train.lr"] == "10000000000.0")
+    assert (row["eval_loss"], row["grad_norm"], row["fp_overflow"], row["loss"]) == ("nan", "nan", "inf", "0.0")

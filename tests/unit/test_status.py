@@ -249,3 +249,37 @@ def test_the_hard_time_limit_is_told_from_a_cancel_by_the_controller_alone(tmp_p
     _answers(tmp_path, "sacct", "")
     monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
     assert cancelled("9", wait=0.5, poll=0.05) is expected
+
+
+def _recorded(tmp_path, status, reason="", job="29_0", starts=1):
+    """A run whose state.json says ``status`` (as the job, or the submission for "submitted", left it)."""
+    run_dir = tmp_path / "exp" / "default"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("run:\n  name: exp\n")
+    (run_dir / "state.json").write_text(json.dumps({
+        "status": status, "reason": reason, "job_id": job, "requeues": int(status == "requeued"),
+        "starts": [{"n": n + 1, "job_id": job, "restart": n, "started_at": 1000.0 + n, "resumed_from": 0}
+                   for n in range(starts)]}))
+    return run_dir
+
+
+@pytest.mark.parametrize("recorded, stale, slurm, shown, why", [
+    # hpcrun cancel of an array task still pending: state.json says submitted, the reason is empty
+    ("submitted", "", "CANCELLED", "CANCELLED", "cancelled in the queue before it started (CANCELLED in sacct)"),
+    # cancelled while it waited to restart after a preemption: the preemption's reason is stale
+    ("requeued", "signal SIGTERM", "CANCELLED", "CANCELLED",
+     "cancelled in the queue while it waited to restart (CANCELLED in sacct)"),
+    # its python killed (kill -9): the job ends FAILED, the run still says running
+    ("running", "", "FAILED", "FAILED", "the job ended FAILED (sacct) without hpcrun recording why: killed"),
+    ("running", "", "NODE_FAIL", "NODE_FAIL", "the job ended NODE_FAIL (sacct) without hpcrun recording why: its node"),
+    ("submitted", "", "FAILED", "FAILED", "the job ended FAILED (sacct) before hpcrun started in it"),
+])
+def test_a_job_that_ended_without_its_run_recording_why_says_what_slurm_says_never_a_stale_reason(
+        tmp_path, recorded, stale, slurm, shown, why):
+    run_dir = _recorded(tmp_path, recorded, stale, starts=0 if recorded == "submitted" else 1)
+    row = run_status(run_dir, {"29_0": slurm})
+    assert (row.state, row.ended) == (shown, True)
+    assert row.reason.startswith(why), row.reason
+    assert stale not in row.reason or not stale
+    assert f"    why: {why}" in table([row], colour=False)  # shown under the row, one line
+    assert len(table([row], colour=False).splitlines()) == 3

@@ -269,9 +269,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     from hpcrun.launch.launchers import launcher_for
 
     if args.multirun:
-        from hpcrun.launch.sweep import compose_sweep
+        from hpcrun.launch.sweep import compose_sweep, distinct_runs
 
-        cfgs = [p.cfg for p in compose_sweep(overrides, args.config_dir, args.argv or ()).points]
+        sweep = compose_sweep(overrides, args.config_dir, args.argv or ())
+        distinct_runs(sweep)
+        cfgs = [p.cfg for p in sweep.points]
     else:
         cfgs = [compose(overrides, args.config_dir, command=args.argv or ())]
     launcher = launcher_for(cfgs[0])

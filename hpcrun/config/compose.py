@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from hpcrun.config.identity import run_id
+from hpcrun.config.overrides import check_once
 from hpcrun.config.schema import BUILTIN_SETTINGS, BUILTIN_TASK, GROUPS, RESERVED, SECTIONS, Config, register
 from hpcrun.config.typed import (build, describe_type, from_container, is_known, one_line, section_types,
                                  task_settings, to_container, typed_keys, unknown_key)
@@ -85,6 +86,9 @@ def _check_override(text: str, dirs: list[Path]) -> bool:
                 raise ConfigError(bare, v, choices=choices)
         if bare == "experiment" and not key.startswith("+"):
             raise ConfigError(key, value, f"+experiment={value} (experiments are added with a leading +)")
+        if bare in ("cluster", "task") and key.startswith("+"):  # Hydra: "Multiple values for cluster"
+            raise ConfigError(key, value, f"{bare}={value} (hpcrun's config always picks a {bare}: choose another "
+                                          "without +)")
         for v in value.split(","):
             _check_header(bare, v, dirs)
         return True
@@ -209,6 +213,7 @@ def compose(
 
     Raises:
         ConfigError: an unknown key or choice, or a bad value; the message is one line naming both.
+        UserError: a key or group given twice (:func:`hpcrun.config.overrides.check_once`), naming both.
     """
     cwd = cwd or Path.cwd()
     tree, settings = compose_tree(overrides, search_dirs(config_dirs, cwd), cwd, command)
@@ -227,6 +232,7 @@ def compose_tree(overrides: Sequence[str], dirs: list[Path], cwd: Path, command:
     hydra_overrides, task_overrides = [], []
     for text in overrides:
         (hydra_overrides if _check_override(text, dirs) else task_overrides).append(text)
+    check_once(overrides)  # Hydra would let the last one win, and the run id would name both
     choice = _task_choice(overrides)
     if command and not any(o.split("=", 1)[0].lstrip("+~") == "task" for o in overrides):
         choice = "task=command"

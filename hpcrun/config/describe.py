@@ -93,6 +93,13 @@ def markdown() -> str:
         "set their own. A task of your own brings its own sections instead of model, data and train",
         "([custom-tasks.md](custom-tasks.md)).",
         "",
+        "Give each key, and each group, once: `train.seed=1 train.seed=2` (or `++train.seed=2`) is refused with",
+        "`train.seed is given twice (train.seed=1, train.seed=2): give it once`, before anything is written. The",
+        "`run.*`, `cluster.*` and `checkpoint.*` keys are launcher keys: where, how long and how a run runs, not what",
+        "it trains. They are no part of a run's identity (`run.id`), so the same command with another `cluster.time`",
+        "resumes the same run, and a sweep's points that differ only in them are one run, refused as such",
+        "([sweeps.md](sweeps.md); `run.name` names the run's folder, so `run.name=a,b` does make two runs).",
+        "",
     ]
     builtin = builtin_sections()
     section = None

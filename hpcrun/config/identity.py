@@ -57,7 +57,9 @@ def run_id(overrides: Iterable[str], command: Sequence[str] = ()) -> str:
     command, or the same one with other arguments, is another run.
     """
     parts = []
-    for key, value in canonical(overrides):
+    # One entry per key, its last value (the one Hydra applies). compose refuses a key given twice
+    # (hpcrun.config.overrides); a caller that did not check must still not name a run after a value it does not train.
+    for key, value in dict(canonical(overrides)).items():
         if key == "experiment" or is_launch_key(key):
             continue
         parts.append(f"{key}={value}")

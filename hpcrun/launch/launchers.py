@@ -73,7 +73,7 @@ class SlurmLauncher:
         """The site's own limits, before anything is written (one query per submission)."""
         from hpcrun.slurm.site import check_site_limits
 
-        check_site_limits(list(cfgs), sweep=sweep)
+        self._partitions = check_site_limits(list(cfgs), sweep=sweep)
 
     def render(self, cfg: Any) -> str:
         from hpcrun.slurm.sbatch import render
@@ -94,6 +94,14 @@ class SlurmLauncher:
         record_submission(prepared.run_dir, job_id, cfg, take_lock=False)  # claimed() holds it
         return job_id
 
+    def check_job_limit(self, cfgs: Sequence[Any]) -> None:
+        """The user's job limit (MaxSubmitJobs) against the array tasks about to be submitted (after
+        :meth:`check`, whose partitions it reuses)."""
+        from hpcrun.slurm.site import check_job_limit
+
+        if cfgs:
+            check_job_limit(list(cfgs), getattr(self, "_partitions", None))
+
     def launch_array(self, cfgs: Sequence[Any], folder: Path, what: str = "sbatch", held: bool = False) -> List[str]:
         """ONE sbatch call for a job array of runs whose sbatch options are the same; returns the task ids.
         ``held``: submitted with ``--hold`` (no task starts until ``scontrol release``)."""
@@ -101,6 +109,8 @@ class SlurmLauncher:
         from hpcrun.slurm.client import submit_with_retries
         from hpcrun.slurm.sbatch import make_executor, teardown_lines
 
+        if held:
+            _held_array_fits(cfgs[0], len(cfgs))
         executor = make_executor(cfgs[0], folder=folder)
         executor.update_parameters(array_parallelism=cfgs[0].cluster.array_throttle or len(cfgs),
                                    teardown=teardown_lines("", [c.run.dir for c in cfgs]))
@@ -113,6 +123,29 @@ class SlurmLauncher:
                 return [executor.submit(JobEntry(c.run.dir)) for c in cfgs]
 
         return [str(j.job_id) for j in submit_with_retries(submit_array, what=what)]
+
+
+def _held_array_fits(cfg: Any, tasks: int) -> None:
+    """Asks Slurm whether the array could ever run (``sbatch --test-only``, nothing submitted), since it is
+    submitted held: Slurm skips its node-configuration check for a held job, and an array asking for what no node
+    has (a GPU type the cluster lacks) would go in and pend for ever (BadConstraints), where the same request
+    unheld is refused at once (checked on the dev cluster). Only that refusal is raised: any other answer, or none,
+    leaves the real sbatch to speak."""
+    import subprocess
+
+    from hpcrun.errors import SubmissionError
+    from hpcrun.slurm.sbatch import render
+
+    try:
+        out = subprocess.run(["sbatch", "--test-only", f"--array=0-{tasks - 1}"], input=render(cfg),
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    text = f"{out.stderr}\n{out.stdout}"
+    if out.returncode != 0 and "node configuration is not available" in text.lower():
+        raise SubmissionError("sbatch refused the job: Requested node configuration is not available (no node of "
+                              "the cluster has what one task asks for: cluster.gpu_type, gpus_per_node, "
+                              "cpus_per_task, mem, constraint)")
 
 
 def launcher_for(cfg: Any) -> Any:

@@ -53,20 +53,24 @@ def launch_sweep(overrides: Sequence[str], config_dirs: Sequence[str], command: 
                  argv: Sequence[str] = ()) -> int:
     """``hpcrun -m OVERRIDES`` (``hpcrun -m run OVERRIDES -- ARGV``): every point, as job arrays on Slurm or one
     after another here. ``command`` is the hpcrun command line, for the sweep's record."""
-    from hpcrun.launch.sweep import compose_sweep, submit_arrays
+    from hpcrun.launch.sweep import classify, compose_sweep, distinct_runs, submit_arrays, submitting
 
     sweep = compose_sweep(overrides, config_dirs, argv)
     points = sweep.points
-    skipped: List[str] = []
-    for kind, label in (("complete", "complete"), ("active", "already queued or running")):
-        for p in sweep.by_kind(kind):
-            skipped.append(f"{p.cfg.run.name}/{p.cfg.run.id} ({label})")
     launcher = launcher_for(points[0].cfg)
     if not launcher.submits:
-        return _run_local_sweep(sweep, command, launcher, skipped)
-    # The site's own limits (each partition once, the job limit), before anything is written or submitted.
-    launcher.check([p.cfg for p in points if p.prepared.launchable], sweep=True)
-    submit_arrays(sweep, command, launcher)
+        distinct_runs(sweep)
+        classify(sweep)
+        return _run_local_sweep(sweep, command, launcher, _skipped(sweep))
+    # The site's own limits (each partition once), every point's, before anything is written or submitted: a bad
+    # value is named as such, also where the points are complete (nothing to submit, and no record rewritten).
+    launcher.check([p.cfg for p in points])
+    distinct_runs(sweep)
+    with submitting(sweep):
+        classify(sweep)
+        skipped = _skipped(sweep)
+        launcher.check_job_limit([p.cfg for p in points if p.prepared.launchable])
+        submit_arrays(sweep, command, launcher)
     resumed = len(sweep.by_kind("resume"))
     submitted = sum(len(a["tasks"]) for a in sweep.arrays)
     arrays = ", ".join(f"{a['job_id']} ({len(a['tasks'])} tasks)" for a in sweep.arrays) or "none"
@@ -80,6 +84,12 @@ arrays {arrays}; skipped {len(skipped)}
     for s in skipped:
         print(f"  skipped: {s}")
     return _wait(sweep.sweep_dir) if wait else 0
+
+
+def _skipped(sweep: Any) -> List[str]:
+    return [f"{p.cfg.run.name}/{p.cfg.run.id} ({label})"
+            for kind, label in (("complete", "complete"), ("active", "already queued or running"))
+            for p in sweep.by_kind(kind)]
 
 
 def _run_local_sweep(sweep: Any, command: str, launcher: Any, skipped: List[str]) -> int:

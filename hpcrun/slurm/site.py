@@ -327,13 +327,13 @@ def _ask(command: List[str]) -> Optional[str]:
         return None
 
 
-def check_site_limits(cfgs: Sequence[Any], sweep: bool = False) -> None:
+def check_site_limits(cfgs: Sequence[Any], sweep: bool = False) -> Optional[Dict[str, Partition]]:
     """Checks the configs about to be submitted against the cluster's partitions (one scontrol call in all) and,
     for a sweep, against the user's job limit. Raises ConfigError naming the key and value; never for a query
-    that failed."""
+    that failed. Returns the partitions it read (None: no answer), for :func:`check_job_limit` later."""
     cfgs = [c for c in cfgs if c.cluster.launcher == "slurm"]
     if not cfgs:
-        return
+        return None
     out = _ask(["scontrol", "--all", "--oneliner", "show", "partition"])
     partitions = parse_partitions(out) if out else None
     if partitions:
@@ -358,3 +358,4 @@ def check_site_limits(cfgs: Sequence[Any], sweep: bool = False) -> None:
                     raise problem
     if sweep:
         check_job_limit(cfgs, partitions)
+    return partitions

@@ -46,7 +46,7 @@ exec "{scontrol}" "$@"
     args = ["-m", *CHEAP, "train.lr=1e-4,1e-3", "train.seed=0,1", "cluster.array_throttle=1"]
     out = hpcrun(*args, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert len(calls(tmp_path, "sbatch")) == 1  # one sbatch call for the four points
+    assert len(_submissions(tmp_path)) == 1  # one sbatch call for the four points
     (array,) = _array_ids(out.stdout)
     sweep = _sweep_dir(out.stdout)
     assert (tmp_path / "queue-at-release").read_text().split() == ["PENDING,JobHeldUser"] * 4
@@ -103,8 +103,51 @@ exec "{scontrol}" "$@"
     again = hpcrun(*args, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "submitted 0" in again.stdout and "skipped 4" in again.stdout
-    assert len(calls(tmp_path, "sbatch")) == 1
+    assert len(_submissions(tmp_path)) == 1
     assert hpcrun("wait", str(sweep)).returncode == 0
+
+    # The same complete sweep with a partition the cluster lacks: bad input all the same, and its record stays.
+    record_before = (sweep / "sweep.json").read_bytes()
+    bad = hpcrun(*args, "cluster.partition=gpu", env=env)
+    assert bad.returncode == 2 and "cluster.partition='gpu' is invalid" in bad.stderr, bad.stderr[-2000:]
+    assert (sweep / "sweep.json").read_bytes() == record_before and len(_submissions(tmp_path)) == 1
+
+
+def _submissions(tmp_path) -> list:
+    """The sbatch calls that submitted (not a `--test-only` question)."""
+    return [c for c in calls(tmp_path, "sbatch") if "--test-only" not in c]
+
+
+def test_a_sweep_asking_for_what_no_node_has_is_refused_though_its_array_would_go_in_held(hpcrun, tmp_path,
+                                                                                            slurm_cluster):
+    # Slurm skips its node-configuration check for a held job: the array went in and pended for ever
+    # (BadConstraints), where the single run with the same request is refused by sbatch.
+    env = counting_shims(tmp_path, "sbatch")
+    out = hpcrun("-m", *CHEAP, "train.seed=70,71", "cluster.gpus_per_node=1", "cluster.gpu_type=v100", env=env)
+    assert out.returncode == 2, out.stdout[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "hpcrun: error: sbatch refused the job: Requested node configuration is not available"), out.stderr
+    assert len(calls(tmp_path, "sbatch")) == 1 and _submissions(tmp_path) == []  # asked, nothing submitted
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
+
+
+def test_the_same_sweep_submitted_twice_at_once_is_refused_while_the_first_holds_it(hpcrun, tmp_path,
+                                                                                   slurm_cluster):
+    # Both used to find every point new and submit an array each; the second's jobs were recorded over the
+    # first's, whose tasks then trained runs that `hpcrun cancel` no longer knew of. The first command's hold on
+    # the sweep is taken here as it would take it, so that the second comes while it holds it, every time.
+    from hpcrun.launch.sweep import sweep_id
+    from hpcrun.rundir.lock import LAUNCHING, RunLock
+
+    points = ["train.seed=50,51"]
+    sweep = tmp_path / "runs" / "sweeps" / sweep_id([*CHEAP, *points])
+    sweep.mkdir(parents=True)
+    with RunLock(sweep, LAUNCHING):
+        second = hpcrun("-m", *CHEAP, *points)
+    assert second.returncode == 2, second.stdout[-2000:]
+    assert f"hpcrun: error: sweep {sweep.name} is being submitted by another hpcrun command (hpcrun launching it " \
+        in second.stderr, second.stderr
+    assert not any((tmp_path / "runs").rglob("config.yaml")) and not (sweep / "sweep.json").exists()
 
 
 def test_a_sweep_larger_than_max_array_size_becomes_several_arrays(hpcrun, tmp_path, slurm_cluster):
@@ -119,7 +162,7 @@ def test_a_sweep_larger_than_max_array_size_becomes_several_arrays(hpcrun, tmp_p
         out = hpcrun("-m", *CHEAP, "train.seed=0,1,2,3,4,5", env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         arrays = _array_ids(out.stdout)
-        assert len(arrays) == 2 and len(calls(tmp_path, "sbatch")) == 2
+        assert len(arrays) == 2 and len(_submissions(tmp_path)) == 2
         assert "(4 tasks)" in out.stdout and "(2 tasks)" in out.stdout
         subprocess.run(["scancel", *arrays])
     finally:

@@ -13,10 +13,11 @@ from typing import Any, Sequence
 
 from hpcrun.errors import ConfigError
 
-# Commands that start one worker process per GPU themselves (torchrun, accelerate launch, deepspeed): the job runs
-# them once per node, not once per GPU under srun.
+# Commands that start one worker process per GPU themselves (torchrun, accelerate launch, deepspeed, trl sft): the
+# job runs them once per node, not once per GPU under srun.
 _LAUNCHER_PROGRAMS = {"torchrun", "deepspeed"}
 _LAUNCHER_MODULES = {"torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch"}
+_TRL_NOT_TRAINING = {"env", "vllm-serve"}  # trl's commands that train nothing (trl/cli/commands)
 
 
 def _script_index(args: Sequence[str]) -> int:
@@ -41,6 +42,8 @@ def starts_workers(argv: Sequence[str]) -> bool:
         return True
     if name == "accelerate":
         return len(argv) > 1 and argv[1] == "launch"
+    if name == "trl":  # its training commands (sft, dpo, grpo, ...) run `accelerate launch` in their process
+        return len(argv) > 1 and not argv[1].startswith("-") and argv[1] not in _TRL_NOT_TRAINING
     return name.startswith("python") and _module(argv) in _LAUNCHER_MODULES
 
 

@@ -287,6 +287,37 @@ def claim_output(run_dir: Path, output_dir: Path, write: bool) -> None:
         atomic_write(marker, f"{run_dir}\n")
 
 
+def untouched_outputs_as_they_were(run_dir: Path) -> List[Path]:
+    """Before a start's command runs (the job's main process, before any of the command's processes): each of
+    the run's output folders that holds nothing but hpcrun's own files, this run's mark and an interrupted save's
+    staging, is left empty again, as the script left it without hpcrun. A script grown from transformers' older
+    examples refuses an output folder that holds anything and no checkpoint ("Output directory ... already exists
+    and is not empty"), so a run killed before its first checkpoint (a preemption, kill -9, a node failure) failed
+    on its restart because of hpcrun's mark. The mark is made again when the Trainer starts training. Returns the
+    folders tidied."""
+    import os
+    import shutil
+
+    tidied = []
+    for out in recorded_outputs(run_dir):
+        try:
+            entries = set(os.listdir(out))
+        except OSError:
+            continue
+        staging = CheckpointDir.in_output_dir(out).staging_root
+        if OUTPUT_OWNER not in entries or not entries <= {OUTPUT_OWNER, staging.name}:
+            continue
+        try:
+            if Path((out / OUTPUT_OWNER).read_text().strip()) != Path(run_dir):
+                continue  # another run's mark (taken over while this one was away): not this run's to remove
+        except OSError:
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        (out / OUTPUT_OWNER).unlink(missing_ok=True)
+        tidied.append(out)
+    return tidied
+
+
 class SharedOutputError(RuntimeError):
     """A Trainer's output_dir belongs to another run."""
 

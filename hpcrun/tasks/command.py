@@ -109,8 +109,12 @@ def run(cfg: Any, ctx: Any) -> Any:
     rd = RunDir(ctx.run_dir)
     start = ctx.ledger.start if ctx.ledger is not None else 1
     if ctx.is_main:
+        from hpcrun.rundir.checkpoints import untouched_outputs_as_they_were
+
         rd.stop_request.unlink(missing_ok=True)
         rd.signal_after_training.unlink(missing_ok=True)
+        for out in untouched_outputs_as_they_were(ctx.run_dir):  # (before any process of the command looks)
+            log.info("%s holds no checkpoint yet: hpcrun's mark removed, as the script left it", out)
     argv = [str(a) for a in cfg.command.argv]
     launcher = cfg.command.launcher()
     signals = job_signals(cfg.cluster.signal, local=not ctx.on_slurm)

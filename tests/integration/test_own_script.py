@@ -411,3 +411,42 @@ def test_an_arguments_file_naming_the_run_dir_literally_is_warned_of(hpcrun, tmp
     assert ("output_dir ${run.dir}/out holds a literal '${': hpcrun fills ${...} in the command line only" in log
             ), log[-3000:]
     assert (tmp_path / "${run.dir}" / "out" / "model.safetensors").is_file()  # where the script was told, as written
+
+
+def test_a_save_longer_than_accelerates_5_s_under_its_single_process_launcher_completes_on_sigterm(tmp_path):
+    # accelerate launch (one process) sets its own SIGTERM handler in the launcher: it exited, and killed its worker
+    # 5 s later, so a scancel, preemption or requeue (SIGTERM) cut every save longer than that. The launcher now
+    # keeps ignoring its stop signals; the worker alone saves (8 s here) and exits, and the launcher exits 0.
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    run = _start(tmp_path, ["run", "cluster=local", "checkpoint.save_every=30min", "--", accelerate, "launch",
+                            "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(SCRIPTS / "accelerate_loop.py"), "${run.dir}/work",
+                            "100000"], env={"SAVE_SECONDS": "8"})
+    run_dir = _run_dir(tmp_path, "accelerate_loop")
+    seen = run_dir / "work" / "seen" / "rank-0.jsonl"
+    wait_until(lambda: seen.exists() and len(seen.read_text().splitlines()) >= 5, 180, "five steps")
+    run.send_signal(signal.SIGTERM)  # locally hpcrun passes it on to every process of the command, as Slurm would
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 75, out[-3000:]  # stopped, resumable with the same command
+    saved = [p for p in (run_dir / "checkpoints").glob("step-*") if (p / "step.txt").is_file()]
+    assert len(saved) == 1, out[-3000:]
+    assert (run_dir / "work" / "signal-rank-0.txt").read_text() == "SIGTERM"
+
+
+def test_a_script_that_refuses_a_used_output_dir_restarts_after_a_kill_before_its_first_checkpoint(
+        hpcrun, tmp_path, own_work):
+    # Scripts grown from transformers 4's examples refuse an output_dir that holds anything and no checkpoint.
+    # hpcrun's mark of the folder (made as training starts) was such a thing: a run killed before its first
+    # checkpoint (preempted, kill -9, a node failure) failed on its restart. The restart now finds it as the
+    # script left it.
+    args = ["run", "cluster=local", "checkpoint.save_every=30min", "--",
+            *clm_args(own_work, "${run.dir}/out", STEPS, ["--refuse_used_output_dir"])]
+    run = _start(tmp_path, args)
+    run_dir = _run_dir(tmp_path)
+    wait_until(lambda: (run_dir / "out" / ".hpcrun-run").exists(), 120, "the Trainer training into its folder")
+    os.kill(run.pid, signal.SIGKILL)  # no save (the command dies with it: PR_SET_PDEATHSIG)
+    run.communicate(timeout=60)
+    again = hpcrun(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already exists and is not empty" not in (run_dir / "logs" / "start-2.log").read_text()
+    assert trainer_steps(run_dir / "out") == list(range(1, STEPS + 1))

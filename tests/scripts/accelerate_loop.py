@@ -48,6 +48,7 @@ def main() -> None:
         decision = script.step_ended(step + 1)
         if decision.save:
             with script.saving(step + 1) as folder:
+                time.sleep(float(os.environ.get("SAVE_SECONDS", "0")))  # a save as long as a large model's
                 accelerator.save_state(str(folder))
                 if accelerator.is_main_process:
                     (folder / "step.txt").write_text(str(step + 1))

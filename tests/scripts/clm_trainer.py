@@ -10,6 +10,7 @@ scripts grown from other examples do.
 
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from itertools import chain
@@ -20,6 +21,7 @@ import transformers
 from datasets import load_dataset
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Seq2SeqTrainer,
                           Seq2SeqTrainingArguments, Trainer, default_data_collator, set_seed)
+from transformers.trainer_utils import get_last_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ class DataTrainingArguments:
     validation_file: Optional[str] = field(default=None, metadata={"help": "a .txt validation file"})
     block_size: Optional[int] = field(default=None, metadata={"help": "tokens per training block"})
     trainer_class: str = field(default="Trainer", metadata={"help": "Trainer or Seq2SeqTrainer"})
+    refuse_used_output_dir: bool = field(default=False, metadata={
+        "help": "what scripts grown from transformers 4's run_clm.py do before training: an output_dir that holds "
+                "anything but no checkpoint is refused ('already exists and is not empty')"})
     wait_for_sigint_after_training: Optional[str] = field(default=None, metadata={
         "help": "a test's window: once train() returned, touch this file and wait (2 min at most) until a SIGINT "
                 "came, passed on to the handler installed before (the script's post-training code then runs)"})
@@ -55,6 +60,10 @@ def main():
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
+    if data_args.refuse_used_output_dir and os.path.isdir(training_args.output_dir) and training_args.do_train:
+        if get_last_checkpoint(training_args.output_dir) is None and len(os.listdir(training_args.output_dir)) > 0:
+            raise ValueError(f"Output directory ({training_args.output_dir}) already exists and is not empty. "
+                             "Use --overwrite_output_dir to overcome.")
     set_seed(training_args.seed)
     data_files = {"train": data_args.train_file}
     if data_args.validation_file:

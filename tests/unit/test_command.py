@@ -35,6 +35,10 @@ def test_the_command_after_double_dash_is_split_off_and_dash_m_run_is_run_dash_m
     (["deepspeed", "train.py"], True),
     (["bash", "run.sh"], False),
     (["python", "train.py", "-m", "torch.distributed.run"], False),  # the script's own -m (a Hydra multirun)
+    (["trl", "sft", "--config", "sft.yaml"], True),  # accelerate launch, in trl's own process
+    (["/opt/env/bin/trl", "dpo", "--model_name_or_path", "m"], True),
+    (["trl", "env"], False),
+    (["trl", "vllm-serve", "--model", "m"], False),
 ])
 def test_launchers_are_recognised(argv, launcher):
     assert starts_workers(argv) is launcher

@@ -2,7 +2,8 @@
 
 It does three small things, then runs the sitecustomize it hides, if any (a distribution's or a conda env's):
 
-1. in a launcher's workers, it undoes the stop signals the launcher was started ignoring (hpcrun/job/processes.py);
+1. in a launcher's workers, it undoes the stop signals the launcher was started ignoring (hpcrun/job/processes.py),
+   and in the launcher itself it keeps them ignored (a handler it would set for one is not installed);
 2. when ``transformers.trainer`` is imported, it hands the ``Trainer`` class to
    :func:`hpcrun.frameworks.transformers.adopt.install` (unless HPCRUN_PATCH_TRAINER=0);
 3. nothing else: no hpcrun import until a Trainer is imported, so a command that has none pays nothing.
@@ -18,12 +19,34 @@ def _restore_signals() -> None:
     import signal
 
     names = os.environ.get("HPCRUN_LAUNCHER_IGNORES", "")
-    if not names or str(os.getppid()) == os.environ.get("HPCRUN_WRAPPER_PID"):
-        return  # not under a launcher, or this is the launcher itself (it keeps ignoring them)
+    if not names:
+        return  # not under a launcher
+    if str(os.getppid()) == os.environ.get("HPCRUN_WRAPPER_PID"):
+        _keep_ignoring(names)  # the launcher itself
+        return
     for name in names.split(","):
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL)
+
+
+def _keep_ignoring(names: str) -> None:
+    """In a launcher: its stop signals stay ignored, so that only its workers act on them (they save, exit, and
+    the launcher then exits 0). accelerate's single-process launcher (and trl's commands, through it) sets its
+    own SIGTERM handler, which exits and kills the workers 5 s later: a scancel, preemption or requeue cut every
+    save longer than that. A handler for one of these, while it is ignored, is not installed."""
+    import signal
+
+    held = {getattr(signal, n) for n in names.split(",") if hasattr(signal, n)}
+    install = signal.signal
+
+    def guarded(signalnum, handler):
+        if signalnum in held and signal.getsignal(signalnum) == signal.SIG_IGN:
+            return signal.SIG_IGN  # (what it asked to replace: restored later, it stays ignored)
+        return install(signalnum, handler)
+
+    guarded.__wrapped__ = install
+    signal.signal = guarded
 
 
 class _TrainerHook:

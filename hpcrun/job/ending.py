@@ -56,12 +56,12 @@ def stopped(entry: Any, cfg: Any, ctx: JobContext, state: RunState, stop: Stoppe
             state.end("stopped", reason, stop.step, cancelled=True)
             RunDir(ctx.run_dir).cancel_request.unlink(missing_ok=True)
             log.info("%s; hpcrun resume %s continues it", reason, ctx.run_dir)
-            return f"cancelled at step {stop.step}"
+            return f"cancelled{_at(stop)}"
         state.end("stopped", stop.reason, stop.step)
-        log.info("stopped after step %d (%s); resume with: %s", stop.step, stop.reason, command)
-        return f"stopped at step {stop.step}"
+        log.info("stopped%s (%s); resume with: %s", _at(stop, "after"), stop.reason, command)
+        return f"stopped{_at(stop)}"
     if not ctx.is_main:
-        return f"stopped at step {stop.step}"
+        return f"stopped{_at(stop)}"
     # scancel sends SIGTERM too, and a cancelled job must stay cancelled (its checkpoint stays, to resume
     # later). A preempted job reads RUNNING here, one at its hard time limit TimeLimit: those requeue.
     from hpcrun.job.requeue import requeue_job
@@ -70,11 +70,11 @@ def stopped(entry: Any, cfg: Any, ctx: JobContext, state: RunState, stop: Stoppe
 
     # (Without a Slurm client here, the batch script checks for a cancel on the host before it requeues.)
     if stop.signal == "SIGTERM" and client_here() and cancelled(ctx.job_id or "", ctx.restart):
-        state.end("stopped", f"cancelled (SIGTERM); saved step {stop.step}", stop.step, cancelled=True)
-        log.info("job cancelled: saved step %d, not requeueing", stop.step)
-        return f"cancelled at step {stop.step}"
+        state.end("stopped", f"cancelled (SIGTERM); {_saved(stop)}", stop.step, cancelled=True)
+        log.info("job cancelled: %s, not requeueing", _saved(stop))
+        return f"cancelled{_at(stop)}"
     if state.data["requeues"] >= cfg.run.max_requeues:
-        reason = f"run.max_requeues={cfg.run.max_requeues} reached; saved step {stop.step}, not requeueing"
+        reason = f"run.max_requeues={cfg.run.max_requeues} reached; {_saved(stop)}, not requeueing"
         state.end("failed", reason, stop.step)
         log.error(reason)
         raise JobError(reason)
@@ -85,12 +85,24 @@ def stopped(entry: Any, cfg: Any, ctx: JobContext, state: RunState, stop: Stoppe
             state.data["job_id"] = continued
             reason = f"{reason}; continued by job {continued} (`scontrol requeue` refused)"
         state.end("requeued", reason, stop.step, clean_stop=True)
-        saved = f"saved step {stop.step}" if stop.saved else "nothing saved by hpcrun (the command's own saves stand)"
-        log.info("%s and requeued job %s (%s)", saved, ctx.job_id, stop.reason)
-        return f"requeued at step {stop.step}"
-    reason = f"saved step {stop.step} but `scontrol requeue {ctx.job_id}` failed; resubmit to resume"
+        log.info("%s and requeued job %s (%s)", _saved(stop), ctx.job_id, stop.reason)
+        return f"requeued{_at(stop)}"
+    reason = f"{_saved(stop)} but `scontrol requeue {ctx.job_id}` failed; resubmit to resume"
     state.end("failed", reason, stop.step)
     raise JobError(reason)
+
+
+def _saved(stop: Stopped) -> str:
+    """What the stop saved: its step, or (a command of the user's own that ended without a save for it, or with no
+    step hpcrun knows) that the newest complete checkpoint is where it resumes."""
+    if stop.saved and stop.step:
+        return f"saved step {stop.step}"
+    return "nothing saved for this stop (it resumes from the newest complete checkpoint)"
+
+
+def _at(stop: Stopped, word: str = "at") -> str:
+    """' at step N' where the stop's step is known (never 'step 0' for a command that reported none)."""
+    return f" {word} step {stop.step}" if stop.step else ""
 
 
 def failed(entry: Any, cfg: Any, ctx: JobContext, state: RunState, exc: Exception) -> str:

@@ -309,11 +309,14 @@ def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None,
     # key); sections Hydra already typed (hpcrun's own, when composing) are left as they are.
     typed_sections = {**{name: (cls, _defaults(cls)) for name, cls in SECTIONS.items()},
                       **{name: (cls, _defaults(settings)[name]) for name, cls in declared.items()}}
+    merging = ""  # the section being merged onto its defaults: its errors name the key within it
     try:
         with open_dict(tree):
             for name, (cls, defaults) in typed_sections.items():
                 if name not in tree or OmegaConf.get_type(tree, name) is not cls:
+                    merging = str(name)
                     tree[name] = OmegaConf.merge(defaults, tree[name] if name in tree else {})
+            merging = ""
         if interpolations is not None:
             interpolations.update(find_interpolations(tree))
         OmegaConf.resolve(tree)
@@ -321,6 +324,8 @@ def build(tree: Any, cwd: Optional[Path] = None, settings: Any = None,
         typed = {name: OmegaConf.to_object(tree[name]) for name in typed_sections}
     except ValidationError as exc:
         key = str(exc.full_key)
+        if merging and f"{merging}.{key}" in keys:  # (a saved config's value, as `hpcrun resume` merges it)
+            key = f"{merging}.{key}"
         if key in keys:
             value = OmegaConf.select(tree, key, throw_on_missing=False, throw_on_resolution_failure=False)
             expected = describe_type(keys[key])

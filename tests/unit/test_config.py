@@ -138,6 +138,16 @@ def test_the_saved_config_reloads_to_the_same_values(tmp_path):
     assert isinstance(cfg.settings, CausalLMSettings) and cfg.train is cfg.settings.train
 
 
+def test_a_bad_value_merged_into_a_saved_config_names_its_whole_key(tmp_path):
+    # `hpcrun resume RUN checkpoint.keep_last=x` merges the value into the saved config: OmegaConf named the key
+    # within its section ("key: keep_last"), a raw message; a fresh submit names checkpoint.keep_last.
+    saved = to_container(compose(["+experiment=tiny_llama", f"run.dir={tmp_path / 'run'}"], cwd=tmp_path))
+    merged = OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(["checkpoint.keep_last=x"]))
+    with pytest.raises(ConfigError) as err:
+        from_container(merged)
+    assert str(err.value) == "checkpoint.keep_last='x' is invalid: expected an integer"
+
+
 def test_a_config_survives_deepcopy_and_pickle(tmp_path):
     cfg = compose(["+experiment=tiny_llama", "cluster=local", "+notes.text=hello"], cwd=tmp_path)
     for copied in (copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg))):

@@ -70,7 +70,8 @@ def check_sweep(overrides: Sequence[str]) -> None:
             (override,) = parser.parse_overrides([text])
         except HydraException:
             continue  # composing reports an override it cannot parse, in its own words
-        if not (override.is_sweep_override() and override.is_discrete_sweep()):
+        if not (override.is_sweep_override() and override.is_discrete_sweep()) or \
+                type(override.value()).__name__ == "Glob":  # (a glob lists nothing here: the sweep refuses it)
             continue
         seen: Dict[str, str] = {}
         # Compared as the values Hydra reads ('a' and a are one string, 1e-4 and 0.0001 one float), named as its

@@ -37,8 +37,25 @@ def expand(overrides: Sequence[str]) -> List[List[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:  # one at a time, so that an error names the override
+        try:
+            (override,) = parser.parse_overrides([text])
+        except HydraException as exc:
+            why = str(exc).splitlines()[0].split(" expecting ")[0]
+            raise UserError(f"cannot parse the override {text!r} ({why}): list a sweep's values with commas "
+                            "(train.lr=1e-4,3e-4), none at either end; quote a value with spaces or commas") from None
+        if override.is_delete():
+            raise UserError(f"{text!r}: a sweep's overrides set values (KEY=VALUE, GROUP=CHOICE); leave the key out "
+                            "instead of deleting it")
+        if override.is_sweep_override() and (not override.is_discrete_sweep()
+                                             or type(override.value()).__name__ == "Glob"):
+            function = text.split("=", 1)[1].split("(", 1)[0].strip()
+            raise UserError(f"{text!r}: hpcrun's sweep takes listed values (a,b,c), choice(a,b) or range(start,stop"
+                            f"[,step]), not {function}(...)")
+        parsed.append(override)
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
         (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     except HydraException as exc:
         raise UserError(f"cannot expand the sweep: {str(exc).splitlines()[0]}") from None

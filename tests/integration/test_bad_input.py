@@ -44,7 +44,13 @@ CASES = [
      f"{BUILTIN.name}z; did you mean {BUILTIN}?"),
     (["cluster=slurm", "cluster.sbatch_extra.time=5"], "cluster.sbatch_extra.time=5 is invalid"),
     (["cluster=slurm", "run.name=a/b"], "run.name='a/b' is invalid"),
-    (["-m", "cluster=slurm", "train.lr=1e-3,3e-4", "run.dir=same"], "run.dir='same' is every point's (the points train.lr=0.001 and train.lr=0.0003 share the run directory"),
+    (["-m", "cluster=slurm", "train.lr=1e-3,3e-4", "run.dir=same"],
+     "run.dir='same' is every point's (the points train.lr=0.001 and train.lr=0.0003 share the run directory"),
+    # A sweep's override it cannot parse or expand, named (before: Hydra's words alone, or a traceback for glob)
+    (["-m", "cluster=slurm", "train.lr_scheduler=cosine,"],
+     "cannot parse the override 'train.lr_scheduler=cosine,' (mismatched input '<EOF>')"),
+    (["-m", "cluster=slurm", "train.lr=glob(*)"], "'train.lr=glob(*)': hpcrun's sweep takes listed values"),
+    (["-m", "cluster=slurm", "~train.lr"], "'~train.lr': a sweep's overrides set values"),
     # A key given twice: Hydra would train with the last and name the run after both (hpcrun/config/overrides.py).
     (["cluster=slurm", "train.seed=1", "train.seed=2"],
      "train.seed is given twice (train.seed=1, train.seed=2): give it once"),

@@ -380,11 +380,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from hpcrun.observe.results import as_csv, as_json, plot, ranked, results, sort_metric, table
+    from hpcrun.observe.results import as_csv, as_json, plot, plot_axis, ranked, results, sort_metric, table
 
     keys, rows = results(Path(args.target).expanduser().resolve())
     metric = sort_metric(rows, args.sort)
     rows = ranked(rows, metric, args.desc)
+    if args.plot:
+        plot_axis(keys, rows, args.x)  # a bad --x is said before the table, not after it
     if args.json:
         print(as_json(keys, rows, metric))
     elif args.csv:

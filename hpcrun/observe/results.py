@@ -160,9 +160,9 @@ def _as_float(text: str) -> Optional[float]:
         return None
 
 
-def plot(keys: Sequence[str], rows: Sequence[PointResult], metric: str, path: Path, x: Optional[str] = None) -> str:
-    """``metric`` against the swept value ``x`` (default: the first swept key whose values are numbers), one line
-    per value of the next swept key; returns the x key used."""
+def plot_axis(keys: Sequence[str], rows: Sequence[PointResult], x: Optional[str] = None) -> str:
+    """The swept key a plot puts on its x axis: ``x``, or the first swept key whose values are numbers. Raises
+    UserError for a key the sweep does not vary, or one whose values are not numbers (before anything is printed)."""
     numeric = [k for k in keys if all(_as_float(r.values.get(k, "")) is not None for r in rows)]
     if x is None:
         if not numeric:
@@ -172,6 +172,13 @@ def plot(keys: Sequence[str], rows: Sequence[PointResult], metric: str, path: Pa
         raise UserError(f"--x {x}: not a key this sweep varies ({', '.join(keys) or 'none'})")
     if x not in numeric:
         raise UserError(f"--x {x}: its values are not all numbers")
+    return x
+
+
+def plot(keys: Sequence[str], rows: Sequence[PointResult], metric: str, path: Path, x: Optional[str] = None) -> str:
+    """``metric`` against the swept value ``x`` (default: the first swept key whose values are numbers), one line
+    per value of the next swept key; returns the x key used."""
+    x = plot_axis(keys, rows, x)
     group = next((k for k in keys if k != x), None)
     import matplotlib
 

@@ -74,7 +74,9 @@ def test_the_command_prints_a_table_json_csv_and_draws_the_metric_against_a_swep
     assert main(["results", str(sweep), "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "eval_loss against train.lr" in capsys.readouterr().err
     assert main(["results", str(sweep), "--plot", str(png), "--x", "model.lr"]) == 2  # one line, naming the key
-    assert "--x model.lr: not a key this sweep varies (train.lr, train.seed)" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "--x model.lr: not a key this sweep varies (train.lr, train.seed)" in said.err
+    assert said.out == ""  # the error alone, not the table before it
 
 
 def test_a_run_directory_is_not_a_sweep_and_metrics_skip_what_is_not_a_number(tmp_path, capsys):

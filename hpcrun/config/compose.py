@@ -229,10 +229,11 @@ def compose_tree(overrides: Sequence[str], dirs: list[Path], cwd: Path, command:
     from omegaconf.errors import OmegaConfBaseException
 
     register()
+    to_hydra = {text: _check_override(text, dirs) for text in overrides}  # each one's own error first
+    overrides = check_once(overrides)  # the last of a key given twice (said), and the run named after it alone
     hydra_overrides, task_overrides = [], []
     for text in overrides:
-        (hydra_overrides if _check_override(text, dirs) else task_overrides).append(text)
-    check_once(overrides)  # Hydra would let the last one win, and the run id would name both
+        (hydra_overrides if to_hydra[text] else task_overrides).append(text)
     choice = _task_choice(overrides)
     if command and not any(o.split("=", 1)[0].lstrip("+~") == "task" for o in overrides):
         choice = "task=command"

@@ -3,8 +3,11 @@
 Hydra lets a later override win silently: ``train.seed=1 train.seed=2`` trains with seed 2, and a sweep's
 ``train.seed=21,22 train.seed=23`` (Hydra's BasicSweeper keeps one list per key) is one point, seed 23. And the
 run's identity was made from the overrides as typed: the first command trained seed 2 in a directory named
-``train.seed=1,train.seed=2``, another than ``train.seed=2``'s, the same training twice. So a key (or a config
-group) given twice is refused, naming both (:func:`check_once`, on every composition); so is a comma list naming
+``train.seed=1,train.seed=2``, another than ``train.seed=2``'s, the same training twice. So a dotted key given
+twice keeps its last value, as Hydra's rule is (a shell alias with defaults and a later override is a common use),
+says so in one warning line, and the run is named after that value alone; a config group, a top-level key or a
+``+``/``++``/``~`` form given twice is refused, naming both (:func:`check_once`, on every composition); so is a
+comma list naming
 one value twice (:func:`check_sweep`, on a sweep's overrides before they are expanded, when the sweeper has not yet
 dropped a key's first list).
 
@@ -23,9 +26,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 from hpcrun.config.identity import canonical, is_launch_key
+from hpcrun.console import say
 from hpcrun.errors import UserError
 
 __all__ = ["check_once", "check_sweep", "same_run"]
@@ -38,23 +42,37 @@ def _key(text: str) -> str:
     return text.split("=", 1)[0].strip().lstrip("+~")
 
 
-def check_once(overrides: Sequence[str]) -> None:
-    """Refuses a key, or a config group, given twice (see the module docstring).
+def check_once(overrides: Sequence[str]) -> List[str]:
+    """The overrides with each key once (see the module docstring): a dotted key set twice with plain
+    ``KEY=VALUE`` keeps its last value, as Hydra would, said in one warning line; any other repeat (a config group,
+    a top-level key, a ``+``/``++``/``~`` form) is refused.
+
+    Returns:
+        The overrides to compose, in their order, without the values a later one replaced.
 
     Raises:
-        UserError: ``train.seed is given twice (train.seed=1, train.seed=2): give it once``.
+        UserError: ``cluster is given twice (cluster=slurm, cluster=local): give it once``.
     """
     seen: Dict[str, str] = {}
-    for text in overrides:
+    replaced = set()
+    for i, text in enumerate(overrides):
         key = _key(text)
         if key in seen:
-            raise UserError(f"{key} is given twice ({seen[key]}, {text}): give it once")
+            first = seen[key]
+            if "." not in key or "=" not in text or text[0] in "+~" or first[0] in "+~":
+                raise UserError(f"{key} is given twice ({first}, {text}): give it once")
+            say(f"warning: {key} is given twice ({first}, {text}): the last, {text}, applies")
+            replaced.add(next(j for j, o in enumerate(overrides) if o == first and j not in replaced))
         seen[key] = text
+    return [o for i, o in enumerate(overrides) if i not in replaced]
 
 
-def check_sweep(overrides: Sequence[str]) -> None:
+def check_sweep(overrides: Sequence[str]) -> List[str]:
     """A sweep's overrides, before they are expanded: :func:`check_once`, and each comma list names each value once
     (``train.seed=21,21``, ``train.lr=1e-4,0.0001``: the same point twice).
+
+    Returns:
+        The overrides with each key once (:func:`check_once`).
 
     Raises:
         UserError: ``train.seed lists 21 twice (train.seed=21,21): list each value once``.
@@ -63,7 +81,7 @@ def check_sweep(overrides: Sequence[str]) -> None:
     from hydra.core.override_parser.types import QuotedString
     from hydra.errors import HydraException
 
-    check_once(overrides)
+    overrides = check_once(overrides)
     parser = OverridesParser.create()
     for text in overrides:
         try:
@@ -83,6 +101,7 @@ def check_sweep(overrides: Sequence[str]) -> None:
             if same in seen:
                 raise UserError(f"{_key(text)} lists {seen[same]} twice ({text}): list each value once")
             seen[same] = written
+    return list(overrides)
 
 
 def _values(values: Dict[str, str], keys: Sequence[str]) -> str:

@@ -107,7 +107,7 @@ def compose_sweep(overrides: Sequence[str], config_dirs: Sequence[str] = (), com
     from hpcrun.config.overrides import check_sweep
     from hpcrun.config.points import PointComposer
 
-    check_sweep(overrides)  # a key given twice, a value listed twice: one line, before anything is composed
+    overrides = check_sweep(overrides)  # a key given twice: its last (said); a value listed twice: refused
     composer = PointComposer(config_dirs, command)  # each shape of point composed in full once (its docstring)
     points = [Point(o, composer.compose(o)) for o in expand(overrides)]
     root = Path(points[0].cfg.cluster.run_root).expanduser()

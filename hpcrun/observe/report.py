@@ -2,7 +2,7 @@
 
 From each run's ledger (``ledger.jsonl``, hpcrun.rundir.ledger) and ONE ``sacct`` call for all the runs' jobs (the
 allocation's real start and end, and the queue waits between restarts; without sacct, the ledger's own times). Each
-run is labelled with its STATE as ``hpcrun status`` shows it (hpcrun.observe.status.shown_state, on status's own
+run is labelled with its STATE as ``hpcrun status`` shows it (hpcrun.observe.states.shown_state, on status's own
 sacct call): ``CANCELLED`` for a run cancelled in the queue or while it ran, not state.json's ``submitted`` or
 ``stopped``.
 Each start of a run is cut into segments (docs/goodput.md):
@@ -270,7 +270,7 @@ def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float,
                events: Optional[List[Dict[str, Any]]] = None,
                slurm_states: Optional[Dict[str, str]] = None) -> RunReport:
     """One run's report from its ledger (``events``: already read) and the sacct rows of its jobs (None: the
-    ledger's own times). ``slurm_states`` (hpcrun.observe.status.slurm_states_of) labels it as ``hpcrun status``
+    ledger's own times). ``slurm_states`` (hpcrun.observe.states.slurm_states_of) labels it as ``hpcrun status``
     shows it; None leaves its ``state`` None (hpcrun status itself, which knows it)."""
     from hpcrun.rundir.ledger import read_ledger
     from hpcrun.rundir.metrics import logged_steps
@@ -294,7 +294,7 @@ def run_report(run_dir: Path, sacct: Optional[Dict[str, List[Tuple[float, float,
     name = Path(run_dir).parent.name
     label = None
     if slurm_states is not None:
-        from hpcrun.observe.status import shown_state
+        from hpcrun.observe.states import shown_state
 
         label = shown_state(Path(run_dir), state, slurm_states)[0]
     return RunReport(str(run_dir), name, state.get("status"), starts, waits, recomputed, label)
@@ -316,7 +316,7 @@ def _allocation(events: List[Dict[str, Any]], head: Dict[str, Any],
 
 def reports(run_dirs: Sequence[Path], use_sacct: bool = True) -> List[RunReport]:
     """The runs' reports, each labelled as ``hpcrun status`` shows it (its STATE, from status's own sacct call)."""
-    from hpcrun.observe.status import slurm_states_of
+    from hpcrun.observe.states import slurm_states_of
     from hpcrun.rundir.ledger import read_ledger
 
     jobs = set()
